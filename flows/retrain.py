@@ -1,0 +1,146 @@
+"""The retraining flow: extract, validate, split, fine-tune, evaluate, decide, promote."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+from prefect.transactions import transaction
+from pydantic import BaseModel, Field
+
+from anomdet.errors import DataValidationError
+from anomdet.settings import Settings
+from db.repository import ChampionChanged
+from tasks.database import extract_labelled, prepare_database, record_run, start_run
+from tasks.model import (
+    evaluate_model,
+    fine_tune_challenger,
+    load_champion,
+    split_data,
+    validate_records,
+)
+from tasks.promotion import commit_promotion, decide_promotion, score_unlabelled, store_artifact
+from tasks.report import publish_decision, publish_flagged, publish_validation
+
+
+class RetrainParams(BaseModel):
+    """Per-run overrides of the configured training settings (None keeps the setting)."""
+
+    base_model: str | None = Field(None, description="'bundled', 'tiny-random', a dir or a hub id")
+    epochs: int | None = Field(None, ge=1, le=100)
+    seed: int | None = None
+    max_train_rows: int | None = Field(None, ge=10)
+
+
+def effective_settings(params: RetrainParams) -> Settings:
+    """Configured settings with this run's overrides applied."""
+    settings = Settings()
+    overrides = params.model_dump(exclude_none=True)
+    training = settings.training.model_copy(update=overrides)
+    return settings.model_copy(update={"training": type(training).model_validate(training)})
+
+
+@flow(name="retrain", log_prints=False)
+def retrain(params: RetrainParams | None = None) -> dict[str, Any]:
+    """Retrain the detector and promote the challenger only if it beats the champion."""
+    params = params or RetrainParams()
+    settings = effective_settings(params)
+    prepare_database(settings)
+    run_id = start_run(settings, flow_run.get_id(), params.model_dump())
+    try:
+        return _retrain(settings, run_id)
+    except DataValidationError as exc:
+        record_run(settings, run_id, state="failed", decision="failed_validation",
+                   reason=str(exc), validation=exc.report.summary())
+        raise
+    except Exception as exc:
+        record_run(settings, run_id, state="failed", decision="failed",
+                   reason=f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _retrain(settings: Settings, run_id: int) -> dict[str, Any]:
+    logger = get_run_logger()
+    frame = extract_labelled(settings)
+    docs_dir = settings.artifact_root() / "validation" / f"run-{run_id}"
+    report = validate_records(frame, settings, docs_dir)
+    publish_validation(settings.model_name, report)
+    if not report.success:
+        raise DataValidationError(report)
+    from anomdet.data import fingerprint
+
+    split = split_data(frame, settings)
+    record_run(settings, run_id, validation=report.summary(), data_fingerprint=fingerprint(frame),
+               test_rows=len(split.test))
+    champion = load_champion(settings)
+    challenger = fine_tune_challenger(split, settings)
+    ch_eval = evaluate_model((challenger.model, challenger.tokenizer), split.test,
+                             challenger.threshold, challenger.config.max_length, settings)
+    champ_eval = None
+    if champion is not None:
+        row, loaded = champion
+        champ_eval = evaluate_model((loaded.model, loaded.tokenizer), split.test,
+                                    loaded.threshold, loaded.max_length, settings)
+    decision = decide_promotion(ch_eval, champ_eval, settings)
+    champ_metrics = champ_eval.metrics if champ_eval else None
+    publish_decision(settings.model_name, ch_eval.metrics, champ_metrics, decision)
+    record_run(settings, run_id, challenger_metrics=ch_eval.metrics, champion_metrics=champ_metrics,
+               champion_version_id=champion[0].id if champion else None,
+               details={"checks": [c.__dict__ for c in decision.checks],
+                        "bootstrap": decision.bootstrap,
+                        "training": challenger.result.history})
+    outcome: dict[str, Any] = {
+        "run_id": run_id, "challenger": ch_eval.metrics, "champion": champ_metrics,
+        "champion_version": champion[0].version if champion else None,
+        "checks": [(c.name, c.passed, c.detail) for c in decision.checks],
+    }
+    if not decision.promote:
+        record_run(settings, run_id, state="completed", decision="rejected", reason=decision.reason)
+        logger.info("challenger not promoted: %s", decision.reason)
+        return {**outcome, "decision": "rejected", "reason": decision.reason}
+    try:
+        version_id, number, written = _promote(settings, run_id, challenger, ch_eval.metrics,
+                                               champion[0].id if champion else None,
+                                               fingerprint(split.train))
+    except ChampionChanged as exc:
+        reason = f"{decision.reason} Promotion abandoned: {exc}."
+        record_run(settings, run_id, state="completed", decision="rejected", reason=reason)
+        return {**outcome, "decision": "rejected", "reason": reason}
+    record_run(settings, run_id, state="completed", decision="promoted", reason=decision.reason,
+               challenger_version_id=version_id)
+    from db.engine import get_engine, session_scope
+    from db.repository import flagged_rows
+
+    with session_scope(get_engine(settings.database_url)) as session:
+        top = flagged_rows(session=session, limit=settings.top_flagged)
+    publish_flagged(settings.model_name, top)
+    return {**outcome, "decision": "promoted", "reason": decision.reason,
+            "promoted_version": number, "flags_written": written}
+
+
+def _promote(settings: Settings, run_id: int, challenger: Any, metrics: dict[str, Any],
+             expected_champion_id: int | None, data_fingerprint: str) -> tuple[int, int, int]:
+    """Store, insert, move and flag as one unit: on any failure the artifact is removed
+    (Prefect transaction rollback) and the database transaction leaves no row."""
+    meta = {"threshold": challenger.threshold, "metrics": metrics,
+            "base_model": challenger.base_model, "max_length": challenger.config.max_length,
+            "hyperparameters": challenger.hyperparameters(), "run_id": run_id}
+    with transaction():
+        directory = store_artifact(challenger, settings, meta)
+        flags, summary = score_unlabelled(challenger, settings, run_id)
+        from anomdet.model import sha256_file
+
+        version_id, number = commit_promotion(
+            settings, expected_champion_id=expected_champion_id,
+            version_fields={
+                "base_model": challenger.base_model, "artifact_uri": str(directory),
+                "weights_sha256": sha256_file(directory / "model.safetensors"),
+                "data_fingerprint": data_fingerprint,
+                "hyperparameters": challenger.hyperparameters(), "metrics": metrics,
+                "threshold": challenger.threshold, "flow_run_id": flow_run.get_id(),
+                "run_id": run_id,
+            },
+            flags=flags, summary=summary,
+        )
+    return version_id, number, len(flags)

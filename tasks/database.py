@@ -1,0 +1,60 @@
+"""Tasks that talk to the anomdet tables and the records table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from anomdet.settings import Settings
+from db import repository as repo
+from db.engine import get_engine, migrate, session_scope
+from db.records import read_labelled, reflect_records_table
+
+IO_RETRIES: dict[str, Any] = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
+
+
+def prepare(settings: Settings) -> None:
+    """Migrate the anomdet tables, check the records mapping, (re)create the view."""
+    engine = get_engine(settings.database_url)
+    migrate(engine)
+    mapping = settings.records.mapping()
+    with engine.begin() as conn:
+        table = reflect_records_table(conn, mapping)
+        repo.ensure_flagged_view(conn, table, mapping)
+
+
+@task(name="prepare database", cache_policy=NO_CACHE)
+def prepare_database(settings: Settings) -> None:
+    """Migrate the anomdet tables and check the records table against its mapping."""
+    prepare(settings)
+
+
+@task(name="start run", cache_policy=NO_CACHE, **IO_RETRIES)
+def start_run(settings: Settings, flow_run_id: str | None, parameters: dict[str, Any]) -> int:
+    """Record a new run in anomdet_runs and return its id."""
+    with session_scope(get_engine(settings.database_url)) as session:
+        return repo.start_run(session=session, model_name=settings.model_name,
+                              flow_run_id=flow_run_id, parameters=parameters).id
+
+
+@task(name="record run", cache_policy=NO_CACHE, **IO_RETRIES)
+def record_run(settings: Settings, run_id: int, **fields: Any) -> None:
+    """Write what the run has learnt so far (validation, metrics, decision) to its row."""
+    with session_scope(get_engine(settings.database_url)) as session:
+        if "state" in fields and fields["state"] != "running":
+            repo.finish_run(session=session, run_id=run_id, **fields)
+        else:
+            repo.update_run(session=session, run_id=run_id, **fields)
+
+
+@task(name="extract labelled records", cache_policy=NO_CACHE, **IO_RETRIES)
+def extract_labelled(settings: Settings) -> pd.DataFrame:
+    """Read every labelled record, in chunks, under the standard column names."""
+    engine = get_engine(settings.database_url)
+    mapping = settings.records.mapping()
+    with engine.connect() as conn:
+        table = reflect_records_table(conn, mapping)
+        return read_labelled(conn, table, mapping, chunk_size=settings.chunk_size)

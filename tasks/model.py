@@ -1,0 +1,62 @@
+"""Tasks that train, load and evaluate models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+from anomdet.promotion import EvalResult
+from anomdet.validation import ValidationReport, validate_labelled
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from anomdet.data import Split, split_records
+from anomdet.model import LoadedModel, load_artifact
+from anomdet.settings import Settings
+from anomdet.training import Challenger, evaluate, train_challenger
+from db import repository as repo
+from db.engine import get_engine, session_scope
+from db.models import ModelVersion
+from tasks.progress import ui_progress
+
+
+@task(name="validate records", cache_policy=NO_CACHE)
+def validate_records(frame: pd.DataFrame, settings: Settings,
+                     data_docs_dir: Path | None = None) -> ValidationReport:
+    """Run the Great Expectations suite over the labelled records."""
+    return validate_labelled(frame, settings.validation.config(), data_docs_dir=data_docs_dir)
+
+
+@task(name="split records", cache_policy=NO_CACHE)
+def split_data(frame: pd.DataFrame, settings: Settings) -> Split:
+    """Split deterministically, duplicates kept on one side, stratified by label."""
+    t = settings.training
+    return split_records(frame, val_fraction=t.val_fraction, test_fraction=t.test_fraction,
+                         seed=t.seed)
+
+
+@task(name="load champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+def load_champion(settings: Settings) -> tuple[ModelVersion, LoadedModel] | None:
+    """The current champion's row and its verified artifact, or None on the first run."""
+    with session_scope(get_engine(settings.database_url)) as session:
+        champion = repo.get_champion(session=session, model_name=settings.model_name)
+    if champion is None:
+        return None
+    loaded = load_artifact(Path(champion.artifact_uri), expected_sha256=champion.weights_sha256)
+    return champion, loaded
+
+
+@task(name="fine-tune challenger", cache_policy=NO_CACHE)
+def fine_tune_challenger(split: Split, settings: Settings) -> Challenger:
+    """Fine-tune the base model on the train split and pick its threshold on validation."""
+    progress = ui_progress("fine-tuning the challenger")
+    return train_challenger(split, settings.training, progress=progress)
+
+
+@task(name="evaluate on test split", cache_policy=NO_CACHE)
+def evaluate_model(model_and_tokenizer: tuple, test: pd.DataFrame, threshold: float,
+                   max_length: int, settings: Settings) -> EvalResult:
+    """Score the shared test split with one model at its own threshold."""
+    model, tokenizer = model_and_tokenizer
+    return evaluate(model, tokenizer, test, threshold, max_length=max_length,
+                    batch_size=settings.score_batch_size)

@@ -1,0 +1,96 @@
+"""Shared fixtures: an isolated Prefect, databases (SQLite and PostgreSQL), records."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+# Before anything imports prefect: a private Prefect home, no telemetry, and time for
+# the temporary local API to start on a small machine.
+_PREFECT_HOME = tempfile.mkdtemp(prefix="anomdet-prefect-")
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+os.environ["DO_NOT_TRACK"] = "1"
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+for name in list(os.environ):
+    if name.startswith("ANOMDET_") and name != "ANOMDET_TEST_POSTGRES_URL":
+        del os.environ[name]
+
+import sqlalchemy as sa  # noqa: E402
+
+POSTGRES_URL = os.environ.get(
+    "ANOMDET_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness() -> Iterator[None]:
+    """One temporary Prefect API for the whole test session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def _postgres_admin() -> sa.Engine:
+    engine = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except Exception as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is unreachable under CI: {exc}")
+        pytest.skip(f"PostgreSQL at {POSTGRES_URL} is unreachable: {exc}")
+    return engine
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh, empty PostgreSQL database, dropped afterwards."""
+    admin = _postgres_admin()
+    name = f"anomdet_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = sa.engine.make_url(POSTGRES_URL).set(database=name)
+    yield url.render_as_string(hide_password=False)
+    from db.engine import get_engine
+
+    get_engine.cache_clear()
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """A fresh SQLite file database."""
+    return f"sqlite:///{tmp_path / 'anomdet.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """Each test that takes it runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'anomdet.db'}"
+    return request.getfixturevalue("postgres_url")
+
+
+@pytest.fixture
+def anomdet_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Point anomdet's settings at a fresh database and artifacts folder, tiny model."""
+    monkeypatch.setenv("ANOMDET_DATABASE_URL", db_url)
+    monkeypatch.setenv("ANOMDET_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.setenv("ANOMDET_TRAINING__BASE_MODEL", "tiny-random")
+    monkeypatch.setenv("ANOMDET_TRAINING__EPOCHS", "2")
+    monkeypatch.setenv("ANOMDET_TRAINING__MAX_LENGTH", "48")
+    monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.001")
+    monkeypatch.setenv("ANOMDET_PROMOTION__BOOTSTRAP_RESAMPLES", "200")
+    return db_url
