@@ -29,6 +29,7 @@ from transformers import (
     PreTrainedTokenizerBase,
     get_linear_schedule_with_warmup,
 )
+from transformers.utils import logging as hf_logging
 
 logger = logging.getLogger(__name__)
 
@@ -70,9 +71,13 @@ def load_base_model(spec: str, *, seed: int) -> tuple[PreTrainedModel, PreTraine
             num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID,
         )
         return BertForSequenceClassification(config), tokenizer
+    hf_logging.disable_progress_bar()
     source = str(bundled_model_dir()) if spec == BUNDLED else spec
     if spec != BUNDLED and not Path(spec).is_dir() and os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise ValueError(f"base model {spec!r} is not a local directory and the hub is offline")
+        raise ValueError(
+            f"base model {spec!r} is not a local directory and the hub is offline (HF_HUB_OFFLINE=1);"
+            " use 'bundled', 'tiny-random' or a local directory with safetensors weights"
+        )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForSequenceClassification.from_pretrained(
@@ -236,7 +241,7 @@ def _train_epoch(
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
         optimizer.step()
         scheduler.step()
-        total += float(loss) * len(index)
+        total += loss.item() * len(index)
         on_step(len(index))
     return total / max(1, len(ids))
 
@@ -328,6 +333,7 @@ def save_artifact(
         raise ValueError(f"artifact directory {directory} exists already; refusing to overwrite")
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".tmp-{directory.name}-{uuid.uuid4().hex[:8]}"
+    hf_logging.disable_progress_bar()
     try:
         cpu_model = copy.deepcopy(model).to("cpu")
         cpu_model.save_pretrained(tmp, safe_serialization=True)
@@ -378,6 +384,7 @@ def load_artifact(directory: Path, *, expected_sha256: str | None = None) -> Loa
                 f"model artifact at {directory} is corrupted: weights checksum {actual[:12]}... "
                 f"does not match {source} ({str(wanted)[:12]}...)"
             )
+    hf_logging.disable_progress_bar()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(directory)

@@ -199,8 +199,9 @@ def insert_flags(
         chunk = payload[start : start + batch_size]
         stmt = insert(table).values(chunk).on_conflict_do_nothing(
             index_elements=["record_id", "model_version_id"]
-        )
-        written += session.execute(stmt).rowcount or 0
+        ).returning(table.c.id)
+        # RETURNING counts what was really inserted; rowcount is -1 on some drivers.
+        written += len(session.execute(stmt).all())
     return written
 
 

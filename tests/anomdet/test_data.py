@@ -1,0 +1,71 @@
+"""Splits are honest (duplicates on one side), stratified, deterministic and stable."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from anomdet.data import fingerprint, normalise_text, split_records
+
+
+def _frame(n: int = 1000) -> pd.DataFrame:
+    texts = [f"message number {i % 700}" for i in range(n)]  # 300 repeated texts
+    labels = [1 if (i % 700) % 10 == 0 else 0 for i in range(n)]
+    return pd.DataFrame({"id": range(1, n + 1), "text": texts, "label": labels})
+
+
+def test_duplicates_never_straddle_splits() -> None:
+    split = split_records(_frame(), val_fraction=0.15, test_fraction=0.2, seed=1)
+    sides = [set(part["text"].map(normalise_text)) for part in (split.train, split.val, split.test)]
+    assert not (sides[0] & sides[1]) and not (sides[0] & sides[2]) and not (sides[1] & sides[2])
+    assert sum(split.sizes().values()) == 1000
+
+
+def test_case_and_spacing_variants_count_as_duplicates() -> None:
+    frame = _frame(1000)  # rows 0 and 700 share "message number 0"
+    frame.loc[0, "text"] = "  MESSAGE   number 0 "
+    split = split_records(frame, val_fraction=0.2, test_fraction=0.2, seed=1)
+    for part in (split.train, split.val, split.test):
+        if "  MESSAGE   number 0 " in set(part["text"]):
+            assert "message number 0" in set(part["text"])
+
+
+def test_split_is_stratified_and_deterministic() -> None:
+    frame = _frame()
+    a = split_records(frame, val_fraction=0.15, test_fraction=0.2, seed=7)
+    b = split_records(frame.sample(frac=1, random_state=3), val_fraction=0.15,
+                      test_fraction=0.2, seed=7)
+    assert sorted(a.test["id"]) == sorted(b.test["id"])
+    rate = frame["label"].mean()
+    for part in (a.train, a.val, a.test):
+        assert abs(part["label"].mean() - rate) < 0.03
+    c = split_records(frame, val_fraction=0.15, test_fraction=0.2, seed=8)
+    assert sorted(a.test["id"]) != sorted(c.test["id"])
+
+
+def test_split_is_stable_when_new_rows_arrive() -> None:
+    frame = _frame(700)
+    before = split_records(frame, val_fraction=0.15, test_fraction=0.2, seed=7)
+    grown = pd.concat([frame, pd.DataFrame({"id": range(701, 771),
+                                            "text": [f"new text {i}" for i in range(70)],
+                                            "label": [0] * 63 + [1] * 7})])
+    after = split_records(grown, val_fraction=0.15, test_fraction=0.2, seed=7)
+    moved = set(before.train["id"]) & set(after.test["id"])
+    # Only texts at the stratum boundaries may move; most of the test set is unchanged.
+    assert len(moved) <= 0.05 * len(before.test)
+
+
+def test_split_refuses_bad_fractions_and_one_class_sides() -> None:
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_records(_frame(), val_fraction=0.6, test_fraction=0.5, seed=0)
+    tiny = pd.DataFrame({"id": [1, 2, 3, 4], "text": list("abcd"), "label": [0, 0, 0, 1]})
+    with pytest.raises(ValueError, match="only one class"):
+        split_records(tiny, val_fraction=0.25, test_fraction=0.25, seed=0)
+
+
+def test_fingerprint_ignores_row_order_but_not_content() -> None:
+    frame = _frame(50)
+    assert fingerprint(frame) == fingerprint(frame.iloc[::-1])
+    changed = frame.copy()
+    changed.loc[3, "label"] = 1 - changed.loc[3, "label"]
+    assert fingerprint(changed) != fingerprint(frame)

@@ -1,0 +1,133 @@
+"""The model layer on a tiny random BERT: training learns, scoring is order-safe,
+artifacts round-trip and refuse tampering."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score
+
+from anomdet.model import (
+    TINY_RANDOM,
+    TrainConfig,
+    class_weights,
+    encode,
+    fine_tune,
+    length_grouped_batches,
+    load_artifact,
+    load_base_model,
+    predict_scores,
+    save_artifact,
+)
+
+
+def _toy(n: int = 400, seed: int = 0) -> tuple[list[str], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    normal = ["user {} signed in from office", "report {} exported to storage",
+              "payment {} settled on time", "cache {} refreshed nightly"]
+    odd = ["user {} signed in from unknown country at 3am", "payment {} reversed twice by bank"]
+    labels = (rng.random(n) < 0.2).astype(int)
+    texts = [(odd if y else normal)[rng.integers(len(odd if y else normal))].format(i)
+             for i, y in enumerate(labels)]
+    return texts, labels
+
+
+@pytest.fixture(scope="module")
+def trained() -> tuple:
+    texts, labels = _toy()
+    model, tok = load_base_model(TINY_RANDOM, seed=3)
+    config = TrainConfig(epochs=3, learning_rate=1e-3, max_length=32, seed=3, batch_size=16)
+    result = fine_tune(model, tok, texts[:300], labels[:300], texts[300:], labels[300:], config)
+    return model, tok, texts, labels, result
+
+
+def test_fine_tuning_learns_the_toy_task(trained: tuple) -> None:
+    model, tok, texts, labels, result = trained
+    scores = predict_scores(model, tok, texts[300:], max_length=32)
+    assert average_precision_score(labels[300:], scores) > 0.9
+    assert result.best_epoch >= 1
+    assert result.history[0]["epoch"] == 1
+    assert result.best_val_pr_auc == max(h["val_pr_auc"] for h in result.history)
+
+
+def test_training_is_repeatable_under_a_seed() -> None:
+    texts, labels = _toy(120, seed=1)
+    runs = []
+    for _ in range(2):
+        model, tok = load_base_model(TINY_RANDOM, seed=9)
+        config = TrainConfig(epochs=1, learning_rate=1e-3, max_length=24, seed=9)
+        fine_tune(model, tok, texts[:80], labels[:80], texts[80:], labels[80:], config)
+        runs.append(predict_scores(model, tok, texts[80:], max_length=24))
+    np.testing.assert_allclose(runs[0], runs[1], rtol=0, atol=1e-6)
+
+
+def test_scores_come_back_in_input_order(trained: tuple) -> None:
+    model, tok, texts, _, _ = trained
+    sample = texts[300:340]
+    forward = predict_scores(model, tok, sample, max_length=32, batch_size=7)
+    backward = predict_scores(model, tok, sample[::-1], max_length=32, batch_size=5)
+    one_by_one = np.array([predict_scores(model, tok, [t], max_length=32)[0] for t in sample])
+    np.testing.assert_allclose(forward, backward[::-1], atol=1e-5)
+    np.testing.assert_allclose(forward, one_by_one, atol=1e-5)
+
+
+def test_encode_counts_truncated_texts() -> None:
+    _, tok = load_base_model(TINY_RANDOM, seed=0)
+    ids, truncated = encode(tok, ["short", "word " * 100], max_length=16)
+    assert truncated == 1
+    assert max(len(x) for x in ids) == 16
+
+
+def test_length_grouped_batches_cover_every_index_once() -> None:
+    lengths = np.random.default_rng(0).integers(3, 60, size=1000)
+    for rng in (None, np.random.default_rng(1)):
+        batches = length_grouped_batches(lengths, 32, rng)
+        flat = np.concatenate(batches)
+        assert sorted(flat.tolist()) == list(range(1000))
+    # Grouping keeps padding low: mean in-batch spread far below the global spread.
+    spread = np.mean([np.ptp(lengths[b]) for b in length_grouped_batches(lengths, 32, rng)])
+    assert spread < 0.25 * np.ptp(lengths)
+
+
+def test_class_weights_balance_classes_and_refuse_one_class() -> None:
+    weights = class_weights(np.array([0] * 90 + [1] * 10))
+    assert weights[1] / weights[0] == pytest.approx(9.0)
+    with pytest.raises(ValueError, match="both classes"):
+        class_weights(np.zeros(10, dtype=int))
+
+
+def test_artifact_round_trip_and_checksum(trained: tuple, tmp_path: Path) -> None:
+    model, tok, texts, _, _ = trained
+    directory = tmp_path / "v1"
+    sha = save_artifact(model, tok, directory, {"threshold": 0.42, "max_length": 32})
+    loaded = load_artifact(directory, expected_sha256=sha)
+    assert loaded.threshold == 0.42
+    assert loaded.meta["id2label"] == {"0": "normal", "1": "anomalous"}
+    before = predict_scores(model, tok, texts[:20], max_length=32)
+    after = predict_scores(loaded.model, loaded.tokenizer, texts[:20], max_length=32)
+    np.testing.assert_allclose(before, after, atol=1e-6)
+    assert not list(tmp_path.glob(".tmp-*")), "temporary folder left behind"
+    with pytest.raises(ValueError, match="exists already"):
+        save_artifact(model, tok, directory, {"threshold": 0.5})
+
+
+def test_corrupted_artifact_is_refused(trained: tuple, tmp_path: Path) -> None:
+    model, tok, *_ = trained
+    directory = tmp_path / "v1"
+    save_artifact(model, tok, directory, {"threshold": 0.5})
+    weights = directory / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupted"):
+        load_artifact(directory)
+    with pytest.raises(ValueError, match="missing"):
+        load_artifact(tmp_path / "nowhere")
+
+
+def test_unknown_base_model_says_what_to_use(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ValueError, match="tiny-random"):
+        load_base_model("no-such-org/no-such-model", seed=0)

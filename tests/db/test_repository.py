@@ -1,0 +1,177 @@
+"""The database layer on SQLite and PostgreSQL: migrations, the one-champion rule,
+compare-and-set, idempotent flags, the view, and the records mapping."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+
+from db import repository as repo
+from db.engine import get_engine, migrate, session_scope
+from db.records import (
+    RecordsMapping,
+    ensure_records_table,
+    iter_unlabelled,
+    read_labelled,
+    reflect_records_table,
+    upsert_records,
+)
+
+MAPPING = RecordsMapping()
+
+
+def _version(**over: object) -> dict:
+    fields = {"model_name": "m", "base_model": "tiny-random", "artifact_uri": "/tmp/x",
+              "weights_sha256": "0" * 64, "data_fingerprint": "f" * 64,
+              "hyperparameters": {"epochs": 1}, "metrics": {"f1": 0.9}, "threshold": 0.5}
+    return {**fields, **over}
+
+
+@pytest.fixture
+def engine(db_url: str) -> sa.Engine:
+    engine = get_engine(db_url)
+    migrate(engine)
+    table = ensure_records_table(engine, MAPPING)
+    frame = pd.DataFrame({"id": range(1, 11), "text": [f"text {i}" for i in range(1, 11)],
+                          "label": pd.array([0, 1, 0, 0, None, None, None, 1, 0, None],
+                                            dtype="Int64")})
+    with engine.begin() as conn:
+        upsert_records(conn, table, MAPPING, frame)
+        repo.ensure_flagged_view(conn, table, MAPPING)
+    return engine
+
+
+def test_migrations_are_idempotent_and_create_the_tables(engine: sa.Engine) -> None:
+    migrate(engine)
+    names = set(sa.inspect(engine).get_table_names())
+    assert {"anomdet_model_versions", "anomdet_runs", "anomdet_flags"} <= names
+    assert "anomdet_flagged" in sa.inspect(engine).get_view_names()
+
+
+def test_database_allows_one_champion_per_model(engine: sa.Engine) -> None:
+    with session_scope(engine) as session:
+        repo.promote_new_version(session=session, expected_champion_id=None, flags=[],
+                                 version=1, **_version())
+    from db.models import ModelVersion
+
+    with pytest.raises(IntegrityError), session_scope(engine) as session:
+        session.add(ModelVersion(status="champion", version=2, **_version()))
+        session.flush()
+    with session_scope(engine) as session:
+        session.add(ModelVersion(status="champion", version=1, **_version(model_name="other")))
+
+
+def test_promotion_is_compare_and_set(engine: sa.Engine) -> None:
+    with session_scope(engine) as session:
+        v1 = repo.promote_new_version(session=session, expected_champion_id=None,
+                                      flags=[{"record_id": 5, "score": 0.9, "threshold": 0.5}],
+                                      version=1, **_version())
+    # A run that evaluated against "no champion" must not promote now.
+    with pytest.raises(repo.ChampionChanged), session_scope(engine) as session:
+        repo.promote_new_version(session=session, expected_champion_id=None, flags=[],
+                                 version=2, **_version())
+    # A run that evaluated against a stale champion id must not promote either.
+    with pytest.raises(repo.ChampionChanged), session_scope(engine) as session:
+        repo.promote_new_version(session=session, expected_champion_id=v1.id + 100,
+                                 flags=[{"record_id": 6, "score": 0.8, "threshold": 0.5}],
+                                 version=2, **_version())
+    with session_scope(engine) as session:
+        champion = repo.get_champion(session=session, model_name="m")
+        assert champion.id == v1.id
+        assert repo.count_flags(session=session) == 1
+        assert len(repo.list_versions(session=session, model_name="m")) == 1
+    with session_scope(engine) as session:
+        v2 = repo.promote_new_version(session=session, expected_champion_id=v1.id, flags=[],
+                                      version=2, **_version())
+    with session_scope(engine) as session:
+        statuses = {v.version: v.status for v in repo.list_versions(session=session,
+                                                                    model_name="m")}
+        assert statuses == {1: "retired", 2: "champion"}
+        assert repo.get_champion(session=session, model_name="m").id == v2.id
+
+
+def test_flags_are_idempotent_and_the_view_follows_the_champion(engine: sa.Engine) -> None:
+    rows = [{"record_id": 5, "score": 0.9, "threshold": 0.5},
+            {"record_id": 7, "score": 0.7, "threshold": 0.5}]
+    with session_scope(engine) as session:
+        v1 = repo.promote_new_version(session=session, expected_champion_id=None, flags=rows,
+                                      version=1, **_version())
+    with session_scope(engine) as session:
+        assert repo.insert_flags(session=session, model_version_id=v1.id, rows=rows) == 0
+        assert repo.count_flags(session=session) == 2
+        view = repo.flagged_rows(session=session)
+    assert [(r["record_id"], r["text"]) for r in view] == [("5", "text 5"), ("7", "text 7")]
+    with session_scope(engine) as session:
+        v2 = repo.promote_new_version(session=session, expected_champion_id=v1.id,
+                                      flags=[rows[1]], version=2, **_version())
+    with session_scope(engine) as session:
+        view = repo.flagged_rows(session=session)
+        assert [(r["record_id"], r["model_version"]) for r in view] == [("7", 2)]
+        repo.set_champion(session=session, model_name="m", version=1,
+                          expected_champion_id=v2.id)
+    with session_scope(engine) as session:
+        assert {r["record_id"] for r in repo.flagged_rows(session=session)} == {"5", "7"}
+
+
+def test_failed_transaction_leaves_no_trace(engine: sa.Engine) -> None:
+    with pytest.raises(RuntimeError), session_scope(engine) as session:
+        repo.promote_new_version(session=session, expected_champion_id=None,
+                                 flags=[{"record_id": 1, "score": 0.9, "threshold": 0.5}],
+                                 version=1, **_version())
+        raise RuntimeError("fails after the flags were written")
+    with session_scope(engine) as session:
+        assert repo.get_champion(session=session, model_name="m") is None
+        assert repo.count_flags(session=session) == 0
+
+
+def test_runs_record_their_decisions(engine: sa.Engine) -> None:
+    with session_scope(engine) as session:
+        run = repo.start_run(session=session, model_name="m", parameters={"epochs": 1})
+    with session_scope(engine) as session:
+        repo.finish_run(session=session, run_id=run.id, state="completed", decision="rejected",
+                        reason="no better", challenger_metrics={"f1": 0.5})
+    with session_scope(engine) as session:
+        [latest] = repo.recent_runs(session=session, model_name="m")
+        assert (latest.state, latest.decision, latest.reason) == ("completed", "rejected",
+                                                                  "no better")
+        assert latest.ended_at is not None
+        with pytest.raises(ValueError, match="no column"):
+            repo.update_run(session=session, run_id=run.id, nonsense=1)
+
+
+def test_records_are_read_by_mapping_in_chunks(engine: sa.Engine) -> None:
+    with engine.connect() as conn:
+        table = reflect_records_table(conn, MAPPING)
+        labelled = read_labelled(conn, table, MAPPING, chunk_size=3)
+        chunks = list(iter_unlabelled(conn, table, MAPPING, chunk_size=2))
+        after = list(iter_unlabelled(conn, table, MAPPING, chunk_size=2, after=6))
+    assert labelled["id"].tolist() == [1, 2, 3, 4, 8, 9]
+    assert list(labelled.columns) == ["id", "text", "label", "created_at"]
+    assert [c["id"].tolist() for c in chunks] == [[5, 6], [7, 10]]
+    assert [c["id"].tolist() for c in after] == [[7, 10]]
+
+
+def test_a_custom_mapping_is_checked_against_the_schema(engine: sa.Engine) -> None:
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE events (event_id INTEGER PRIMARY KEY, body TEXT, "
+                             "is_bad INTEGER)"))
+        conn.execute(sa.text("INSERT INTO events VALUES (1, 'a', 0), (2, 'b', NULL)"))
+    mapping = RecordsMapping("events", "event_id", "body", "is_bad", None)
+    with engine.connect() as conn:
+        table = reflect_records_table(conn, mapping)
+        assert read_labelled(conn, table, mapping)["text"].tolist() == ["a"]
+        with pytest.raises(ValueError, match="lacks the mapped text column 'message'"):
+            reflect_records_table(conn, RecordsMapping("events", "event_id", "message",
+                                                       "is_bad", None))
+        with pytest.raises(ValueError, match="'nope' does not exist"):
+            reflect_records_table(conn, RecordsMapping(table="nope"))
+
+
+@pytest.mark.parametrize("name", ["records; DROP TABLE x", "a b", "1abc", "x\"y", ""])
+def test_unsafe_names_are_refused_before_any_sql(name: str) -> None:
+    with pytest.raises(ValueError, match="not a plain SQL identifier"):
+        RecordsMapping(table=name)
+    with pytest.raises(ValueError, match="not a plain SQL identifier"):
+        RecordsMapping(text_column=name)
