@@ -9,9 +9,12 @@ from prefect.runtime import flow_run
 from prefect.transactions import transaction
 from pydantic import BaseModel, Field
 
+from anomdet.data import fingerprint
 from anomdet.errors import DataValidationError
+from anomdet.model import WEIGHTS_FILE, sha256_file
 from anomdet.settings import Settings
-from db.repository import ChampionChanged
+from db.engine import get_engine, session_scope
+from db.repository import ChampionChanged, flagged_rows
 from tasks.database import extract_labelled, prepare_database, record_run, start_run
 from tasks.model import (
     evaluate_model,
@@ -68,8 +71,6 @@ def _retrain(settings: Settings, run_id: int) -> dict[str, Any]:
     publish_validation(settings.model_name, report)
     if not report.success:
         raise DataValidationError(report)
-    from anomdet.data import fingerprint
-
     split = split_data(frame, settings)
     record_run(settings, run_id, validation=report.summary(), data_fingerprint=fingerprint(frame),
                test_rows=len(split.test))
@@ -109,9 +110,6 @@ def _retrain(settings: Settings, run_id: int) -> dict[str, Any]:
         return {**outcome, "decision": "rejected", "reason": reason}
     record_run(settings, run_id, state="completed", decision="promoted", reason=decision.reason,
                challenger_version_id=version_id)
-    from db.engine import get_engine, session_scope
-    from db.repository import flagged_rows
-
     with session_scope(get_engine(settings.database_url)) as session:
         top = flagged_rows(session=session, limit=settings.top_flagged)
     publish_flagged(settings.model_name, top)
@@ -129,13 +127,11 @@ def _promote(settings: Settings, run_id: int, challenger: Any, metrics: dict[str
     with transaction():
         directory = store_artifact(challenger, settings, meta)
         flags, summary = score_unlabelled(challenger, settings, run_id)
-        from anomdet.model import sha256_file
-
         version_id, number = commit_promotion(
             settings, expected_champion_id=expected_champion_id,
             version_fields={
                 "base_model": challenger.base_model, "artifact_uri": str(directory),
-                "weights_sha256": sha256_file(directory / "model.safetensors"),
+                "weights_sha256": sha256_file(directory / WEIGHTS_FILE),
                 "data_fingerprint": data_fingerprint,
                 "hyperparameters": challenger.hyperparameters(), "metrics": metrics,
                 "threshold": challenger.threshold, "flow_run_id": flow_run.get_id(),

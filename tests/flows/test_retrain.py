@@ -1,0 +1,115 @@
+"""The retraining flow end to end under a temporary Prefect API, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from anomdet.errors import DataValidationError
+from db import repository as repo
+from db.engine import get_engine, session_scope
+from db.records import RecordsMapping, ensure_records_table, upsert_records
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def toy_records(n: int = 500, seed: int = 0) -> pd.DataFrame:
+    """Separable toy records: 60% labelled, about 15% anomalous."""
+    rng = np.random.default_rng(seed)
+    normal = ["user {} signed in from the office", "nightly report {} exported",
+              "payment {} settled on time", "cache {} refreshed"]
+    odd = ["user {} signed in from an unknown country at 3am",
+           "payment {} reversed twice by the bank"]
+    is_odd = rng.random(n) < 0.15
+    texts = [(odd if y else normal)[rng.integers(2 if y else 4)].format(i)
+             for i, y in enumerate(is_odd)]
+    labels = pd.array([int(y) if rng.random() < 0.6 else None for y in is_odd], dtype="Int64")
+    return pd.DataFrame({"id": np.arange(1, n + 1), "text": texts, "label": labels})
+
+
+def seed_records(url: str, frame: pd.DataFrame) -> None:
+    engine = get_engine(url)
+    mapping = RecordsMapping()
+    table = ensure_records_table(engine, mapping)
+    with engine.begin() as conn:
+        upsert_records(conn, table, mapping, frame)
+
+
+def snapshot(url: str) -> dict:
+    """What a run may change: versions, champion, flags, records."""
+    engine = get_engine(url)
+    with session_scope(engine) as session:
+        champion = repo.get_champion(session=session, model_name="anomdet")
+        versions = [(v.version, v.status) for v in
+                    repo.list_versions(session=session, model_name="anomdet")]
+        flags = session.execute(sa.text(
+            "SELECT record_id, model_version_id, score FROM anomdet_flags ORDER BY id")).all()
+        records = session.execute(sa.text("SELECT count(*) FROM records")).scalar_one()
+    return {"champion": champion.id if champion else None, "versions": versions,
+            "flags": [tuple(r) for r in flags], "records": records}
+
+
+def test_first_run_promotes_and_flags(anomdet_env: str) -> None:
+    from flows.retrain import retrain
+
+    seed_records(anomdet_env, toy_records())
+    outcome = retrain()
+    assert outcome["decision"] == "promoted", outcome["reason"]
+    assert outcome["champion"] is None and outcome["promoted_version"] == 1
+    engine = get_engine(anomdet_env)
+    with session_scope(engine) as session:
+        champion = repo.get_champion(session=session, model_name="anomdet")
+        [run] = repo.recent_runs(session=session, model_name="anomdet")
+        flagged = repo.flagged_rows(session=session, limit=1000)
+    assert champion.version == 1 and Path(champion.artifact_uri).is_dir()
+    assert run.decision == "promoted" and run.state == "completed"
+    assert run.challenger_metrics["f1"] == pytest.approx(outcome["challenger"]["f1"])
+    assert run.validation["success"] is True
+    assert len(flagged) == outcome["flags_written"] > 0
+    # Flags are unlabelled records only, each with its text from the records table.
+    records = toy_records().set_index("id")
+    for row in flagged:
+        rid = int(row["record_id"])
+        assert pd.isna(records.loc[rid, "label"])
+        assert row["text"] == records.loc[rid, "text"]
+        assert row["score"] >= row["threshold"]
+
+
+def test_losing_challenger_leaves_champion_and_flags_untouched(
+    anomdet_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.retrain import RetrainParams, retrain
+
+    seed_records(anomdet_env, toy_records())
+    assert retrain()["decision"] == "promoted"
+    before = snapshot(anomdet_env)
+    # One epoch at a learning rate far too small: a challenger that cannot win.
+    monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.0000001")
+    outcome = retrain(RetrainParams(epochs=1, seed=5))
+    assert outcome["decision"] == "rejected"
+    assert outcome["champion"] is not None, "both models must be evaluated"
+    assert snapshot(anomdet_env) == before
+    with session_scope(get_engine(anomdet_env)) as session:
+        latest = repo.recent_runs(session=session, model_name="anomdet")[0]
+    assert latest.decision == "rejected" and latest.reason
+    assert latest.champion_metrics is not None and latest.test_rows > 0
+
+
+def test_invalid_data_stops_before_training(anomdet_env: str) -> None:
+    from flows.retrain import retrain
+
+    frame = toy_records()
+    frame.loc[frame["label"].notna(), "label"] = 0  # one class only
+    seed_records(anomdet_env, frame)
+    with pytest.raises(DataValidationError):
+        retrain()
+    snap = snapshot(anomdet_env)
+    assert snap["champion"] is None and snap["versions"] == [] and snap["flags"] == []
+    with session_scope(get_engine(anomdet_env)) as session:
+        [run] = repo.recent_runs(session=session, model_name="anomdet")
+    assert run.decision == "failed_validation" and run.state == "failed"
+    assert run.validation["success"] is False
