@@ -222,6 +222,47 @@ def flagged(limit: int = typer.Option(20, min=1, help="rows to show")) -> None:
     out.print(table)
 
 
+@app.command()
+def models() -> None:
+    """Every model version with its status, test metrics and promotion/retirement times."""
+    _environment()
+    from db import repository as repo
+
+    settings, scope = _session()
+    with scope as session:
+        versions = repo.list_versions(session=session, model_name=settings.model_name)
+    table = Table(title=f"versions of {settings.model_name}")
+    for col in ("version", "status", "f1", "pr_auc", "threshold", "base model", "created",
+                "promoted", "retired"):
+        table.add_column(col)
+    for v in versions:
+        table.add_row(str(v.version), v.status, f"{v.metrics.get('f1', float('nan')):.4f}",
+                      f"{v.metrics.get('pr_auc', float('nan')):.4f}", f"{v.threshold:.4f}",
+                      v.base_model, repo.when(v.created_at), repo.when(v.promoted_at),
+                      repo.when(v.retired_at))
+    out.print(table if versions else f"no versions of {settings.model_name!r} yet")
+
+
+@app.command()
+def rollback(
+    version: int = typer.Argument(..., help="the version to make champion again"),
+    reason: str = typer.Option(..., help="why, in words; recorded in anomdet_runs"),
+) -> None:
+    """Make an earlier version champion again; anomdet_flagged follows it."""
+    _environment()
+    from db import repository as repo
+
+    settings, scope = _session()
+    try:
+        with scope as session:
+            target, run = repo.rollback_champion(session=session, model_name=settings.model_name,
+                                                 version=version, reason=reason)
+    except (ValueError, repo.ChampionChanged) as exc:
+        _fail(str(exc))
+    out.print(f"version {target.version} is champion again (recorded as run {run.id}). "
+              "Run `anomdet score` to flag records it has not scored yet.")
+
+
 def main() -> None:
     """Console entry point."""
     app()

@@ -75,8 +75,9 @@ def load_base_model(spec: str, *, seed: int) -> tuple[PreTrainedModel, PreTraine
     source = str(bundled_model_dir()) if spec == BUNDLED else spec
     if spec != BUNDLED and not Path(spec).is_dir() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise ValueError(
-            f"base model {spec!r} is not a local directory and the hub is offline (HF_HUB_OFFLINE=1);"
-            " use 'bundled', 'tiny-random' or a local directory with safetensors weights"
+            f"base model {spec!r} is not a local directory and the hub is offline "
+            "(HF_HUB_OFFLINE=1); use 'bundled', 'tiny-random' or a local directory with "
+            "safetensors weights"
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)

@@ -170,6 +170,29 @@ def set_champion(
     return target
 
 
+def rollback_champion(
+    *, session: Session, model_name: str, version: int, reason: str
+) -> tuple[ModelVersion, Run]:
+    """Make `version` champion again and record it in anomdet_runs like a decision."""
+    if not reason.strip():
+        raise ValueError("a rollback needs a reason in words (--reason)")
+    current = get_champion(session=session, model_name=model_name)
+    run = start_run(session=session, model_name=model_name, kind="rollback",
+                    parameters={"version": version})
+    target = set_champion(session=session, model_name=model_name, version=version,
+                          expected_champion_id=current.id if current else None)
+    was = f"version {_number(session, current)}" if current else "no champion"
+    finish_run(session=session, run_id=run.id, state="completed", decision="rolled_back",
+               reason=f"rolled back from {was} to version {version}: {reason.strip()}",
+               champion_version_id=current.id if current else None,
+               challenger_version_id=target.id, champion_metrics=target.metrics)
+    return target, run
+
+
+def _number(session: Session, version: ModelVersion | None) -> int | None:
+    return version.version if version else None
+
+
 def insert_flags(
     *, session: Session, model_version_id: int, rows: Sequence[dict[str, Any]],
     batch_size: int = 10_000,

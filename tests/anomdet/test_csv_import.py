@@ -29,7 +29,8 @@ def test_good_file_is_read_with_optional_labels(tmp_path: Path) -> None:
     ("content", "message"),
     [
         ("id,body\n1,a\n", "missing column\\(s\\) text"),
-        ("id,text,label\n1,a,yes\n2,b,2\n3,c,-1\n", "label must be 0, 1 or empty; line\\(s\\) 2, 3, 4"),
+        ("id,text,label\n1,a,yes\n2,b,2\n3,c,-1\n",
+         "label must be 0, 1 or empty; line\\(s\\) 2, 3, 4"),
         ("id,text\n1,a\n1,b\n", "id repeats on line\\(s\\) 2, 3"),
         ("id,text\nx,a\n", "id is not a whole number on line\\(s\\) 2"),
         ('id,text\n1,"unclosed\n2,b\n', "not a well-formed"),
