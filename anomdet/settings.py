@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from db.records import RecordsMapping
 
 if TYPE_CHECKING:
+    from anomdet.drift import DriftBounds
     from anomdet.promotion import PromotionPolicy
     from anomdet.validation import ValidationConfig
 
@@ -116,6 +117,23 @@ class ValidationSettings(BaseModel):
     max_duplicate_text_ratio: float = Field(0.5, ge=0, le=1)
 
 
+class DriftSettings(BaseModel):
+    """Bounds on drift against the champion's training data (see `anomdet.drift`)."""
+
+    max_length_ks: float = Field(0.25, ge=0, le=1)
+    max_oov_increase: float = Field(0.10, ge=0, le=1)
+    max_label_rate_change: float = Field(0.15, ge=0, le=1)
+    max_unseen_share: float = Field(1.0, ge=0, le=1)
+    # Drift is reported on every run; by default crossing a bound only warns.
+    on_breach: Literal["fail", "warn"] = "warn"
+
+    def bounds(self) -> DriftBounds:
+        """The drift module's bounds object."""
+        from anomdet.drift import DriftBounds
+
+        return DriftBounds(**self.model_dump())
+
+
 class Settings(BaseSettings):
     """Everything anomdet needs to run, from the environment with safe defaults."""
 
@@ -132,6 +150,7 @@ class Settings(BaseSettings):
     training: TrainingSettings = TrainingSettings()
     promotion: PromotionSettings = PromotionSettings()
     validation: ValidationSettings = ValidationSettings()
+    drift: DriftSettings = DriftSettings()
 
     @field_validator("database_url")
     @classmethod

@@ -27,6 +27,16 @@ from anomdet.settings import TrainingSettings
 logger = logging.getLogger(__name__)
 
 
+def base_vocab(spec: str) -> frozenset[str]:
+    """The word-piece vocabulary of a base model's tokenizer (for drift figures)."""
+    from transformers import AutoTokenizer
+
+    from anomdet.model import BUNDLED, TINY_RANDOM, bundled_model_dir
+
+    source = bundled_model_dir() if spec in (BUNDLED, TINY_RANDOM) else spec
+    return frozenset(AutoTokenizer.from_pretrained(source).get_vocab())
+
+
 def train_config(settings: TrainingSettings) -> TrainConfig:
     """The model layer's config from the user's training settings."""
     return TrainConfig(

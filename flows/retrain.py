@@ -10,7 +10,8 @@ from prefect.transactions import transaction
 from pydantic import BaseModel, Field
 
 from anomdet.data import fingerprint
-from anomdet.errors import DataValidationError
+from anomdet.drift import DataProfile
+from anomdet.errors import DataValidationError, DriftError
 from anomdet.model import WEIGHTS_FILE, sha256_file
 from anomdet.settings import Settings
 from db.engine import get_engine, session_scope
@@ -20,6 +21,7 @@ from tasks.model import (
     evaluate_model,
     fine_tune_challenger,
     load_champion,
+    measure_drift,
     split_data,
     validate_records,
 )
@@ -57,6 +59,10 @@ def retrain(params: RetrainParams | None = None) -> dict[str, Any]:
         record_run(settings, run_id, state="failed", decision="failed_validation",
                    reason=str(exc), validation=exc.report.summary())
         raise
+    except DriftError as exc:
+        record_run(settings, run_id, state="failed", decision="failed_validation",
+                   reason=str(exc), drift=exc.report.summary())
+        raise
     except Exception as exc:
         record_run(settings, run_id, state="failed", decision="failed",
                    reason=f"{type(exc).__name__}: {exc}")
@@ -71,10 +77,14 @@ def _retrain(settings: Settings, run_id: int) -> dict[str, Any]:
     publish_validation(settings.model_name, report)
     if not report.success:
         raise DataValidationError(report)
-    split = split_data(frame, settings)
-    record_run(settings, run_id, validation=report.summary(), data_fingerprint=fingerprint(frame),
-               test_rows=len(split.test))
     champion = load_champion(settings)
+    drift, data_profile = measure_drift(frame, champion[1] if champion else None, settings)
+    record_run(settings, run_id, validation=report.summary(), drift=drift.summary(),
+               data_fingerprint=fingerprint(frame))
+    if drift.blocks:
+        raise DriftError(drift)
+    split = split_data(frame, settings)
+    record_run(settings, run_id, test_rows=len(split.test))
     challenger = fine_tune_challenger(split, settings)
     ch_eval = evaluate_model((challenger.model, challenger.tokenizer), split.test,
                              challenger.threshold, challenger.config.max_length, settings)
@@ -103,7 +113,7 @@ def _retrain(settings: Settings, run_id: int) -> dict[str, Any]:
     try:
         version_id, number, written = _promote(settings, run_id, challenger, ch_eval.metrics,
                                                champion[0].id if champion else None,
-                                               fingerprint(split.train))
+                                               fingerprint(split.train), data_profile)
     except ChampionChanged as exc:
         reason = f"{decision.reason} Promotion abandoned: {exc}."
         record_run(settings, run_id, state="completed", decision="rejected", reason=reason)
@@ -118,10 +128,12 @@ def _retrain(settings: Settings, run_id: int) -> dict[str, Any]:
 
 
 def _promote(settings: Settings, run_id: int, challenger: Any, metrics: dict[str, Any],
-             expected_champion_id: int | None, data_fingerprint: str) -> tuple[int, int, int]:
+             expected_champion_id: int | None, data_fingerprint: str,
+             data_profile: DataProfile) -> tuple[int, int, int]:
     """Store, insert, move and flag as one unit: on any failure the artifact is removed
     (Prefect transaction rollback) and the database transaction leaves no row."""
     meta = {"threshold": challenger.threshold, "metrics": metrics,
+            "data_profile": data_profile.to_dict(),
             "base_model": challenger.base_model, "max_length": challenger.config.max_length,
             "hyperparameters": challenger.hyperparameters(), "run_id": run_id}
     with transaction():

@@ -11,9 +11,10 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from anomdet.data import Split, split_records
+from anomdet.drift import DataProfile, DriftReport, compare, profile
 from anomdet.model import LoadedModel, load_artifact
 from anomdet.settings import Settings
-from anomdet.training import Challenger, evaluate, train_challenger
+from anomdet.training import Challenger, base_vocab, evaluate, train_challenger
 from db import repository as repo
 from db.engine import get_engine, session_scope
 from db.models import ModelVersion
@@ -25,6 +26,20 @@ def validate_records(frame: pd.DataFrame, settings: Settings,
                      data_docs_dir: Path | None = None) -> ValidationReport:
     """Run the Great Expectations suite over the labelled records."""
     return validate_labelled(frame, settings.validation.config(), data_docs_dir=data_docs_dir)
+
+
+@task(name="measure drift", cache_policy=NO_CACHE)
+def measure_drift(frame: pd.DataFrame, champion: LoadedModel | None,
+                  settings: Settings) -> tuple[DriftReport, DataProfile]:
+    """Drift of this batch against the champion's training data; the batch's own profile."""
+    if champion is not None:
+        vocab = frozenset(champion.tokenizer.get_vocab())
+        reference = champion.meta.get("data_profile")
+    else:
+        vocab, reference = base_vocab(settings.training.base_model), None
+    current = profile(frame, vocab, seed=settings.training.seed)
+    ref = DataProfile.from_dict(reference) if reference else None
+    return compare(ref, current, settings.drift.bounds()), current
 
 
 @task(name="split records", cache_policy=NO_CACHE)
