@@ -1,0 +1,405 @@
+"""Benchmark on a labelled CSV: quality against a TF-IDF baseline, speed against stock
+transformers (one-text-at-a-time `pipeline()` for scoring, `Trainer` for training).
+
+Everything runs in one process on one de-duplicated split, so all figures share
+the same data, the same threads and the same machine load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from anomdet.csv_import import read_records_csv
+from anomdet.data import Split, normalise_text, split_records
+from anomdet.metrics import choose_threshold, classification_metrics
+from anomdet.model import (
+    TrainConfig,
+    configure_threads,
+    fine_tune,
+    load_base_model,
+    predict_scores,
+)
+from anomdet.settings import TrainingSettings
+
+logger = logging.getLogger(__name__)
+
+VAL_FRACTION = 0.15
+TEST_FRACTION = 0.2
+# Texts per class handed to fine_tune as its (required) validation set while the
+# training loop is timed; its scoring happens after the last timed step.
+THROUGHPUT_VAL_PER_CLASS = 16
+
+# (stage, done, total): one callback for every stage that reports progress.
+StageProgress = Callable[[str, int, int], None]
+
+
+def load_split(data: Path, *, seed: int) -> Split:
+    """The labelled CSV split like the retrain flow does: de-duplicated, stratified, seeded."""
+    frame = read_records_csv(Path(data))
+    unlabelled = frame["label"].isna()
+    if unlabelled.any():
+        ids = frame.loc[unlabelled, "id"].head(10).tolist()
+        raise ValueError(
+            f"{data}: {int(unlabelled.sum())} row(s) have no label (ids {ids}...); the benchmark "
+            "needs a 0/1 label on every row, so label them or drop them from the file"
+        )
+    frame = frame.assign(label=frame["label"].astype(int))
+    return split_records(frame, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION, seed=seed)
+
+
+def shared_texts(first: pd.DataFrame, second: pd.DataFrame) -> set[str]:
+    """Normalised texts present in both frames (a leak check: it should be empty)."""
+    return set(first["text"].map(normalise_text)) & set(second["text"].map(normalise_text))
+
+
+def _stage(progress: StageProgress | None, stage: str) -> Callable[[int, int], None] | None:
+    if progress is None:
+        return None
+    return lambda done, total: progress(stage, done, total)
+
+
+def baseline_scores(
+    split: Split, *, seed: int, c: float = 10.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validation and test scores of TF-IDF (word 1-2 + char 3-5 grams) + logistic regression."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline, make_union
+
+    features = make_union(
+        TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True),
+        TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True),
+    )
+    # C=10: tf-idf rows are L2-normalised and very sparse, so the default C=1
+    # regularises too hard for short messages; balanced weights match the
+    # class-weighted loss of the fine-tuned model.
+    classifier = LogisticRegression(C=c, class_weight="balanced", max_iter=2000,
+                                    random_state=seed)
+    model = make_pipeline(features, classifier)
+    model.fit(split.train["text"].tolist(), split.train["label"].to_numpy())
+    return (model.predict_proba(split.val["text"].tolist())[:, 1],
+            model.predict_proba(split.test["text"].tolist())[:, 1])
+
+
+def _quality(prefix: str, labels: np.ndarray, val_labels: np.ndarray,
+             val_scores: np.ndarray, test_scores: np.ndarray) -> dict[str, float]:
+    threshold = choose_threshold(val_labels, val_scores)
+    metrics = classification_metrics(labels, test_scores, threshold)
+    keys = ("f1", "precision", "recall", "pr_auc", "roc_auc")
+    return {f"{prefix}{k}": float(metrics[k]) for k in keys} | {f"{prefix}threshold": threshold}
+
+
+def _timed_rate(marks: Sequence[tuple[float, int]], warmup: int) -> tuple[float, int]:
+    """Samples/s between the first mark at or past `warmup` samples and the last mark.
+
+    Marks are (time, samples done so far) taken after each optimiser step.
+    """
+    start = next((m for m in marks if m[1] >= warmup), None)
+    if start is None or marks[-1][1] <= start[1]:
+        raise ValueError(
+            f"no training steps were timed after {warmup} warm-up samples; raise trainer_steps"
+        )
+    samples = marks[-1][1] - start[1]
+    return samples / (marks[-1][0] - start[0]), samples
+
+
+def _anomdet_train_marks(
+    base_model: str, seed: int, split: Split, train: pd.DataFrame, config: TrainConfig,
+    progress: StageProgress | None,
+) -> list[tuple[float, int]]:
+    model, tokenizer = load_base_model(base_model, seed=seed)
+    val = split.val.groupby("label", group_keys=False).head(THROUGHPUT_VAL_PER_CLASS)
+    marks: list[tuple[float, int]] = []
+
+    def mark(done: int, total: int) -> None:
+        marks.append((time.perf_counter(), done))
+        if progress:
+            progress("training loop: anomdet", done, total)
+
+    fine_tune(model, tokenizer, train["text"].tolist(), train["label"].to_numpy(),
+              val["text"].tolist(), val["label"].to_numpy(), replace(config, epochs=1),
+              progress=mark)
+    return marks
+
+
+def _trainer_marks(
+    base_model: str, seed: int, train: pd.DataFrame, max_length: int, steps: int,
+    progress: StageProgress | None,
+) -> list[tuple[float, int]]:
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    model, tokenizer = load_base_model(base_model, seed=seed)
+    encoded = tokenizer(train["text"].tolist(), truncation=True, max_length=max_length)
+    rows = [{**{k: v[i] for k, v in encoded.items()}, "labels": int(label)}
+            for i, label in enumerate(train["label"])]
+    marks: list[tuple[float, int]] = []
+
+    class Clock(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            marks.append((time.perf_counter(), state.global_step * args.train_batch_size))
+            if progress:
+                progress("training loop: Trainer", state.global_step, steps)
+
+    with tempfile.TemporaryDirectory() as output_dir:
+        # Stock settings; tqdm is off only so its bar does not fight the rich display.
+        args = TrainingArguments(output_dir=output_dir, max_steps=steps, report_to="none",
+                                 seed=seed, disable_tqdm=True)
+        trainer = Trainer(model=model, args=args, train_dataset=rows,
+                          processing_class=tokenizer, callbacks=[Clock()])
+        trainer.remove_callback(PrinterCallback)
+        trainer.train()
+    return marks
+
+
+def training_throughput(
+    split: Split, *, base_model: str, config: TrainConfig, trainer_steps: int, seed: int,
+    progress: StageProgress | None = None,
+) -> dict[str, float | int]:
+    """Samples/s of anomdet's loop and of `transformers.Trainer`, on the same training texts.
+
+    Each starts from a fresh copy of the base model and makes one pass over the
+    same sample of the train split. The first `warm-up` samples (a whole number of
+    batches for both loops) are not timed; exactly the same number of samples is.
+    """
+    from transformers import TrainingArguments
+
+    trainer_batch = TrainingArguments(output_dir=tempfile.gettempdir()).train_batch_size
+    block = math.lcm(config.batch_size, trainer_batch)
+    timed = math.ceil(trainer_steps * trainer_batch / block) * block
+    size = block + timed
+    if size > len(split.train):
+        raise ValueError(f"trainer_steps={trainer_steps} needs {size} training rows but the "
+                         f"train split has {len(split.train)}; lower trainer_steps")
+    sample = split.train.sample(n=size, random_state=seed).reset_index(drop=True)
+    ours, ours_n = _timed_rate(
+        _anomdet_train_marks(base_model, seed, split, sample, config, progress), block)
+    theirs, theirs_n = _timed_rate(
+        _trainer_marks(base_model, seed, sample, config.max_length, size // trainer_batch,
+                       progress), block)
+    if ours_n != theirs_n:
+        raise RuntimeError(f"timed {ours_n} samples for anomdet but {theirs_n} for Trainer")
+    return {"training_samples_per_s": ours, "trainer_samples_per_s": theirs,
+            "training_speedup": ours / theirs, "training_timed_samples": ours_n,
+            "trainer_batch_size": trainer_batch}
+
+
+def _pipeline_scores(classifier: Any, texts: Sequence[str], max_length: int) -> np.ndarray:
+    scores = np.empty(len(texts))
+    for i, text in enumerate(texts):
+        result = classifier(text, truncation=True, max_length=max_length, top_k=None)
+        scores[i] = next(r["score"] for r in result if r["label"] == "anomalous")
+    return scores
+
+
+def scoring_throughput(
+    model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int, batch_size: int,
+    repeats: int = 3,
+) -> dict[str, float | int]:
+    """Texts/s of `predict_scores` and of a one-text-at-a-time `pipeline()` on the same texts.
+
+    Same model object, same texts, same truncation; the two alternate over
+    `repeats` rounds after a warm-up call each, so machine load hits both alike.
+    """
+    from transformers import pipeline
+
+    classifier = pipeline("text-classification", model=model, tokenizer=tokenizer, device="cpu")
+    warm = list(texts[:4])
+    predict_scores(model, tokenizer, warm, batch_size=batch_size, max_length=max_length)
+    _pipeline_scores(classifier, warm, max_length)
+    seconds = {"ours": 0.0, "pipeline": 0.0}
+    for _ in range(repeats):
+        start = time.perf_counter()
+        ours = predict_scores(model, tokenizer, texts, batch_size=batch_size,
+                              max_length=max_length)
+        seconds["ours"] += time.perf_counter() - start
+        start = time.perf_counter()
+        reference = _pipeline_scores(classifier, texts, max_length)
+        seconds["pipeline"] += time.perf_counter() - start
+    ours_rate = repeats * len(texts) / seconds["ours"]
+    pipeline_rate = repeats * len(texts) / seconds["pipeline"]
+    return {"scoring_texts_per_s": ours_rate, "pipeline_texts_per_s": pipeline_rate,
+            "scoring_speedup": ours_rate / pipeline_rate, "scoring_timed_texts": len(texts),
+            # Both paths must compute the same scores, or the speed comparison is void.
+            "scoring_max_abs_diff": float(np.max(np.abs(ours - reference)))}
+
+
+def _fine_tune(
+    split: Split, settings: TrainingSettings, progress: StageProgress | None,
+) -> tuple[Any, Any, TrainConfig, dict[str, Any]]:
+    from anomdet.training import train_challenger
+
+    challenger = train_challenger(split, settings, progress=_stage(progress, "fine-tuning"))
+    result = challenger.result
+    info = {"train_rows": result.train_rows, "truncated": result.truncated,
+            "best_epoch": result.best_epoch, "best_val_pr_auc": result.best_val_pr_auc,
+            "fine_tune_samples_per_s": result.samples_per_s,
+            "fine_tune_seconds": result.seconds, "history": result.history}
+    return challenger.model, challenger.tokenizer, challenger.config, info
+
+
+def _bulk_scoring(model: Any, tokenizer: Any, texts: Sequence[str], config: TrainConfig,
+                  progress: StageProgress | None) -> float:
+    start = time.perf_counter()
+    predict_scores(model, tokenizer, texts, batch_size=config.eval_batch_size,
+                   max_length=config.max_length, progress=_stage(progress, "scoring"))
+    return len(texts) / (time.perf_counter() - start)
+
+
+def run_benchmark(
+    data: Path, *, epochs: int | None = None, max_train_rows: int | None = None,
+    base_model: str = "bundled", seed: int = 42, scoring_rows: int = 2000,
+    pipeline_rows: int = 300, trainer_steps: int = 100, repeats: int = 3,
+    progress: StageProgress | None = None,
+) -> dict[str, Any]:
+    """Run the whole benchmark on a labelled CSV and return its figures as a flat dict.
+
+    Quality: the fine-tuned model and the TF-IDF baseline are trained on the same
+    train split, thresholded on the same validation split (max F1) and measured on
+    the same de-duplicated test split. Speed: see `scoring_throughput` (on the first
+    `pipeline_rows` test/validation texts), `training_throughput`, and a bulk
+    `predict_scores` over `scoring_rows` test/validation texts.
+    """
+    started = time.perf_counter()
+    threads = configure_threads()
+    split = load_split(data, seed=seed)
+    overrides = {"epochs": epochs} if epochs is not None else {}
+    settings = TrainingSettings(base_model=base_model, seed=seed, max_train_rows=max_train_rows,
+                                **overrides)
+    model, tokenizer, config, info = _fine_tune(split, settings, progress)
+    y_val, y_test = split.val["label"].to_numpy(), split.test["label"].to_numpy()
+    kwargs = {"batch_size": config.eval_batch_size, "max_length": config.max_length}
+    val_scores = predict_scores(model, tokenizer, split.val["text"].tolist(), **kwargs)
+    test_scores = predict_scores(model, tokenizer, split.test["text"].tolist(), **kwargs)
+    quality = _quality("", y_test, y_val, val_scores, test_scores)
+    baseline = _quality("baseline_", y_test, y_val, *baseline_scores(split, seed=seed))
+    pool = pd.concat([split.test["text"], split.val["text"]]).tolist()
+    bulk_rate = _bulk_scoring(model, tokenizer, pool[:scoring_rows], config, progress)
+    scoring = scoring_throughput(model, tokenizer, pool[:pipeline_rows], repeats=repeats,
+                                 **kwargs)
+    training = training_throughput(split, base_model=base_model, config=config,
+                                   trainer_steps=trainer_steps, seed=seed, progress=progress)
+    return {
+        "data": str(data), "base_model": base_model, "seed": seed, "threads": threads,
+        "rows": sum(split.sizes().values()), "train_rows_split": len(split.train),
+        "val_rows": len(split.val), "test_rows": len(split.test),
+        "train_test_shared_texts": len(shared_texts(split.train, split.test)),
+        "epochs": config.epochs, "batch_size": config.batch_size,
+        "learning_rate": config.learning_rate, "max_length": config.max_length,
+        **info, **quality, **baseline,
+        "bulk_scoring_texts_per_s": bulk_rate, "bulk_scoring_rows": len(pool[:scoring_rows]),
+        **scoring, **training, "seconds": time.perf_counter() - started,
+    }
+
+
+class _RichStages:
+    """One rich progress bar per stage; a new stage closes the previous bar."""
+
+    def __init__(self, console: Console) -> None:
+        self._console = console
+        self._stage: str | None = None
+        self._bar: Progress | None = None
+        self._task: Any = None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage != self._stage:
+            self.close()
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                                 console=self._console, transient=False)
+            self._bar.start()
+            self._task = self._bar.add_task(stage, total=total)
+            self._stage = stage
+        assert self._bar is not None
+        self._bar.update(self._task, completed=done, total=total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+        self._bar, self._stage = None, None
+
+
+def _fmt(value: float, digits: int = 4) -> str:
+    return f"{value:.{digits}f}"
+
+
+def results_table(result: dict[str, Any]) -> Table:
+    """The headline figures: anomdet against its reference, with the ratio."""
+    table = Table(title=f"anomdet bench: {result['rows']} rows, test split {result['test_rows']}"
+                        f" (de-duplicated), {result['seconds']:.0f} s")
+    for column in ("measure", "anomdet", "reference", "reference is", "ratio"):
+        table.add_column(column, justify="left" if column in ("measure", "reference is")
+                         else "right")
+    for key in ("f1", "precision", "recall", "pr_auc"):
+        ours, theirs = result[key], result[f"baseline_{key}"]
+        table.add_row(f"test {key}", _fmt(ours), _fmt(theirs), "TF-IDF + LogReg",
+                      _fmt(ours / theirs, 2) if theirs else "-")
+    table.add_row("scoring texts/s", _fmt(result["scoring_texts_per_s"], 1),
+                  _fmt(result["pipeline_texts_per_s"], 1), "pipeline(), 1 text/call",
+                  _fmt(result["scoring_speedup"], 2))
+    table.add_row("training samples/s", _fmt(result["training_samples_per_s"], 1),
+                  _fmt(result["trainer_samples_per_s"], 1), "Trainer, defaults",
+                  _fmt(result["training_speedup"], 2))
+    return table
+
+
+def bench_command(
+    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False,
+                              help="labelled CSV with columns id,text,label"),
+    json_out: Path | None = typer.Option(None, "--json", help="also write the figures here"),
+    epochs: int | None = typer.Option(None, min=1, help="fine-tuning epochs (default: settings)"),
+    max_train_rows: int | None = typer.Option(None, min=10, help="cap on training rows"),
+    base_model: str = typer.Option("bundled", help="'bundled', 'tiny-random' or a local dir"),
+    seed: int = typer.Option(42, help="seed for the split, the models and the samples"),
+    scoring_rows: int = typer.Option(2000, min=1, help="texts in the bulk scoring run"),
+    pipeline_rows: int = typer.Option(300, min=1,
+                                      help="texts scored by both anomdet and pipeline()"),
+    trainer_steps: int = typer.Option(100, min=1, help="timed transformers.Trainer steps"),
+    repeats: int = typer.Option(3, min=1, help="alternating rounds of the scoring duel"),
+) -> None:
+    """Measure quality against a TF-IDF baseline and speed against stock transformers."""
+    for name, value in {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                        "TRANSFORMERS_VERBOSITY": "error"}.items():
+        os.environ.setdefault(name, value)
+    console = Console()
+    stages = _RichStages(console)
+    try:
+        result = run_benchmark(data, epochs=epochs, max_train_rows=max_train_rows,
+                               base_model=base_model, seed=seed, scoring_rows=scoring_rows,
+                               pipeline_rows=pipeline_rows, trainer_steps=trainer_steps,
+                               repeats=repeats, progress=stages)
+    except ValueError as exc:
+        stages.close()
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(1) from exc
+    stages.close()
+    console.print(results_table(result))
+    if json_out is not None:
+        json_out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+        console.print(f"figures written to {json_out}")
+
+
+if __name__ == "__main__":
+    typer.run(bench_command)

@@ -1,0 +1,215 @@
+"""Decision thresholds and quality figures for a binary anomaly scorer.
+
+A score is the model's probability that an example is anomalous (class 1); an
+example is predicted anomalous iff its score is at least the threshold.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_curve,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+logger = logging.getLogger(__name__)
+
+# Metrics a promotion rule may compare: each is a "higher is better" figure in [0, 1].
+QUALITY_METRICS: tuple[str, ...] = ("precision", "recall", "f1", "pr_auc", "roc_auc", "accuracy")
+THRESHOLD_METRICS: frozenset[str] = frozenset({"precision", "recall", "f1", "accuracy"})
+RANKING_METRICS: frozenset[str] = frozenset({"pr_auc", "roc_auc"})
+
+# Precision values such as 7/10 must meet a target written as 0.7 despite rounding.
+_PRECISION_SLACK = 1e-12
+# How many offending positions an error message lists before it stops.
+_SHOWN_POSITIONS = 10
+# Bound on resamples x examples held in memory at once by `resampled_metric` callers.
+RESAMPLE_CELLS_PER_CHUNK = 2_000_000
+
+
+def _positions(mask: np.ndarray) -> str:
+    where = np.flatnonzero(mask)
+    shown = ", ".join(str(i) for i in where[:_SHOWN_POSITIONS])
+    more = f" and {len(where) - _SHOWN_POSITIONS} more" if len(where) > _SHOWN_POSITIONS else ""
+    return f"{shown}{more}"
+
+
+def as_binary_labels(labels: Sequence[int] | np.ndarray) -> np.ndarray:
+    """Labels as a 1-D int64 array of 0/1; ValueError naming the bad positions otherwise."""
+    array = np.asarray(labels)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"labels must be a non-empty 1-D sequence of 0/1, got shape {array.shape}")
+    bad = ~np.isin(array, (0, 1))
+    if bad.any():
+        raise ValueError(f"labels must be 0 (normal) or 1 (anomalous); positions "
+                         f"{_positions(bad)} hold other values (e.g. {array[bad][0]!r}); "
+                         "map the label column to 0/1 before evaluating")
+    return array.astype(np.int64)
+
+
+def as_scores(scores: Sequence[float] | np.ndarray, n: int) -> np.ndarray:
+    """Scores as a 1-D float64 array of n probabilities; ValueError otherwise."""
+    array = np.asarray(scores, dtype=np.float64)
+    if array.ndim != 1 or array.size != n:
+        raise ValueError(f"scores must be 1-D with one score per label: {n} labels but scores "
+                         f"have shape {array.shape}")
+    bad = ~np.isfinite(array) | (array < 0.0) | (array > 1.0)
+    if bad.any():
+        raise ValueError(f"scores must be probabilities in [0, 1]; positions {_positions(bad)} "
+                         f"are not (e.g. {array[bad][0]!r}); pass softmax/sigmoid outputs, "
+                         "not logits")
+    return array
+
+
+def _both_classes(labels: np.ndarray, what: str) -> None:
+    positives = int(labels.sum())
+    if positives == 0 or positives == labels.size:
+        only = "anomalous (1)" if positives else "normal (0)"
+        raise ValueError(f"{what} needs both classes, but all {labels.size} labels are {only}; "
+                         "use a larger or stratified validation split")
+
+
+def _f1_from_curve(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
+    total = precision + recall
+    return np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
+
+
+def choose_threshold(labels: Sequence[int] | np.ndarray, scores: np.ndarray, *,
+                     target_precision: float | None = None) -> float:
+    """Pick the decision threshold on validation scores.
+
+    By default the threshold maximising F1 among the precision-recall curve's
+    thresholds (ties go to the lowest, which keeps the larger recall). With
+    `target_precision`, the lowest threshold whose precision reaches the target,
+    i.e. the largest recall at that precision; if no threshold reaches it, a
+    warning is logged and the max-F1 threshold is returned. The result lies in (0, 1].
+    """
+    y = as_binary_labels(labels)
+    s = as_scores(scores, y.size)
+    _both_classes(y, "choosing a threshold")
+    if target_precision is not None and not 0.0 < target_precision <= 1.0:
+        raise ValueError(f"target_precision must be in (0, 1], got {target_precision!r}")
+    precision, recall, thresholds = precision_recall_curve(y, s)
+    # The curve's last point (precision 1, recall 0) has no threshold of its own.
+    precision, recall = precision[:-1], recall[:-1]
+    index = int(np.argmax(_f1_from_curve(precision, recall)))
+    if target_precision is not None:
+        reached = np.flatnonzero(precision >= target_precision - _PRECISION_SLACK)
+        if reached.size:
+            # Thresholds ascend, so the first one reaching the target has the most recall.
+            index = int(reached[0])
+        else:
+            logger.warning("no threshold reaches precision %.4f on %d validation examples "
+                           "(best %.4f); using the max-F1 threshold instead",
+                           target_precision, y.size, float(precision.max()))
+    # A threshold of 0 would flag everything; the smallest positive float flags every
+    # example with any probability at all, which is what the curve point means.
+    return max(float(thresholds[index]), math.ulp(0.0))
+
+
+def classification_metrics(labels: Sequence[int] | np.ndarray, scores: np.ndarray,
+                           threshold: float) -> dict[str, float]:
+    """Quality of `scores` at `threshold`, as plain JSON-serialisable numbers.
+
+    Keys: precision, recall, f1, pr_auc (average precision), roc_auc, accuracy
+    (floats, 0 where a ratio's denominator is 0) and n, positives, tp, fp, fn, tn
+    (ints). pr_auc and roc_auc are NaN when the labels hold a single class, since
+    ranking quality is undefined without both classes.
+    """
+    y = as_binary_labels(labels)
+    s = as_scores(scores, y.size)
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    predicted = (s >= threshold).astype(np.int64)
+    tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, predicted, labels=[0, 1]).ravel())
+    one_class = y.min() == y.max()
+    return {
+        "precision": float(precision_score(y, predicted, zero_division=0)),
+        "recall": float(recall_score(y, predicted, zero_division=0)),
+        "f1": float(f1_score(y, predicted, zero_division=0)),
+        "pr_auc": math.nan if one_class else float(average_precision_score(y, s)),
+        "roc_auc": math.nan if one_class else float(roc_auc_score(y, s)),
+        "accuracy": float(accuracy_score(y, predicted)),
+        "n": int(y.size), "positives": int(y.sum()),
+        "tp": tp, "fp": fp, "fn": fn, "tn": tn,
+    }
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator, 0 where the denominator is 0 (scikit-learn's zero_division=0)."""
+    return np.divide(numerator, denominator, out=np.zeros_like(numerator),
+                     where=denominator > 0)
+
+
+def _weighted_threshold_metric(y: np.ndarray, predicted: np.ndarray, weights: np.ndarray,
+                               metric: str) -> np.ndarray:
+    positive, hit = y.astype(bool), predicted.astype(bool)
+    tp = weights @ (positive & hit).astype(np.float64)
+    fp = weights @ (~positive & hit).astype(np.float64)
+    fn = weights @ (positive & ~hit).astype(np.float64)
+    if metric == "precision":
+        return _ratio(tp, tp + fp)
+    if metric == "recall":
+        return _ratio(tp, tp + fn)
+    if metric == "f1":
+        return _ratio(2 * tp, 2 * tp + fp + fn)
+    tn = weights @ (~positive & ~hit).astype(np.float64)
+    return _ratio(tp + tn, weights.sum(axis=1))
+
+
+def _weighted_ranking_metric(y: np.ndarray, s: np.ndarray, weights: np.ndarray,
+                             metric: str) -> np.ndarray:
+    # The same construction as scikit-learn's binary curve with sample weights: sort by
+    # score, descending, and cut at each distinct score.
+    order = np.argsort(-s, kind="mergesort")
+    y_sorted, s_sorted, w_sorted = y[order], s[order], weights[:, order]
+    cuts = np.r_[np.flatnonzero(np.diff(s_sorted)), s_sorted.size - 1]
+    tps = np.cumsum(w_sorted * y_sorted, axis=1)[:, cuts]
+    fps = np.cumsum(w_sorted * (1 - y_sorted), axis=1)[:, cuts]
+    total_pos, total_neg = tps[:, -1:], fps[:, -1:]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        recall = tps / total_pos
+        if metric == "pr_auc":
+            precision = _ratio(tps, tps + fps)
+            steps = np.diff(recall, axis=1, prepend=0.0)
+            value = np.sum(steps * precision, axis=1)
+        else:
+            fpr = np.concatenate([np.zeros_like(total_neg), fps / total_neg], axis=1)
+            tpr = np.concatenate([np.zeros_like(total_pos), recall], axis=1)
+            value = np.trapezoid(tpr, fpr, axis=1)
+    undefined = (total_pos[:, 0] == 0) | (total_neg[:, 0] == 0)
+    return np.where(undefined, np.nan, value)
+
+
+def resampled_metric(labels: np.ndarray, scores: np.ndarray, threshold: float,
+                     counts: np.ndarray, metric: str) -> np.ndarray:
+    """One metric per bootstrap resample, given how often each example was drawn.
+
+    `counts` has shape (resamples, n): row r says how many times each example
+    appears in resample r. A resample with repeats is the original data weighted by
+    those counts, so row r's value equals the scikit-learn metric on that resample.
+    Written with numpy rather than calling scikit-learn per resample because a
+    paired bootstrap needs thousands of evaluations and the per-call overhead
+    would dominate; the tests check agreement with scikit-learn's weighted metrics.
+    Ranking metrics are NaN for a resample that holds a single class.
+    """
+    y = as_binary_labels(labels)
+    s = as_scores(scores, y.size)
+    weights = np.asarray(counts, dtype=np.float64)
+    if weights.ndim != 2 or weights.shape[1] != y.size:
+        raise ValueError(f"counts must have shape (resamples, {y.size}), got {weights.shape}")
+    if metric in THRESHOLD_METRICS:
+        return _weighted_threshold_metric(y, s >= threshold, weights, metric)
+    if metric in RANKING_METRICS:
+        return _weighted_ranking_metric(y, s, weights, metric)
+    raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(QUALITY_METRICS)}")

@@ -1,0 +1,80 @@
+"""Serve both flows on their schedules from one long-running process, without a work pool.
+
+This is the lighter alternative to the deployments in prefect.yaml: no work pool, no
+worker, no `prefect deploy`; the process that calls `serve_all` polls the server and
+runs each scheduled or manually triggered run as a subprocess of itself. It still
+needs a Prefect server (PREFECT_API_URL) to hold the schedules and the run history.
+"""
+
+from __future__ import annotations
+
+import logging
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+from prefect.deployments.runner import RunnerDeployment
+from prefect.schedules import Cron, Schedule
+
+from flows.retrain import retrain
+from flows.score import score
+
+logger = logging.getLogger(__name__)
+
+#: Deployment names of the served flows. They differ from prefect.yaml's
+#: `retrain-nightly` and `score-hourly` on purpose: serving under those names would
+#: take over the work-pool deployments of the same flows on the same server.
+RETRAIN_SERVED = "retrain-served"
+SCORE_SERVED = "score-served"
+
+
+def _schedule(expression: str, timezone: str, what: str) -> Schedule:
+    """A cron schedule, or a ValueError naming the option that holds a bad value."""
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"timezone {timezone!r} is not an IANA time zone name; "
+                         "use one such as 'UTC' or 'Europe/Berlin'") from exc
+    try:
+        return Cron(expression, timezone=timezone)
+    except ValueError as exc:
+        raise ValueError(f"{what} {expression!r} is not a cron expression; give five "
+                         "fields, minute hour day month weekday, e.g. '0 2 * * *'") from exc
+
+
+def served_deployments(retrain_cron: str = "0 2 * * *", score_cron: str = "15 * * * *",
+                       timezone: str = "UTC") -> list[RunnerDeployment]:
+    """The retraining and scoring deployments that `serve_all` serves, not yet registered."""
+    retraining = retrain.to_deployment(
+        name=RETRAIN_SERVED,
+        schedules=[_schedule(retrain_cron, timezone, "retrain cron")],
+        # One retraining at a time: a run triggered during another waits for it.
+        concurrency_limit=ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
+        description="Retrain the detector; promote only a challenger that beats the champion.",
+        tags=["anomdet", "retrain", "served"],
+    )
+    scoring = score.to_deployment(
+        name=SCORE_SERVED,
+        schedules=[_schedule(score_cron, timezone, "score cron")],
+        # Scoring is incremental: a run that would overlap the previous one is dropped.
+        concurrency_limit=ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+        description="Score new unlabelled records with the champion and write their flags.",
+        tags=["anomdet", "score", "served"],
+    )
+    return [retraining, scoring]
+
+
+def serve_all(retrain_cron: str = "0 2 * * *", score_cron: str = "15 * * * *",
+              timezone: str = "UTC", limit: int | None = 2) -> None:
+    """Register both deployments and run their flow runs here until interrupted.
+
+    `retrain_cron` and `score_cron` are five-field cron expressions read in `timezone`
+    (an IANA name); `limit` caps the flow runs this process executes at once.
+    Blocks until SIGINT/SIGTERM; the schedules are paused on the way out.
+    """
+    deployments = served_deployments(retrain_cron, score_cron, timezone)
+    logger.info("serving %s (%s) and %s (%s), %s", RETRAIN_SERVED, retrain_cron,
+                SCORE_SERVED, score_cron, timezone)
+    serve(*deployments, limit=limit)

@@ -1,0 +1,106 @@
+"""The benchmark end to end on a small synthetic CSV with a tiny random BERT: every
+figure is present and sane, the test split is the de-duplicated one, nothing leaks."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from anomdet.bench import bench_command, load_split, shared_texts
+from anomdet.data import normalise_text
+
+SEED = 5
+KEYS = (
+    "rows", "test_rows", "f1", "precision", "recall", "pr_auc", "baseline_f1",
+    "scoring_texts_per_s", "pipeline_texts_per_s", "scoring_speedup",
+    "training_samples_per_s", "trainer_samples_per_s", "training_speedup", "seconds",
+    "truncated", "epochs", "best_epoch", "train_test_shared_texts",
+)
+RATES = ("scoring_texts_per_s", "pipeline_texts_per_s", "scoring_speedup",
+         "training_samples_per_s", "trainer_samples_per_s", "training_speedup",
+         "bulk_scoring_texts_per_s")
+
+
+def _write_csv(path: Path, n: int = 300) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    normal = ["meeting {} moved to friday", "invoice {} paid, thanks", "see you at {} tonight"]
+    spam = ["WIN a free prize {} call now", "urgent! claim your cash reward {} today"]
+    labels = (rng.random(n) < 0.25).astype(int)
+    texts = [(spam if y else normal)[rng.integers(2)].format(rng.integers(120))
+             for y in labels]
+    # Exact and case/spacing variants of earlier rows: a row-level split would leak them.
+    for i in range(0, n, 7):
+        texts[i] = texts[i + 1].upper().replace(" ", "  ")
+        labels[i] = labels[i + 1]
+    frame = pd.DataFrame({"id": np.arange(1, n + 1), "text": texts, "label": labels})
+    frame.to_csv(path, index=False)
+    return frame
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, Path, dict]:
+    folder = tmp_path_factory.mktemp("bench")
+    csv_path, json_path = folder / "records.csv", folder / "bench.json"
+    frame = _write_csv(csv_path)
+    app = typer.Typer()
+    app.command()(bench_command)
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("HF_HUB_OFFLINE", "TOKENIZERS_PARALLELISM", "TRANSFORMERS_VERBOSITY"):
+            patch.delenv(name, raising=False)
+        outcome = CliRunner().invoke(app, [
+            "--data", str(csv_path), "--json", str(json_path), "--base-model", "tiny-random",
+            "--epochs", "1", "--seed", str(SEED), "--scoring-rows", "40",
+            "--pipeline-rows", "12", "--trainer-steps", "2", "--repeats", "1",
+        ])
+    assert outcome.exit_code == 0, outcome.output
+    return frame, csv_path, json.loads(json_path.read_text())
+
+
+def test_json_has_every_figure_with_sane_values(bench: tuple) -> None:
+    _, _, result = bench
+    missing = [key for key in KEYS if key not in result]
+    assert not missing
+    for key in RATES:
+        assert math.isfinite(result[key]) and result[key] > 0, key
+    for key in ("f1", "precision", "recall", "pr_auc", "baseline_f1"):
+        assert 0.0 <= result[key] <= 1.0, key
+    assert result["epochs"] == 1 and result["best_epoch"] == 1
+    assert result["seconds"] > 0
+
+
+def test_both_loops_are_timed_on_the_same_samples_and_both_scorers_agree(bench: tuple) -> None:
+    _, _, result = bench
+    # lcm(anomdet batch 16, Trainer batch 8) rounds 2 Trainer steps up to one 16-sample block.
+    assert result["training_timed_samples"] == 16
+    assert result["scoring_timed_texts"] == 12
+    assert result["bulk_scoring_rows"] == 40
+    assert result["scoring_max_abs_diff"] < 1e-4
+
+
+def test_counts_describe_the_deduplicated_split(bench: tuple) -> None:
+    frame, csv_path, result = bench
+    split = load_split(csv_path, seed=SEED)
+    assert result["rows"] == len(frame)
+    assert result["test_rows"] == len(split.test)
+    assert result["val_rows"] == len(split.val)
+    assert result["train_rows_split"] == len(split.train)
+    assert result["train_test_shared_texts"] == 0
+    assert not shared_texts(split.train, split.test)
+    assert not shared_texts(split.val, split.test)
+    # The CSV does hold duplicates, so the leak check above is not vacuous.
+    assert frame["text"].map(normalise_text).duplicated().sum() >= 40
+
+
+def test_unlabelled_rows_are_refused_with_their_ids(tmp_path: Path) -> None:
+    path = tmp_path / "records.csv"
+    pd.DataFrame({"id": [1, 2, 3], "text": ["a", "b", "c"], "label": ["0", "", "1"]}).to_csv(
+        path, index=False)
+    with pytest.raises(ValueError, match=r"1 row\(s\) have no label \(ids \[2\]"):
+        load_split(path, seed=0)

@@ -1,0 +1,82 @@
+"""The command line as a user drives it: import, retrain, status, flagged, models, rollback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from anomdet.cli import app
+from db import repository as repo
+from db.engine import get_engine, session_scope
+from tests.flows.test_retrain import toy_records
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+runner = CliRunner()
+
+
+def _csv(tmp_path: Path) -> Path:
+    frame = toy_records(400)
+    path = tmp_path / "records.csv"
+    frame[["id", "text", "label"]].to_csv(path, index=False)
+    return path
+
+
+def test_import_retrain_inspect_and_roll_back(anomdet_env: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["import-csv", str(_csv(tmp_path))])
+    assert result.exit_code == 0, result.output
+    assert "imported 400 records" in result.output
+
+    first = runner.invoke(app, ["retrain", "--base-model", "tiny-random", "--epochs", "2"])
+    assert first.exit_code == 0, first.output
+    assert "decision: promoted" in first.output and "f1" in first.output
+    # A second run is recorded whatever it decides; force a promotion for the rollback.
+    second = runner.invoke(app, ["retrain", "--epochs", "2", "--seed", "7"],
+                           env={"ANOMDET_PROMOTION__BOOTSTRAP_RESAMPLES": "0",
+                                "ANOMDET_PROMOTION__GUARD_PR_AUC_TOLERANCE": "1",
+                                "ANOMDET_PROMOTION__GUARD_RECALL_TOLERANCE": "1"})
+    assert second.exit_code == 0, second.output
+    assert "decision:" in second.output
+
+    status = runner.invoke(app, ["status"])
+    assert status.exit_code == 0 and "champion: anomdet version" in status.output
+    flagged = runner.invoke(app, ["flagged", "--limit", "5"])
+    assert flagged.exit_code == 0 and "anomdet_flagged" in flagged.output
+    models = runner.invoke(app, ["models"])
+    assert models.exit_code == 0 and "champion" in models.output
+
+    if "decision: promoted" not in second.output:
+        _promote_copy_of_champion(anomdet_env)
+    back = runner.invoke(app, ["rollback", "1", "--reason", "version 2 misses fraud"])
+    assert back.exit_code == 0, back.output
+    assert "version 1 is champion again" in back.output
+    status = runner.invoke(app, ["status"])
+    assert "version 1" in status.output and "rolled_back" in status.output
+    missing = runner.invoke(app, ["rollback", "99", "--reason", "x"])
+    assert missing.exit_code != 0 and "no version 99" in missing.output
+
+
+def _promote_copy_of_champion(url: str) -> None:
+    """Make a version 2 champion directly, so that there is something to roll back from."""
+    with session_scope(get_engine(url)) as session:
+        v1 = repo.get_champion(session=session, model_name="anomdet")
+        fields = {k: getattr(v1, k) for k in ("model_name", "base_model", "artifact_uri",
+                                              "weights_sha256", "data_fingerprint",
+                                              "hyperparameters", "metrics", "threshold")}
+        repo.promote_new_version(session=session, expected_champion_id=v1.id, flags=[],
+                                 version=2, **fields)
+
+
+def test_bad_csv_exits_non_zero_and_says_where(anomdet_env: str, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id,text,label\n1,ok,0\n2,bad label,yes\n")
+    result = runner.invoke(app, ["import-csv", str(bad)])
+    assert result.exit_code == 1
+    assert "line(s) 3" in result.output and "nothing imported" in result.output
+
+
+def test_retrain_without_records_table_fails_clearly(anomdet_env: str) -> None:
+    result = runner.invoke(app, ["retrain"])
+    assert result.exit_code == 1
+    assert "records table 'records' does not exist" in result.output
