@@ -13,6 +13,7 @@ import math
 import os
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -170,7 +171,10 @@ def _trainer_marks(
         trainer = Trainer(model=model, args=args, train_dataset=rows,
                           processing_class=tokenizer, callbacks=[Clock()])
         trainer.remove_callback(PrinterCallback)
-        trainer.train()
+        with warnings.catch_warnings():
+            # On a CPU the default pin_memory=True only warns; it changes nothing.
+            warnings.filterwarnings("ignore", message=".*pin_memory.*")
+            trainer.train()
     return marks
 
 
@@ -383,6 +387,9 @@ def bench_command(
     for name, value in {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                         "TRANSFORMERS_VERBOSITY": "error"}.items():
         os.environ.setdefault(name, value)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # the rich bars below report progress instead
     console = Console()
     stages = _RichStages(console)
     try:

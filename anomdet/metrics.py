@@ -31,10 +31,10 @@ RANKING_METRICS: frozenset[str] = frozenset({"pr_auc", "roc_auc"})
 
 # Precision values such as 7/10 must meet a target written as 0.7 despite rounding.
 _PRECISION_SLACK = 1e-12
+# Float32 softmax outputs may overshoot [0, 1] by a rounding step; that is not an error.
+_SCORE_SLACK = 1e-6
 # How many offending positions an error message lists before it stops.
 _SHOWN_POSITIONS = 10
-# Bound on resamples x examples held in memory at once by `resampled_metric` callers.
-RESAMPLE_CELLS_PER_CHUNK = 2_000_000
 
 
 def _positions(mask: np.ndarray) -> str:
@@ -51,8 +51,9 @@ def as_binary_labels(labels: Sequence[int] | np.ndarray) -> np.ndarray:
         raise ValueError(f"labels must be a non-empty 1-D sequence of 0/1, got shape {array.shape}")
     bad = ~np.isin(array, (0, 1))
     if bad.any():
-        raise ValueError(f"labels must be 0 (normal) or 1 (anomalous); positions "
-                         f"{_positions(bad)} hold other values (e.g. {array[bad][0]!r}); "
+        example = array[bad][:1].tolist()[0]
+        raise ValueError(f"labels must be 0 (normal) or 1 (anomalous); the labels at "
+                         f"positions {_positions(bad)} are not (e.g. {example!r}); "
                          "map the label column to 0/1 before evaluating")
     return array.astype(np.int64)
 
@@ -63,12 +64,12 @@ def as_scores(scores: Sequence[float] | np.ndarray, n: int) -> np.ndarray:
     if array.ndim != 1 or array.size != n:
         raise ValueError(f"scores must be 1-D with one score per label: {n} labels but scores "
                          f"have shape {array.shape}")
-    bad = ~np.isfinite(array) | (array < 0.0) | (array > 1.0)
+    bad = ~np.isfinite(array) | (array < -_SCORE_SLACK) | (array > 1.0 + _SCORE_SLACK)
     if bad.any():
-        raise ValueError(f"scores must be probabilities in [0, 1]; positions {_positions(bad)} "
-                         f"are not (e.g. {array[bad][0]!r}); pass softmax/sigmoid outputs, "
-                         "not logits")
-    return array
+        raise ValueError(f"scores must be probabilities in [0, 1]; the scores at positions "
+                         f"{_positions(bad)} are not (e.g. {float(array[bad][0])!r}); pass "
+                         "softmax/sigmoid outputs, not logits")
+    return np.clip(array, 0.0, 1.0)
 
 
 def _both_classes(labels: np.ndarray, what: str) -> None:

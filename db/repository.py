@@ -7,6 +7,7 @@ commits together (see `db.engine.session_scope`).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -22,6 +23,20 @@ from db.records import RecordsMapping
 logger = logging.getLogger(__name__)
 
 FLAGGED_VIEW = "anomdet_flagged"
+
+
+def json_safe(value: Any) -> Any:
+    """NaN and infinities as null, numpy scalars as Python numbers: PostgreSQL's JSON
+    rejects NaN, and a metric that could not be computed is honestly 'no value'."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 class ChampionChanged(RuntimeError):
@@ -67,7 +82,8 @@ def start_run(
     flow_run_id: str | None = None, parameters: dict[str, Any] | None = None,
 ) -> Run:
     """Insert a run row in state `running`."""
-    run = Run(model_name=model_name, kind=kind, flow_run_id=flow_run_id, parameters=parameters,
+    run = Run(model_name=model_name, kind=kind, flow_run_id=flow_run_id,
+              parameters=json_safe(parameters),
               state="running", started_at=utcnow())
     session.add(run)
     session.flush()
@@ -82,7 +98,7 @@ def update_run(*, session: Session, run_id: int, **fields: Any) -> Run:
     for name, value in fields.items():
         if not hasattr(Run, name):
             raise ValueError(f"anomdet_runs has no column {name!r}")
-        setattr(run, name, value)
+        setattr(run, name, json_safe(value))
     session.flush()
     return run
 
@@ -140,7 +156,8 @@ def promote_new_version(
     model_name = version_fields["model_name"]
     _retire_expected_champion(session, model_name, expected_champion_id)
     now = utcnow()
-    version = ModelVersion(status="champion", promoted_at=now, created_at=now, **version_fields)
+    fields = {k: json_safe(v) if isinstance(v, dict) else v for k, v in version_fields.items()}
+    version = ModelVersion(status="champion", promoted_at=now, created_at=now, **fields)
     session.add(version)
     try:
         session.flush()

@@ -13,7 +13,8 @@ from db.engine import get_engine, session_scope
 from tests.flows.test_retrain import toy_records
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-runner = CliRunner()
+# Wide enough that rich tables do not abbreviate cells.
+runner = CliRunner(env={"COLUMNS": "200"})
 
 
 def _csv(tmp_path: Path) -> Path:

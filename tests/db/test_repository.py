@@ -175,3 +175,13 @@ def test_unsafe_names_are_refused_before_any_sql(name: str) -> None:
         RecordsMapping(table=name)
     with pytest.raises(ValueError, match="not a plain SQL identifier"):
         RecordsMapping(text_column=name)
+
+
+def test_json_fields_store_nan_as_null(engine: sa.Engine) -> None:
+    with session_scope(engine) as session:
+        run = repo.start_run(session=session, model_name="m")
+        repo.update_run(session=session, run_id=run.id,
+                        challenger_metrics={"f1": 0.5, "roc_auc": float("nan")})
+    with session_scope(engine) as session:
+        [latest] = repo.recent_runs(session=session, model_name="m")
+        assert latest.challenger_metrics == {"f1": 0.5, "roc_auc": None}

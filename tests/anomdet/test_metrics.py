@@ -1,0 +1,151 @@
+"""Threshold choice and quality figures, checked against hand-worked examples and scikit-learn."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import (
+    accuracy_score,
+    average_precision_score,
+    f1_score,
+    precision_score,
+    recall_score,
+    roc_auc_score,
+)
+
+from anomdet.metrics import (
+    QUALITY_METRICS,
+    choose_threshold,
+    classification_metrics,
+    resampled_metric,
+)
+
+# Worked by hand: at 0.4 three anomalies and one normal are flagged (P 3/4, R 1, F1 6/7);
+# at 0.7 two anomalies and nothing else (P 1, R 2/3, F1 4/5); every other cut is worse.
+LABELS = np.array([0, 0, 0, 1, 1, 1])
+SCORES = np.array([0.1, 0.2, 0.6, 0.4, 0.7, 0.9])
+
+
+def test_max_f1_threshold_matches_the_hand_worked_answer() -> None:
+    threshold = choose_threshold(LABELS, SCORES)
+    assert type(threshold) is float
+    assert threshold == pytest.approx(0.4)
+    assert classification_metrics(LABELS, SCORES, threshold)["f1"] == pytest.approx(6 / 7)
+
+
+def test_max_f1_threshold_beats_every_other_cut_on_random_scores() -> None:
+    rng = np.random.default_rng(3)
+    labels = (rng.random(150) < 0.2).astype(int)
+    scores = np.clip(labels * 0.35 + rng.random(150) * 0.65, 0, 1)
+    best = classification_metrics(labels, scores, choose_threshold(labels, scores))["f1"]
+    others = [f1_score(labels, scores >= t) for t in np.unique(scores)]
+    assert best == pytest.approx(max(others))
+
+
+@pytest.mark.parametrize(("target", "expected"), [(1.0, 0.7), (0.8, 0.7), (0.75, 0.4)])
+def test_target_precision_takes_the_lowest_threshold_reaching_it(target: float,
+                                                                 expected: float) -> None:
+    threshold = choose_threshold(LABELS, SCORES, target_precision=target)
+    assert threshold == pytest.approx(expected)
+    assert classification_metrics(LABELS, SCORES, threshold)["precision"] >= target
+
+
+def test_unreachable_target_precision_falls_back_to_max_f1_with_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # The highest score is a normal example, so no cut reaches precision 0.9.
+    labels, scores = np.array([1, 0, 1, 0]), np.array([0.3, 0.95, 0.5, 0.1])
+    with caplog.at_level(logging.WARNING, logger="anomdet.metrics"):
+        threshold = choose_threshold(labels, scores, target_precision=0.9)
+    assert threshold == pytest.approx(choose_threshold(labels, scores))
+    assert "no threshold reaches precision 0.9000" in caplog.text
+
+
+def test_threshold_stays_above_zero_when_the_best_cut_is_a_zero_score() -> None:
+    threshold = choose_threshold([1, 0, 1], np.array([0.0, 0.3, 0.8]))
+    assert 0.0 < threshold <= 1e-300
+
+
+@pytest.mark.parametrize(("labels", "scores", "message"), [
+    ([1, 1, 1], [0.2, 0.5, 0.9], "needs both classes"),
+    ([0, 1, 0], [0.2, 0.5], "one score per label"),
+    ([0, 2, 1], [0.2, 0.5, 0.9], "positions 1"),
+    ([0, 1, 1], [0.2, float("nan"), 0.9], "positions 1"),
+    ([0, 1, 1], [0.2, 1.5, 0.9], "probabilities in [0, 1]"),
+    ([0, 1, 1], [0.2, -0.01, 0.9], "positions 1 "),
+])
+def test_choose_threshold_rejects_bad_input_saying_what_is_wrong(
+        labels: list[int], scores: list[float], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        choose_threshold(labels, np.array(scores))
+
+
+def test_target_precision_outside_zero_one_is_rejected() -> None:
+    with pytest.raises(ValueError, match="target_precision"):
+        choose_threshold(LABELS, SCORES, target_precision=1.5)
+
+
+def test_classification_metrics_on_a_hand_worked_example() -> None:
+    labels, scores = [1, 1, 0, 0, 1], np.array([0.9, 0.4, 0.6, 0.1, 0.5])
+    # Flagged at 0.5 (a score equal to the threshold counts): positions 0, 2 and 4.
+    metrics = classification_metrics(labels, scores, 0.5)
+    assert (metrics["tp"], metrics["fp"], metrics["fn"], metrics["tn"]) == (2, 1, 1, 1)
+    assert metrics["precision"] == pytest.approx(2 / 3)
+    assert metrics["recall"] == pytest.approx(2 / 3)
+    assert metrics["f1"] == pytest.approx(2 / 3)
+    assert metrics["accuracy"] == pytest.approx(3 / 5)
+    assert metrics["roc_auc"] == pytest.approx(roc_auc_score(labels, scores))
+    assert metrics["pr_auc"] == pytest.approx(average_precision_score(labels, scores))
+    assert (metrics["n"], metrics["positives"]) == (5, 3)
+    assert all(type(v) in (int, float) for v in metrics.values())
+    assert json.loads(json.dumps(metrics, allow_nan=False)) == metrics
+
+
+def test_single_class_gives_nan_ranking_metrics_and_zero_not_error() -> None:
+    metrics = classification_metrics([0, 0, 0], np.array([0.1, 0.2, 0.3]), 0.5)
+    assert math.isnan(metrics["roc_auc"]) and math.isnan(metrics["pr_auc"])
+    assert metrics["precision"] == 0.0 and metrics["recall"] == 0.0 and metrics["f1"] == 0.0
+    assert metrics["accuracy"] == 1.0 and metrics["tn"] == 3
+
+
+def test_classification_metrics_rejects_a_non_finite_threshold() -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        classification_metrics(LABELS, SCORES, float("nan"))
+
+
+SKLEARN_WEIGHTED = {
+    "precision": lambda y, s, t, w: precision_score(y, s >= t, sample_weight=w, zero_division=0),
+    "recall": lambda y, s, t, w: recall_score(y, s >= t, sample_weight=w, zero_division=0),
+    "f1": lambda y, s, t, w: f1_score(y, s >= t, sample_weight=w, zero_division=0),
+    "accuracy": lambda y, s, t, w: accuracy_score(y, s >= t, sample_weight=w),
+    "pr_auc": lambda y, s, t, w: average_precision_score(y, s, sample_weight=w),
+    "roc_auc": lambda y, s, t, w: roc_auc_score(y, s, sample_weight=w),
+}
+
+
+@pytest.mark.parametrize("metric", QUALITY_METRICS)
+def test_resampled_metric_equals_scikit_learn_on_weighted_data(metric: str) -> None:
+    rng = np.random.default_rng(7)
+    labels = (rng.random(200) < 0.3).astype(int)
+    # Rounded so that tied scores exercise the distinct-threshold handling.
+    scores = np.round(np.clip(labels * 0.3 + rng.random(200) * 0.7, 0, 1), 2)
+    counts = rng.multinomial(200, np.full(200, 1 / 200), size=6)
+    got = resampled_metric(labels, scores, 0.5, counts, metric)
+    expected = [SKLEARN_WEIGHTED[metric](labels, scores, 0.5, w) for w in counts]
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+
+
+def test_resampled_ranking_metric_is_nan_for_a_single_class_resample() -> None:
+    counts = np.array([[1, 1, 0, 0], [1, 0, 1, 1]])
+    got = resampled_metric([1, 1, 0, 0], np.array([0.9, 0.8, 0.3, 0.1]), 0.5, counts, "roc_auc")
+    assert math.isnan(got[0]) and got[1] == pytest.approx(1.0)
+
+
+def test_resampled_metric_rejects_unknown_metric_and_bad_counts() -> None:
+    with pytest.raises(ValueError, match="unknown metric 'auc'"):
+        resampled_metric(LABELS, SCORES, 0.5, np.ones((2, 6)), "auc")
+    with pytest.raises(ValueError, match=r"shape \(resamples, 6\)"):
+        resampled_metric(LABELS, SCORES, 0.5, np.ones((2, 5)), "f1")

@@ -1,0 +1,260 @@
+"""End to end against a real Prefect server: deploy prefect.yaml, run it on a worker, serve.
+
+A `prefect server start` with its own home and SQLite database, the process work pool,
+`prefect --no-prompt deploy --all` from the repository root, a process worker started
+outside the repository (the deployment's pull step must bring the run back to it), and
+one retraining run triggered with typed parameters. Every process is started here and
+stopped here by its id, also when an assertion fails; every wait has a bound.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from db import repository as repo
+from db.engine import get_engine, session_scope
+from tests.flows.test_retrain import seed_records, toy_records
+
+pytestmark = pytest.mark.server
+
+REPO = Path(__file__).resolve().parents[1]
+POOL = "anomdet-process"
+ARTIFACT_KEYS = {"anomdet-metrics", "anomdet-decision", "anomdet-validation"}
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running server: its API address and the environment its clients need."""
+
+    api_url: str
+    env: dict[str, str]
+    logs: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without any Prefect or anomdet setting, plus `extra`.
+
+    The test session points PREFECT_HOME (and, under the harness, the API) elsewhere;
+    nothing of that may leak into the server, the CLI, the worker or the flow runs.
+    """
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PREFECT_", "ANOMDET_"))}
+    env.update(DO_NOT_TRACK="1", PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
+               TRANSFORMERS_VERBOSITY="error", **extra)
+    return env
+
+
+def _tail(path: Path, chars: int = 4000) -> str:
+    text = path.read_text(errors="replace") if path.exists() else "(no output)"
+    return f"--- {path.name} ---\n{text[-chars:]}"
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group we started, wait, then SIGKILL what is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
+        return
+    # Flow-run subprocesses of a worker share its group: none may outlive the test.
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+@contextmanager
+def _process(args: list[str], env: dict[str, str], cwd: Path, log: Path
+             ) -> Iterator[subprocess.Popen]:
+    """Run `args` in its own process group, output to `log`; always stopped on exit."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            yield proc
+        finally:
+            _stop(proc)
+
+
+def _prefect(server: Server, *args: str, cwd: Path = REPO, timeout: int = 180
+             ) -> subprocess.CompletedProcess:
+    """One `prefect` CLI command against the server; fails the test if it fails."""
+    result = subprocess.run([sys.executable, "-m", "prefect", *args], env=server.env, cwd=cwd,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, (
+        f"prefect {' '.join(args)} exited {result.returncode}:\n"
+        f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def _wait_for(what: str, check: Callable[[], Any], timeout: float, logs: list[Path],
+              every: float = 2.0) -> Any:
+    """Poll `check` until it returns something truthy; fail with the logs after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}\n"
+                + "\n".join(_tail(p) for p in logs))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`prefect server start` on a free port with a private home and SQLite database."""
+    root = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    env = _clean_env(PREFECT_HOME=str(root / "home"), PREFECT_API_URL=api_url)
+    server_env = {**env, "PREFECT_UI_ENABLED": "false",
+                  # No scheduled runs while the test runs: only the ones it triggers.
+                  "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false"}
+    server_env.pop("PREFECT_API_URL")
+    log = root / "server.log"
+    args = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+            "--port", str(port)]
+    with _process(args, server_env, root, log) as proc:
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                pytest.fail(f"the server exited with {proc.returncode}\n{_tail(log)}")
+            try:
+                return httpx.get(f"{api_url}/health", timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait_for("the server's health check", healthy, 180, [log], every=1.0)
+        yield Server(api_url, env, log)
+
+
+@pytest.fixture
+def client(server: Server) -> Iterator[Any]:
+    """A Prefect API client bound to the test server, whatever the session's settings."""
+    from prefect.client.orchestration import SyncPrefectClient
+
+    with SyncPrefectClient(server.api_url) as prefect_client:
+        yield prefect_client
+
+
+def _anomdet_env(server: Server, work: Path) -> dict[str, str]:
+    """Worker environment: anomdet on a private SQLite database, small training."""
+    return {**server.env,
+            "ANOMDET_DATABASE_URL": f"sqlite:///{work / 'anomdet.db'}",
+            "ANOMDET_ARTIFACTS_DIR": str(work / "artifacts"),
+            "ANOMDET_TRAINING__MAX_LENGTH": "48",
+            "ANOMDET_TRAINING__LEARNING_RATE": "0.001",
+            "ANOMDET_PROMOTION__BOOTSTRAP_RESAMPLES": "200",
+            # Poll for work every 2s instead of 10s.
+            "PREFECT_WORKER_QUERY_SECONDS": "2",
+            "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+
+
+def _final_state(client: Any, flow_run_id: Any, logs: list[Path], timeout: float) -> Any:
+    def done() -> Any:
+        run = client.read_flow_run(flow_run_id)
+        return run if run.state and run.state.is_final() else None
+
+    return _wait_for(f"flow run {flow_run_id} to finish", done, timeout, logs)
+
+
+def _check_deployments(client: Any) -> None:
+    retrain = client.read_deployment_by_name("retrain/retrain-nightly")
+    score = client.read_deployment_by_name("score/score-hourly")
+    assert retrain.work_pool_name == score.work_pool_name == POOL
+    assert retrain.global_concurrency_limit.limit == 1
+    assert [s.schedule.cron for s in retrain.schedules] == ["0 2 * * *"]
+    assert [s.schedule.cron for s in score.schedules] == ["15 * * * *"]
+    # The pull step brings each run back to this checkout.
+    [step] = retrain.pull_steps
+    assert step["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
+    assert "RetrainParams" in str(retrain.parameter_openapi_schema)
+
+
+def test_deployed_retraining_runs_on_a_worker_and_publishes_artifacts(
+    server: Server, client: Any, tmp_path: Path
+) -> None:
+    _prefect(server, "work-pool", "create", POOL, "--type", "process")
+    _prefect(server, "--no-prompt", "deploy", "--all")
+    _check_deployments(client)
+    deployment = client.read_deployment_by_name("retrain/retrain-nightly")
+    # The server checks parameters against the RetrainParams schema before any run.
+    with pytest.raises(Exception, match="(?i)validation|epochs"):
+        client.create_flow_run_from_deployment(deployment.id, parameters={"params": {"epochs": 0}})
+
+    env = _anomdet_env(server, tmp_path)
+    seed_records(env["ANOMDET_DATABASE_URL"], toy_records())
+    worker_log = tmp_path / "worker.log"
+    # Started outside the repository on purpose: the deployment's pull step moves the run.
+    args = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL]
+    with _process(args, env, tmp_path, worker_log):
+        run = client.create_flow_run_from_deployment(
+            deployment.id, parameters={"params": {"base_model": "tiny-random", "epochs": 2}})
+        final = _final_state(client, run.id, [worker_log, server.logs], timeout=420)
+    assert final.state.is_completed(), f"{final.state}\n{_tail(worker_log)}"
+
+    with session_scope(get_engine(env["ANOMDET_DATABASE_URL"])) as session:
+        [recorded] = repo.recent_runs(session=session, model_name="anomdet")
+    assert recorded.flow_run_id == str(run.id)
+    assert recorded.parameters["base_model"] == "tiny-random" and recorded.parameters["epochs"] == 2
+    assert recorded.decision == "promoted", recorded.reason
+
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    artifacts = client.read_artifacts(
+        artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
+    keys = {a.key for a in artifacts}
+    assert ARTIFACT_KEYS | {"anomdet-top-flagged"} <= keys, keys
+    decision = next(a for a in artifacts if a.key == "anomdet-decision")
+    assert "PROMOTED" in str(decision.data).upper()
+
+
+def test_serve_registers_both_flows_and_runs_them_in_process(
+    server: Server, client: Any, tmp_path: Path
+) -> None:
+    from flows.serve import RETRAIN_SERVED, SCORE_SERVED
+
+    env = _anomdet_env(server, tmp_path)
+    code = ("from flows.serve import serve_all; "
+            "serve_all(retrain_cron='30 3 * * *', score_cron='*/20 * * * *')")
+    log = tmp_path / "serve.log"
+    with _process([sys.executable, "-c", code], env, REPO, log):
+        def registered() -> Any:
+            try:
+                return (client.read_deployment_by_name(f"retrain/{RETRAIN_SERVED}"),
+                        client.read_deployment_by_name(f"score/{SCORE_SERVED}"))
+            except Exception:  # not there yet
+                return None
+
+        retrain, score = _wait_for("the served deployments", registered, 180, [log])
+        assert [s.schedule.cron for s in retrain.schedules] == ["30 3 * * *"]
+        assert [s.schedule.cron for s in score.schedules] == ["*/20 * * * *"]
+        assert retrain.global_concurrency_limit.limit == 1
+        # An empty database has no champion: the served scoring run must be executed by
+        # the serving process and fail for exactly that reason.
+        run = client.create_flow_run_from_deployment(score.id)
+        final = _final_state(client, run.id, [log, server.logs], timeout=240)
+    assert final.state.is_failed(), f"{final.state}\n{_tail(log)}"
+    assert "no champion" in (final.state.message or "") + log.read_text(errors="replace")
