@@ -44,6 +44,7 @@ from anomdet.model import (
     predict_scores,
 )
 from anomdet.settings import TrainingSettings
+from anomdet.training import Challenger, train_challenger
 
 logger = logging.getLogger(__name__)
 
@@ -252,16 +253,14 @@ def scoring_throughput(
 
 def _fine_tune(
     split: Split, settings: TrainingSettings, progress: StageProgress | None,
-) -> tuple[Any, Any, TrainConfig, dict[str, Any]]:
-    from anomdet.training import train_challenger
-
+) -> tuple[Challenger, dict[str, Any]]:
     challenger = train_challenger(split, settings, progress=_stage(progress, "fine-tuning"))
     result = challenger.result
     info = {"train_rows": result.train_rows, "truncated": result.truncated,
             "best_epoch": result.best_epoch, "best_val_pr_auc": result.best_val_pr_auc,
             "fine_tune_samples_per_s": result.samples_per_s,
             "fine_tune_seconds": result.seconds, "history": result.history}
-    return challenger.model, challenger.tokenizer, challenger.config, info
+    return challenger, info
 
 
 def _bulk_scoring(model: Any, tokenizer: Any, texts: Sequence[str], config: TrainConfig,
@@ -292,12 +291,13 @@ def run_benchmark(
     overrides = {"epochs": epochs} if epochs is not None else {}
     settings = TrainingSettings(base_model=base_model, seed=seed, max_train_rows=max_train_rows,
                                 **overrides)
-    model, tokenizer, config, info = _fine_tune(split, settings, progress)
+    challenger, info = _fine_tune(split, settings, progress)
+    model, tokenizer, config = challenger.model, challenger.tokenizer, challenger.config
     y_val, y_test = split.val["label"].to_numpy(), split.test["label"].to_numpy()
     kwargs = {"batch_size": config.eval_batch_size, "max_length": config.max_length}
-    val_scores = predict_scores(model, tokenizer, split.val["text"].tolist(), **kwargs)
     test_scores = predict_scores(model, tokenizer, split.test["text"].tolist(), **kwargs)
-    quality = _quality("", y_test, y_val, val_scores, test_scores)
+    # The validation scores are those of the kept epoch, as in the retrain flow.
+    quality = _quality("", y_test, y_val, challenger.result.val_scores, test_scores)
     baseline = _quality("baseline_", y_test, y_val, *baseline_scores(split, seed=seed))
     pool = pd.concat([split.test["text"], split.val["text"]]).tolist()
     bulk_rate = _bulk_scoring(model, tokenizer, pool[:scoring_rows], config, progress)

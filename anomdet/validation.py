@@ -243,7 +243,7 @@ def _prepare_frame(frame: pd.DataFrame) -> pd.DataFrame:
     # id; mixed types (2, -1, "yes", a number among texts) reach it as they are.
     for column in ("text", "label"):
         if column in data.columns:
-            pass
+            data[column] = data[column].astype(object)
     text = data["text"] if "text" in data.columns else empty
     label = data["label"] if "label" in data.columns else empty
     data[STRIPPED_LENGTH] = text.map(
@@ -270,7 +270,7 @@ def _expectations(config: ValidationConfig, rows: int) -> list[gx.expectations.E
         e.ExpectColumnValuesToBeOfType(column="text", type_="str"),
         # ExpectColumnValueLengthsToBeBetween counts raw characters, so '   ' would pass a
         # minimum of 1; the stripped length, derived per record, is what the bound means.
-        e.ExpectColumnValueLengthsToBeBetween(column="text", min_value=config.text_min_length,
+        e.ExpectColumnValuesToBeBetween(column=STRIPPED_LENGTH, min_value=config.text_min_length,
                                         max_value=config.text_max_length),
         e.ExpectColumnValuesToNotBeNull(column="label"),
         e.ExpectColumnValuesToBeInSet(column="label", value_set=[0, 1]),

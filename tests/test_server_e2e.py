@@ -237,6 +237,7 @@ def test_serve_registers_both_flows_and_runs_them_in_process(
     from flows.serve import RETRAIN_SERVED, SCORE_SERVED
 
     env = _anomdet_env(server, tmp_path)
+    seed_records(env["ANOMDET_DATABASE_URL"], toy_records(n=100))
     code = ("from flows.serve import serve_all; "
             "serve_all(retrain_cron='30 3 * * *', score_cron='*/20 * * * *')")
     log = tmp_path / "serve.log"
@@ -252,8 +253,8 @@ def test_serve_registers_both_flows_and_runs_them_in_process(
         assert [s.schedule.cron for s in retrain.schedules] == ["30 3 * * *"]
         assert [s.schedule.cron for s in score.schedules] == ["*/20 * * * *"]
         assert retrain.global_concurrency_limit.limit == 1
-        # An empty database has no champion: the served scoring run must be executed by
-        # the serving process and fail for exactly that reason.
+        # Records but no model yet: the served scoring run must be executed by the
+        # serving process and fail for exactly that reason.
         run = client.create_flow_run_from_deployment(score.id)
         final = _final_state(client, run.id, [log, server.logs], timeout=240)
     assert final.state.is_failed(), f"{final.state}\n{_tail(log)}"
