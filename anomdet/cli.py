@@ -152,13 +152,18 @@ def import_csv(file: Path = typer.Argument(..., help="CSV with columns id,text a
 
 
 @app.command()
-def score() -> None:
+def score(
+    task_runner: str = typer.Option("default", help="'default' (threads) or 'dask'"),
+    chunks: int = typer.Option(4, min=1, help="id ranges mapped over scoring tasks"),
+    dask_workers: int = typer.Option(2, min=1, help="local Dask workers (with --task-runner dask)"),
+) -> None:
     """Score unlabelled records that the champion has not scored yet."""
     _environment()
     from flows.score import score as score_flow
+    from flows.score import with_task_runner
 
     try:
-        summary = score_flow()
+        summary = with_task_runner(score_flow, task_runner, dask_workers)(chunks=chunks)
     except ValueError as exc:
         _fail(str(exc))
     except Exception as exc:

@@ -168,6 +168,34 @@ def iter_unlabelled(
         yield _standardise(frame)
 
 
+def id_ranges(
+    conn: Connection, table: sa.Table, mapping: RecordsMapping, *, parts: int,
+    after: object | None = None,
+) -> tuple[list[tuple[object, object]], int]:
+    """Cut the unlabelled ids past `after` into about `parts` ranges of equal row counts.
+
+    Returns the inclusive (low, high) ranges and the number of records they hold.
+    Boundaries come from OFFSET look-ups on the id index, so no id list is loaded.
+    """
+    if parts < 1:
+        raise ValueError(f"parts must be at least 1, got {parts}")
+    id_col = table.c[mapping.id_column]
+    base = sa.select(id_col).where(table.c[mapping.label_column].is_(None))
+    if after is not None:
+        base = base.where(id_col > after)
+    count = int(conn.execute(sa.select(sa.func.count()).select_from(base.subquery())).scalar())
+    if count == 0:
+        return [], 0
+    size = -(-count // parts)
+    ranges = []
+    for start in range(0, count, size):
+        stop = min(start + size, count) - 1
+        low = conn.execute(base.order_by(id_col).offset(start).limit(1)).scalar()
+        high = conn.execute(base.order_by(id_col).offset(stop).limit(1)).scalar()
+        ranges.append((_plain(low), _plain(high)))
+    return ranges, count
+
+
 def unlabelled_id_bounds(
     conn: Connection, table: sa.Table, mapping: RecordsMapping
 ) -> tuple[object, object, int]:

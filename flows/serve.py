@@ -15,6 +15,7 @@ from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron, Schedule
+from prefect.settings import get_current_settings
 
 from flows.retrain import retrain
 from flows.score import score
@@ -72,9 +73,15 @@ def serve_all(retrain_cron: str = "0 2 * * *", score_cron: str = "15 * * * *",
 
     `retrain_cron` and `score_cron` are five-field cron expressions read in `timezone`
     (an IANA name); `limit` caps the flow runs this process executes at once.
-    Blocks until SIGINT/SIGTERM; the schedules are paused on the way out.
+    Blocks until SIGINT/SIGTERM; the schedules are paused on the way out. Raises
+    ValueError for a bad cron expression or time zone, or when PREFECT_API_URL is unset.
     """
     deployments = served_deployments(retrain_cron, score_cron, timezone)
+    if not get_current_settings().api.url:
+        # Without a server Prefect would serve against a temporary API that lives and
+        # dies with this process: schedules and history would be invisible and lost.
+        raise ValueError("PREFECT_API_URL is not set: start a server with `prefect server "
+                         "start` and export PREFECT_API_URL=http://127.0.0.1:4200/api")
     logger.info("serving %s (%s) and %s (%s), %s", RETRAIN_SERVED, retrain_cron,
                 SCORE_SERVED, score_cron, timezone)
     serve(*deployments, limit=limit)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -13,48 +15,80 @@ from anomdet.scoring import Scorer, ScoreSummary, score_chunk
 from anomdet.settings import Settings
 from db import repository as repo
 from db.engine import get_engine, session_scope
-from db.records import iter_unlabelled, reflect_records_table
+from db.records import id_ranges, iter_unlabelled, reflect_records_table
 
 
-@task(name="load champion scorer", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
-def load_scorer(settings: Settings) -> tuple[int, Scorer] | None:
-    """The champion's id and a scorer built from its verified artifact."""
-    with session_scope(get_engine(settings.database_url)) as session:
-        champion = repo.get_champion(session=session, model_name=settings.model_name)
-    if champion is None:
-        return None
-    configure_threads()
-    loaded = load_artifact(Path(champion.artifact_uri), expected_sha256=champion.weights_sha256)
-    return champion.id, Scorer(loaded.model, loaded.tokenizer, loaded.threshold,
-                               loaded.max_length, settings.score_batch_size)
+@dataclass(frozen=True)
+class ScoringPlan:
+    """What one scoring run covers: the champion and the id ranges past its cursor."""
+
+    version_id: int
+    artifact_uri: str
+    weights_sha256: str
+    after_id: Any
+    last_id: Any
+    ranges: tuple[tuple[Any, Any], ...]
+    records: int
 
 
-@task(name="score new records", cache_policy=NO_CACHE)
-def score_new_records(settings: Settings, version_id: int, scorer: Scorer) -> dict[str, Any]:
-    """Stream unlabelled records past the champion's cursor; flags and cursor move together.
-
-    Each chunk's flags and the cursor advance commit in one transaction, so a
-    run stopped at any point resumes where it left off and adds nothing twice.
-    """
+@task(name="plan scoring", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+def plan_scoring(settings: Settings, chunks: int) -> ScoringPlan | None:
+    """The champion, its cursor and the unlabelled id ranges it has not scored yet."""
     engine, mapping = get_engine(settings.database_url), settings.records.mapping()
-    summary = ScoreSummary()
     with session_scope(engine) as session:
-        cursor = repo.get_cursor(session=session, model_version_id=version_id)
-        start = cursor.last_record_id["id"] if cursor and cursor.last_record_id else None
+        champion = repo.get_champion(session=session, model_name=settings.model_name)
+        if champion is None:
+            return None
+        cursor = repo.get_cursor(session=session, model_version_id=champion.id)
+    after = cursor.last_record_id["id"] if cursor and cursor.last_record_id else None
     with engine.connect() as conn:
         table = reflect_records_table(conn, mapping)
-        chunks = iter_unlabelled(conn, table, mapping, chunk_size=settings.chunk_size,
-                                 after=start)
-        for chunk in chunks:
-            before = summary.scored + summary.skipped
+        ranges, count = id_ranges(conn, table, mapping, parts=chunks, after=after)
+    return ScoringPlan(champion.id, champion.artifact_uri, champion.weights_sha256, after,
+                       ranges[-1][1] if ranges else after, tuple(ranges), count)
+
+
+@lru_cache(maxsize=2)
+def _scorer(artifact_uri: str, sha256: str, batch_size: int) -> Scorer:
+    # One load per worker process and champion, however many chunks it scores.
+    configure_threads()
+    loaded = load_artifact(Path(artifact_uri), expected_sha256=sha256)
+    return Scorer(loaded.model, loaded.tokenizer, loaded.threshold, loaded.max_length,
+                  batch_size)
+
+
+@task(name="score id range", cache_policy=NO_CACHE)
+def score_range(settings: Settings, plan: ScoringPlan,
+                id_range: tuple[Any, Any]) -> dict[str, Any]:
+    """Score one id range in chunks; each chunk's flags commit on their own, duplicates ignored."""
+    scorer = _scorer(plan.artifact_uri, plan.weights_sha256, settings.score_batch_size)
+    engine, mapping = get_engine(settings.database_url), settings.records.mapping()
+    summary = ScoreSummary()
+    with engine.connect() as conn:
+        table = reflect_records_table(conn, mapping)
+        for chunk in iter_unlabelled(conn, table, mapping, chunk_size=settings.chunk_size,
+                                     id_range=id_range):
             flags = score_chunk(scorer, chunk, summary)
             with session_scope(engine) as session:
-                repo.insert_flags(session=session, model_version_id=version_id, rows=flags)
-                repo.advance_cursor(session=session, model_version_id=version_id,
-                                    last_record_id=_plain(summary.last_id),
-                                    scored=summary.scored + summary.skipped - before)
-    return {"model_version_id": version_id, **summary.as_dict()}
+                repo.insert_flags(session=session, model_version_id=plan.version_id, rows=flags)
+    return summary.as_dict()
 
 
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
+@task(name="advance scoring cursor", cache_policy=NO_CACHE, retries=2,
+      retry_delay_seconds=[2, 5])
+def finish_scoring(settings: Settings, plan: ScoringPlan,
+                   summaries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Move the champion's cursor past every range scored; add up the summaries."""
+    total = {"model_version_id": plan.version_id, "records": plan.records, "scored": 0,
+             "flagged": 0, "skipped": 0, "skipped_example_ids": []}
+    for part in summaries:
+        for key in ("scored", "flagged", "skipped"):
+            total[key] += part[key]
+        total["skipped_example_ids"] = (total["skipped_example_ids"]
+                                        + part["skipped_example_ids"])[:20]
+    if plan.ranges:
+        with session_scope(get_engine(settings.database_url)) as session:
+            repo.advance_cursor(session=session, model_version_id=plan.version_id,
+                                last_record_id=plan.last_id,
+                                scored=total["scored"] + total["skipped"])
+    return total
