@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from anomdet.bench import bench_command
+
 app = typer.Typer(help="Keep a BERT text anomaly detector fresh over a SQL table.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 out = Console()
@@ -266,6 +268,25 @@ def rollback(
         _fail(str(exc))
     out.print(f"version {target.version} is champion again (recorded as run {run.id}). "
               "Run `anomdet score` to flag records it has not scored yet.")
+
+
+@app.command()
+def serve(
+    retrain_cron: str = typer.Option("0 2 * * *", help="when to retrain (cron, in --timezone)"),
+    score_cron: str = typer.Option("15 * * * *", help="when to score new records (cron)"),
+    timezone: str = typer.Option("UTC", help="time zone of both schedules"),
+) -> None:
+    """Serve the retraining and scoring deployments from this process (no worker needed)."""
+    _environment()
+    from flows.serve import serve_all
+
+    try:
+        serve_all(retrain_cron=retrain_cron, score_cron=score_cron, timezone=timezone)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+app.command("bench")(bench_command)
 
 
 def main() -> None:

@@ -159,13 +159,20 @@ class ValidationReport:
                  f"{len(self.failures())} failed.", ""]
         if self.data_docs_index:
             lines += [f"Great Expectations Data Docs: `{self.data_docs_index}`", ""]
-        lines += ["| result | expectation | column | observed | unexpected | example ids |",
-                  "| --- | --- | --- | --- | --- | --- |"]
+        # Example ids go in a list under the table: a wide id column pushes the
+        # table past the width of the Prefect UI's artifact pane.
+        lines += ["| result | expectation | column | observed | unexpected |",
+                  "| --- | --- | --- | --- | --- |"]
         for o in self.outcomes:
             cells = ["ok" if o.success else "**FAILED**", o.expectation, o.column or "-",
-                     o.observed, "-" if o.unexpected_count is None else str(o.unexpected_count),
-                     ", ".join(str(i) for i in o.example_ids) or "-"]
+                     o.observed, "-" if o.unexpected_count is None else str(o.unexpected_count)]
             lines.append("| " + " | ".join(_md_cell(c) for c in cells) + " |")
+        failed_with_ids = [o for o in self.failures() if o.example_ids]
+        if failed_with_ids:
+            lines += ["", "### Example record ids of failed expectations", ""]
+            for o in failed_with_ids:
+                ids = ", ".join(str(i) for i in o.example_ids)
+                lines.append(f"- {_md_cell(o.expectation)} [{o.column or '-'}]: {_md_cell(ids)}")
         return "\n".join(lines) + "\n"
 
     def describe_failures(self) -> str:

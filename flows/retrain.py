@@ -26,7 +26,12 @@ from tasks.model import (
     validate_records,
 )
 from tasks.promotion import commit_promotion, decide_promotion, score_unlabelled, store_artifact
-from tasks.report import publish_decision, publish_flagged, publish_validation
+from tasks.report import (
+    publish_decision,
+    publish_flagged,
+    publish_pr_curve,
+    publish_validation,
+)
 
 
 class RetrainParams(BaseModel):
@@ -96,6 +101,7 @@ def _retrain(settings: Settings, run_id: int) -> dict[str, Any]:
     decision = decide_promotion(ch_eval, champ_eval, settings)
     champ_metrics = champ_eval.metrics if champ_eval else None
     publish_decision(settings.model_name, ch_eval.metrics, champ_metrics, decision)
+    publish_pr_curve(settings.model_name, ch_eval, champ_eval)
     record_run(settings, run_id, challenger_metrics=ch_eval.metrics, champion_metrics=champ_metrics,
                champion_version_id=champion[0].id if champion else None,
                details={"checks": [c.__dict__ for c in decision.checks],

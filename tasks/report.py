@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from anomdet.promotion import Decision
-from anomdet.validation import ValidationReport
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from anomdet.plots import pr_curve_markdown
+from anomdet.promotion import Decision, EvalResult
 from anomdet.report import decision_markdown, metrics_table
+from anomdet.validation import ValidationReport
 
 
 def _key(settings_model_name: str, what: str) -> str:
@@ -31,6 +32,15 @@ def publish_decision(model_name: str, challenger: dict[str, Any], champion: dict
         markdown=decision_markdown(decision, challenger, champion),
         key=_key(model_name, "decision"), description="Promotion decision and its reasons",
     )
+
+
+@task(name="publish precision-recall curve", cache_policy=NO_CACHE)
+def publish_pr_curve(model_name: str, challenger: EvalResult, champion: EvalResult | None) -> None:
+    """Both models' precision-recall curves on the shared test split, as a picture."""
+    markdown = pr_curve_markdown(challenger.labels, challenger.scores,
+                                 champion.scores if champion else None)
+    create_markdown_artifact(markdown=markdown, key=_key(model_name, "pr-curve"),
+                             description="Precision-recall curves of challenger and champion")
 
 
 @task(name="publish validation report", cache_policy=NO_CACHE)
