@@ -7,13 +7,19 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from anomdet.bench import bench_command
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from db.records import RecordsMapping
 
 app = typer.Typer(help="Keep a BERT text anomaly detector fresh over a SQL table.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -40,16 +46,24 @@ def _environment() -> None:
 
 
 def _settings() -> Any:
+    from pydantic import ValidationError
+
     from anomdet.settings import Settings
 
     try:
         return Settings()
+    except ValidationError as exc:
+        # One line per setting, without pydantic's input dump and documentation link.
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: "
+                             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
+        _fail(f"invalid configuration (ANOMDET_* environment variables): {problems}")
     except ValueError as exc:
         _fail(f"invalid configuration: {exc}")
 
 
 def _fail(message: str, code: int = 1) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    # Escaped: messages name columns in brackets ("[text]"), which rich would take as markup.
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -77,6 +91,7 @@ def _run_retrain(base_model: str | None, epochs: int | None, seed: int | None,
     from anomdet.errors import DataValidationError
     from flows.retrain import RetrainParams, retrain
 
+    _settings()  # a bad setting is reported before a flow run starts
     params = RetrainParams(base_model=base_model, epochs=epochs, seed=seed,
                            max_train_rows=max_train_rows)
     try:
@@ -88,6 +103,17 @@ def _run_retrain(base_model: str | None, epochs: int | None, seed: int | None,
     except Exception as exc:  # the flow run is marked Failed; say why and exit non-zero
         _fail(f"retraining failed: {type(exc).__name__}: {exc}")
     _print_outcome(outcome)
+
+
+def _records_table(engine: sa.Engine, mapping: RecordsMapping) -> sa.Table:
+    """The records table, created in the default shape if missing; a mapped column that the
+    existing table lacks ends the command with the reason instead of a traceback."""
+    from db.records import ensure_records_table
+
+    try:
+        return ensure_records_table(engine, mapping)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 BASE_MODEL_HELP = "'bundled' (all-MiniLM-L6-v2, offline), 'tiny-random', a directory or a hub id"
@@ -116,11 +142,11 @@ def demo(
     settings = _settings()
     from anomdet.demo import generate_demo_records
     from db.engine import get_engine
-    from db.records import count_rows, ensure_records_table, upsert_records
+    from db.records import count_rows, upsert_records
 
     engine = get_engine(settings.database_url)
     mapping = settings.records.mapping()
-    table = ensure_records_table(engine, mapping)
+    table = _records_table(engine, mapping)
     with engine.begin() as conn:
         if count_rows(conn, table) == 0:
             frame = generate_demo_records(rows)
@@ -139,7 +165,7 @@ def import_csv(file: Path = typer.Argument(..., help="CSV with columns id,text a
     settings = _settings()
     from anomdet.csv_import import read_records_csv
     from db.engine import get_engine
-    from db.records import ensure_records_table, upsert_records
+    from db.records import upsert_records
 
     try:
         frame = read_records_csv(file)
@@ -147,7 +173,7 @@ def import_csv(file: Path = typer.Argument(..., help="CSV with columns id,text a
         _fail(str(exc))
     engine = get_engine(settings.database_url)
     mapping = settings.records.mapping()
-    table = ensure_records_table(engine, mapping)
+    table = _records_table(engine, mapping)
     with engine.begin() as conn:
         written = upsert_records(conn, table, mapping, frame)
     out.print(f"imported {written} records into {mapping.table!r}")
@@ -161,6 +187,7 @@ def score(
 ) -> None:
     """Score unlabelled records that the champion has not scored yet."""
     _environment()
+    _settings()  # a bad setting is reported before a flow run starts
     from flows.score import score as score_flow
     from flows.score import with_task_runner
 
@@ -204,7 +231,7 @@ def status(runs: int = typer.Option(5, min=1, help="how many recent runs to show
         table.add_column(col)
     for run in recent:
         table.add_row(str(run.id), repo.when(run.started_at), run.state, run.decision or "-",
-                      (run.reason or "")[:120])
+                      escape((run.reason or "")[:120]))
     out.print(table)
 
 

@@ -72,7 +72,9 @@ def reflect_records_table(engine: Engine | Connection, mapping: RecordsMapping) 
     inspector = sa.inspect(engine)
     tables = inspector.get_table_names(schema=mapping.schema)
     if mapping.table not in tables:
-        shown = ", ".join(sorted(t for t in tables if not t.startswith("anomdet_"))) or "none"
+        # anomdet's own tables (and Alembic's) are never the records: leave them out.
+        shown = ", ".join(sorted(t for t in tables if not t.startswith("anomdet_")
+                                 and t != "alembic_version")) or "none"
         raise ValueError(
             f"records table {mapping.table!r} does not exist in the database "
             f"(tables there: {shown}); create it, import a CSV with `anomdet import-csv`, "

@@ -161,7 +161,7 @@ def test_sigkill_leaves_champion_and_flags_and_the_next_run_completes(
     seed_records(anomdet_env, toy_records(300))
     assert retrain()["decision"] == "promoted"
     # More records: labelled ones make training last, unlabelled ones the scoring and write.
-    extra = toy_records(6000, seed=9).iloc[300:]
+    extra = toy_records(2500, seed=9).iloc[300:]
     if moment == "write":
         extra = extra.assign(label=pd.array([None] * len(extra), dtype="Int64"))
     seed_records(anomdet_env, extra)
