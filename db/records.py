@@ -129,7 +129,8 @@ def read_labelled(
 ) -> pd.DataFrame:
     """All labelled records as a frame with the standard columns, read in chunks.
 
-    Labels are returned as stored (not coerced), so validation can report bad values.
+    Labels are returned as stored, so validation can report bad values; only the texts
+    '0' and '1' of a text-typed label column are read as the classes they name.
     """
     label = table.c[mapping.label_column]
     query = _standard_select(table, mapping).where(label.is_not(None))
@@ -137,7 +138,18 @@ def read_labelled(
     chunks = list(pd.read_sql(query, conn, chunksize=chunk_size))
     if not chunks:
         return _standardise(pd.DataFrame(columns=list(mapping.columns())))
-    return _standardise(pd.concat(chunks, ignore_index=True))
+    frame = pd.concat(chunks, ignore_index=True)
+    if not pd.api.types.is_numeric_dtype(frame["label"]):  # text, or mixed as in SQLite
+        frame["label"] = frame["label"].map(_class_from_text)
+    return _standardise(frame)
+
+
+def _class_from_text(value: object) -> object:
+    # Without this, every label of a TEXT column would fail validation as "'1' not in
+    # [0, 1]", hiding the few that are really wrong; import-csv reads '0'/'1' the same way.
+    if isinstance(value, str) and value.strip() in ("0", "1"):
+        return int(value.strip())
+    return value
 
 
 def iter_unlabelled(

@@ -50,7 +50,8 @@ def split_data(frame: pd.DataFrame, settings: Settings) -> Split:
                          seed=t.seed)
 
 
-@task(name="load champion", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+# No retries: a corrupt or missing artifact will not mend itself.
+@task(name="load champion", cache_policy=NO_CACHE)
 def load_champion(settings: Settings) -> tuple[ModelVersion, LoadedModel] | None:
     """The current champion's row and its verified artifact, or None on the first run."""
     with session_scope(get_engine(settings.database_url)) as session:
