@@ -78,12 +78,18 @@ def score_chunk(
 
 
 def score_all(
-    scorer: Scorer, chunks: Iterable[pd.DataFrame], *, run_id: int | None = None
+    scorer: Scorer, chunks: Iterable[pd.DataFrame], *, run_id: int | None = None,
+    progress: Progress | None = None, total: int = 0,
 ) -> tuple[list[dict[str, Any]], ScoreSummary]:
-    """Score a stream of chunks; return every flag row and the summary."""
+    """Score a stream of chunks; return every flag row and the summary.
+
+    `progress` is told (records done, `total`) after each chunk.
+    """
     summary, flags = ScoreSummary(), []
     for chunk in chunks:
         flags.extend(score_chunk(scorer, chunk, summary, run_id=run_id))
+        if progress:
+            progress(summary.scored + summary.skipped, max(total, summary.scored + summary.skipped))
     if summary.skipped:
         logger.warning("%d records have no text to score and were skipped (e.g. ids %s)",
                        summary.skipped, summary.skipped_ids[:5])

@@ -5,16 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
-from anomdet.promotion import EvalResult
-from anomdet.validation import ValidationReport, validate_labelled
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from anomdet.data import Split, split_records
 from anomdet.drift import DataProfile, DriftReport, compare, profile
 from anomdet.model import LoadedModel, load_artifact
+from anomdet.promotion import EvalResult
 from anomdet.settings import Settings
 from anomdet.training import Challenger, base_vocab, evaluate, train_challenger
+from anomdet.validation import ValidationReport, validate_labelled
 from db import repository as repo
 from db.engine import get_engine, session_scope
 from db.models import ModelVersion

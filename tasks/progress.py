@@ -1,21 +1,31 @@
-"""A progress callback that shows in the Prefect UI as a progress artifact."""
+"""Progress that people can see: a Prefect progress artifact in the UI and, when the flow
+runs in a terminal (the `anomdet` command), a tqdm bar on stderr."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from tqdm.auto import tqdm
 
 
 def ui_progress(description: str, *, step_percent: float = 5.0) -> Callable[[int, int], None]:
-    """A `(done, total)` callback that updates one progress artifact every `step_percent`."""
+    """A `(done, total)` callback updating one progress artifact every `step_percent`."""
     artifact_id = create_progress_artifact(progress=0.0, description=description)
     last = [0.0]
+    bar: list[tqdm] = []
 
     def report(done: int, total: int) -> None:
+        if not bar:
+            # disable=None: a bar on a terminal, nothing in a worker's captured output.
+            bar.append(tqdm(total=total, desc=description, unit="text", disable=None,
+                            leave=False))
+        bar[0].update(done - bar[0].n)
         percent = 100.0 * done / max(1, total)
         if percent - last[0] >= step_percent or done >= total:
             last[0] = percent
             update_progress_artifact(artifact_id=artifact_id, progress=min(100.0, percent))
+        if done >= total:
+            bar[0].close()
 
     return report

@@ -7,19 +7,20 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from anomdet.promotion import Decision, EvalResult, decide
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.transactions import Transaction, get_transaction
 
 from anomdet.model import save_artifact
+from anomdet.promotion import Decision, EvalResult, decide
 from anomdet.scoring import Scorer, ScoreSummary, score_all
 from anomdet.settings import Settings
 from anomdet.training import Challenger
 from db import repository as repo
 from db.engine import get_engine, session_scope
-from db.records import iter_unlabelled, reflect_records_table
+from db.records import iter_unlabelled, reflect_records_table, unlabelled_id_bounds
+from tasks.progress import ui_progress
 
 ARTIFACT_KEY = "artifact_dir"
 
@@ -61,8 +62,10 @@ def score_unlabelled(challenger: Challenger, settings: Settings,
     engine, mapping = get_engine(settings.database_url), settings.records.mapping()
     with engine.connect() as conn:
         table = reflect_records_table(conn, mapping)
+        total = unlabelled_id_bounds(conn, table, mapping)[2]
         chunks = iter_unlabelled(conn, table, mapping, chunk_size=settings.chunk_size)
-        flags, summary = score_all(scorer, chunks, run_id=run_id)
+        flags, summary = score_all(scorer, chunks, run_id=run_id, total=total,
+                                   progress=ui_progress("scoring unlabelled records"))
     get_run_logger().info("scored %d unlabelled records, %d flagged, %d skipped",
                           summary.scored, summary.flagged, summary.skipped)
     return flags, summary

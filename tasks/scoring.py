@@ -16,6 +16,7 @@ from anomdet.settings import Settings
 from db import repository as repo
 from db.engine import get_engine, session_scope
 from db.records import id_ranges, iter_unlabelled, reflect_records_table
+from tasks.progress import ui_progress
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,11 @@ class ScoringPlan:
     last_id: Any
     ranges: tuple[tuple[Any, Any], ...]
     records: int
+
+    @property
+    def range_size(self) -> int:
+        """Records per range (the last may hold fewer)."""
+        return -(-self.records // max(1, len(self.ranges)))
 
 
 @task(name="plan scoring", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
@@ -64,11 +70,14 @@ def score_range(settings: Settings, plan: ScoringPlan,
     scorer = _scorer(plan.artifact_uri, plan.weights_sha256, settings.score_batch_size)
     engine, mapping = get_engine(settings.database_url), settings.records.mapping()
     summary = ScoreSummary()
+    progress = ui_progress(f"scoring ids {id_range[0]} to {id_range[1]}")
     with engine.connect() as conn:
         table = reflect_records_table(conn, mapping)
         for chunk in iter_unlabelled(conn, table, mapping, chunk_size=settings.chunk_size,
                                      id_range=id_range):
             flags = score_chunk(scorer, chunk, summary)
+            done = summary.scored + summary.skipped
+            progress(done, max(done, plan.range_size))
             with session_scope(engine) as session:
                 repo.insert_flags(session=session, model_version_id=plan.version_id, rows=flags)
     return summary.as_dict()
