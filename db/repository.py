@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -80,10 +80,11 @@ def next_version_number(*, session: Session, model_name: str) -> int:
 def start_run(
     *, session: Session, model_name: str, kind: str = "retrain",
     flow_run_id: str | None = None, parameters: dict[str, Any] | None = None,
+    process: dict[str, Any] | None = None,
 ) -> Run:
-    """Insert a run row in state `running`."""
+    """Insert a run row in state `running`; `process` (host, pid) identifies who runs it."""
     run = Run(model_name=model_name, kind=kind, flow_run_id=flow_run_id,
-              parameters=json_safe(parameters),
+              parameters=json_safe(parameters), details={"process": process} if process else None,
               state="running", started_at=utcnow())
     session.add(run)
     session.flush()
@@ -98,6 +99,8 @@ def update_run(*, session: Session, run_id: int, **fields: Any) -> Run:
     for name, value in fields.items():
         if not hasattr(Run, name):
             raise ValueError(f"anomdet_runs has no column {name!r}")
+        if name == "details" and run.details:
+            value = {**run.details, **value}  # keep what earlier steps recorded
         setattr(run, name, json_safe(value))
     session.flush()
     return run
@@ -110,6 +113,26 @@ def finish_run(
     """Close a run with its final state, decision and reason in words."""
     return update_run(session=session, run_id=run_id, state=state, decision=decision,
                       reason=reason, ended_at=utcnow(), **fields)
+
+
+def close_abandoned_runs(
+    *, session: Session, model_name: str, host: str, is_alive: Callable[[int], bool]
+) -> list[int]:
+    """Mark `running` runs of this host whose process is gone as failed; return their ids.
+
+    A process killed outright (SIGKILL, power loss) cannot record its own end; its
+    run row would otherwise read `running` forever.
+    """
+    closed = []
+    query = sa.select(Run).where(Run.model_name == model_name, Run.state == "running")
+    for run in session.scalars(query):
+        process = (run.details or {}).get("process") or {}
+        if process.get("host") == host and not is_alive(int(process.get("pid", 0))):
+            finish_run(session=session, run_id=run.id, state="failed", decision="failed",
+                       reason=f"abandoned: process {process.get('pid')} on {host} ended "
+                              "without recording an outcome")
+            closed.append(run.id)
+    return closed
 
 
 def recent_runs(*, session: Session, model_name: str, limit: int = 10) -> list[Run]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 import pandas as pd
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from anomdet.settings import Settings
@@ -34,10 +36,28 @@ def prepare_database(settings: Settings) -> None:
 
 @task(name="start run", cache_policy=NO_CACHE, **IO_RETRIES)
 def start_run(settings: Settings, flow_run_id: str | None, parameters: dict[str, Any]) -> int:
-    """Record a new run in anomdet_runs and return its id."""
+    """Record a new run in anomdet_runs and return its id; close runs whose process died."""
+    host = socket.gethostname()
     with session_scope(get_engine(settings.database_url)) as session:
+        closed = repo.close_abandoned_runs(session=session, model_name=settings.model_name,
+                                           host=host, is_alive=_pid_alive)
+        if closed:
+            get_run_logger().warning("marked abandoned runs %s as failed", closed)
         return repo.start_run(session=session, model_name=settings.model_name,
-                              flow_run_id=flow_run_id, parameters=parameters).id
+                              flow_run_id=flow_run_id, parameters=parameters,
+                              process={"host": host, "pid": os.getpid()}).id
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @task(name="record run", cache_policy=NO_CACHE, **IO_RETRIES)

@@ -183,6 +183,9 @@ def test_sigkill_leaves_champion_and_flags_and_the_next_run_completes(
     after = snapshot(anomdet_env)
     assert after == before
     outcome = retrain()
+    with session_scope(get_engine(anomdet_env)) as session:
+        killed = repo.recent_runs(session=session, model_name="anomdet")[1]
+    assert killed.state == "failed" and killed.reason.startswith("abandoned: process")
     assert outcome["decision"] in ("promoted", "rejected")
     with session_scope(get_engine(anomdet_env)) as session:
         assert len([v for v in repo.list_versions(session=session, model_name="anomdet")
