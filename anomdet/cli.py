@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from anomdet.bench import bench_command
+from anomdet.bench_score import bench_score_command
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -317,6 +318,7 @@ def serve(
 
 
 app.command("bench")(bench_command)
+app.command("bench-score")(bench_score_command)
 
 
 def main() -> None:
