@@ -91,13 +91,13 @@ def _print_outcome(outcome: dict[str, Any]) -> None:
 
 
 def _run_retrain(base_model: str | None, epochs: int | None, seed: int | None,
-                 max_train_rows: int | None) -> None:
+                 max_train_rows: int | None, learning_rate: float | None = None) -> None:
     from anomdet.errors import DataValidationError
     from flows.retrain import RetrainParams, retrain
 
     _settings()  # a bad setting is reported before a flow run starts
     params = RetrainParams(base_model=base_model, epochs=epochs, seed=seed,
-                           max_train_rows=max_train_rows)
+                           max_train_rows=max_train_rows, learning_rate=learning_rate)
     try:
         outcome = retrain(params)
     except DataValidationError as exc:
@@ -129,19 +129,27 @@ def retrain(
     epochs: int = typer.Option(None, min=1, help="training epochs (default from settings)"),
     seed: int = typer.Option(None, help="seed for splits, initialisation and batching"),
     max_train_rows: int = typer.Option(None, min=10, help="cap on training rows"),
+    learning_rate: float = typer.Option(None, min=0, help="peak learning rate"),
 ) -> None:
     """Run the retraining flow once: exit 0 when it completes, promoted or not."""
     _environment()
-    _run_retrain(base_model, epochs, seed, max_train_rows)
+    _run_retrain(base_model, epochs, seed, max_train_rows, learning_rate)
 
 
 @app.command()
 def demo(
     rows: int = typer.Option(3000, min=100, help="demo records to seed into an empty table"),
+    anomaly_rate: float = typer.Option(0.1, min=0.01, max=0.45, help="share of anomalies"),
+    labelled: float = typer.Option(0.8, min=0.1, max=1.0, help="share of records labelled"),
     base_model: str = typer.Option(None, help=BASE_MODEL_HELP),
-    epochs: int = typer.Option(None, min=1, help="training epochs (default from settings)"),
+    epochs: int = typer.Option(4, min=1, help="training epochs"),
+    learning_rate: float = typer.Option(2e-4, min=0, help="peak learning rate"),
 ) -> None:
-    """Seed demo records if the records table is empty, then run the retraining flow."""
+    """Seed demo records if the records table is empty, then run the retraining flow.
+
+    Each demo run trains with another seed, as a nightly run on fresh data would
+    produce another model, so the second run has a real challenger to judge.
+    """
     _environment()
     settings = _settings()
     from anomdet.demo import generate_demo_records
@@ -153,12 +161,25 @@ def demo(
     table = _records_table(engine, mapping)
     with engine.begin() as conn:
         if count_rows(conn, table) == 0:
-            frame = generate_demo_records(rows)
+            frame = generate_demo_records(rows, anomaly_rate=anomaly_rate,
+                                          labelled_fraction=labelled)
             upsert_records(conn, table, mapping, frame)
             out.print(f"seeded {len(frame)} demo records into {mapping.table!r} "
                       f"({int(frame['label'].notna().sum())} labelled)")
     out.print(f"database: {settings.safe_database_url()}")
-    _run_retrain(base_model, epochs, None, None)
+    _run_retrain(base_model, epochs, settings.training.seed + _previous_runs(settings), None,
+                 learning_rate)
+
+
+def _previous_runs(settings: Any) -> int:
+    from db import repository as repo
+    from db.engine import get_engine, migrate, session_scope
+
+    engine = get_engine(settings.database_url)
+    migrate(engine)
+    with session_scope(engine) as session:
+        return len(repo.recent_runs(session=session, model_name=settings.model_name,
+                                    limit=10_000))
 
 
 @app.command("import-csv")

@@ -41,6 +41,7 @@ class RetrainParams(BaseModel):
     epochs: int | None = Field(None, ge=1, le=100)
     seed: int | None = None
     max_train_rows: int | None = Field(None, ge=10)
+    learning_rate: float | None = Field(None, gt=0, lt=1)
 
 
 def effective_settings(params: RetrainParams) -> Settings:

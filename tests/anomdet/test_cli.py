@@ -81,3 +81,18 @@ def test_retrain_without_records_table_fails_clearly(anomdet_env: str) -> None:
     result = runner.invoke(app, ["retrain"])
     assert result.exit_code == 1
     assert "records table 'records' does not exist" in result.output
+
+
+def test_demo_seeds_once_and_retrains_with_a_new_seed_each_time(anomdet_env: str) -> None:
+    args = ["demo", "--rows", "400", "--base-model", "tiny-random", "--epochs", "2",
+            "--learning-rate", "0.001"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "seeded 400 demo records" in first.output and "decision:" in first.output
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert "seeded" not in second.output and "decision:" in second.output
+    with session_scope(get_engine(anomdet_env)) as session:
+        runs = repo.recent_runs(session=session, model_name="anomdet")
+    assert [r.parameters["seed"] for r in runs] == [43, 42]
+    assert all(r.state == "completed" for r in runs)
