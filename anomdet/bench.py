@@ -221,34 +221,48 @@ def _pipeline_scores(classifier: Any, texts: Sequence[str], max_length: int) -> 
 
 def scoring_throughput(
     model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int, batch_size: int,
-    repeats: int = 3,
+    repeats: int = 3, scoring_model: Any = None,
 ) -> dict[str, float | int]:
     """Texts/s of `predict_scores` and of a one-text-at-a-time `pipeline()` on the same texts.
 
-    Same model object, same texts, same truncation; the two alternate over
-    `repeats` rounds after a warm-up call each, so machine load hits both alike.
+    `model` is the fine-tuned fp32 model, which `pipeline()` runs; `scoring_model` is
+    how anomdet scores with it (its int8 copy by default; `model` itself when None).
+    Both of anomdet's paths are timed too, so the fp32 figure is never hidden. Same
+    texts, same truncation; the paths alternate over `repeats` rounds after a warm-up
+    call each, so machine load hits all of them alike.
     """
     from transformers import pipeline
 
+    scoring_model = model if scoring_model is None else scoring_model
     classifier = pipeline("text-classification", model=model, tokenizer=tokenizer, device="cpu")
-    warm = list(texts[:4])
-    predict_scores(model, tokenizer, warm, batch_size=batch_size, max_length=max_length)
-    _pipeline_scores(classifier, warm, max_length)
-    seconds = {"ours": 0.0, "pipeline": 0.0}
+    paths: dict[str, Callable[[Sequence[str]], np.ndarray]] = {
+        "ours": lambda batch: predict_scores(scoring_model, tokenizer, batch,
+                                             batch_size=batch_size, max_length=max_length),
+        "fp32": lambda batch: predict_scores(model, tokenizer, batch, batch_size=batch_size,
+                                             max_length=max_length),
+        "pipeline": lambda batch: _pipeline_scores(classifier, batch, max_length),
+    }
+    if scoring_model is model:
+        del paths["fp32"]
+    seconds, scores = dict.fromkeys(paths, 0.0), {}
+    for path in paths.values():
+        path(list(texts[:4]))
     for _ in range(repeats):
-        start = time.perf_counter()
-        ours = predict_scores(model, tokenizer, texts, batch_size=batch_size,
-                              max_length=max_length)
-        seconds["ours"] += time.perf_counter() - start
-        start = time.perf_counter()
-        reference = _pipeline_scores(classifier, texts, max_length)
-        seconds["pipeline"] += time.perf_counter() - start
-    ours_rate = repeats * len(texts) / seconds["ours"]
-    pipeline_rate = repeats * len(texts) / seconds["pipeline"]
-    return {"scoring_texts_per_s": ours_rate, "pipeline_texts_per_s": pipeline_rate,
-            "scoring_speedup": ours_rate / pipeline_rate, "scoring_timed_texts": len(texts),
-            # Both paths must compute the same scores, or the speed comparison is void.
-            "scoring_max_abs_diff": float(np.max(np.abs(ours - reference)))}
+        for name, path in paths.items():
+            start = time.perf_counter()
+            scores[name] = path(texts)
+            seconds[name] += time.perf_counter() - start
+    rate = {name: repeats * len(texts) / spent for name, spent in seconds.items()}
+    fp32 = "fp32" if "fp32" in paths else "ours"
+    return {"scoring_texts_per_s": rate["ours"], "pipeline_texts_per_s": rate["pipeline"],
+            "scoring_speedup": rate["ours"] / rate["pipeline"],
+            "fp32_scoring_texts_per_s": rate[fp32],
+            "fp32_scoring_speedup": rate[fp32] / rate["pipeline"],
+            "scoring_timed_texts": len(texts),
+            # The fp32 path must compute pipeline()'s scores, or the comparison is void;
+            # the int8 path's distance from them is the price of its speed.
+            "scoring_max_abs_diff": float(np.max(np.abs(scores[fp32] - scores["pipeline"]))),
+            "int8_max_abs_diff": float(np.max(np.abs(scores["ours"] - scores["pipeline"])))}
 
 
 def _fine_tune(
@@ -273,6 +287,7 @@ def _bulk_scoring(model: Any, tokenizer: Any, texts: Sequence[str], config: Trai
 
 def run_benchmark(
     data: Path, *, epochs: int | None = None, max_train_rows: int | None = None,
+    precision: str = "auto",
     base_model: str = "bundled", seed: int = 42, scoring_rows: int = 2000,
     pipeline_rows: int = 300, trainer_steps: int = 100, repeats: int = 3,
     progress: StageProgress | None = None,
@@ -290,19 +305,27 @@ def run_benchmark(
     split = load_split(data, seed=seed)
     overrides = {"epochs": epochs} if epochs is not None else {}
     settings = TrainingSettings(base_model=base_model, seed=seed, max_train_rows=max_train_rows,
+                                inference_precision=precision,
                                 **overrides)
     challenger, info = _fine_tune(split, settings, progress)
     model, tokenizer, config = challenger.model, challenger.tokenizer, challenger.config
     y_val, y_test = split.val["label"].to_numpy(), split.test["label"].to_numpy()
     kwargs = {"batch_size": config.eval_batch_size, "max_length": config.max_length}
-    test_scores = predict_scores(model, tokenizer, split.test["text"].tolist(), **kwargs)
-    # The validation scores are those of the kept epoch, as in the retrain flow.
-    quality = _quality("", y_test, y_val, challenger.result.val_scores, test_scores)
+    scoring_model = challenger.scoring_model
+    test_texts = split.test["text"].tolist()
+    test_scores = predict_scores(scoring_model, tokenizer, test_texts, **kwargs)
+    # As in the retrain flow: thresholded on validation in the inference precision.
+    quality = _quality("", y_test, y_val, challenger.val_scores, test_scores)
+    # The fp32 model at its own threshold (the kept epoch's validation scores), to show
+    # what the inference precision costs in quality.
+    fp32_test = (test_scores if scoring_model is model
+                 else predict_scores(model, tokenizer, test_texts, **kwargs))
+    fp32 = _quality("fp32_", y_test, y_val, challenger.result.val_scores, fp32_test)
     baseline = _quality("baseline_", y_test, y_val, *baseline_scores(split, seed=seed))
     pool = pd.concat([split.test["text"], split.val["text"]]).tolist()
-    bulk_rate = _bulk_scoring(model, tokenizer, pool[:scoring_rows], config, progress)
+    bulk_rate = _bulk_scoring(scoring_model, tokenizer, pool[:scoring_rows], config, progress)
     scoring = scoring_throughput(model, tokenizer, pool[:pipeline_rows], repeats=repeats,
-                                 **kwargs)
+                                 scoring_model=scoring_model, **kwargs)
     training = training_throughput(split, base_model=base_model, config=config,
                                    trainer_steps=trainer_steps, seed=seed, progress=progress)
     return {
@@ -312,7 +335,8 @@ def run_benchmark(
         "train_test_shared_texts": len(shared_texts(split.train, split.test)),
         "epochs": config.epochs, "batch_size": config.batch_size,
         "learning_rate": config.learning_rate, "max_length": config.max_length,
-        **info, **quality, **baseline,
+        "inference_precision": challenger.precision, "val_pr_auc_int8": challenger.val_pr_auc_int8,
+        **info, **quality, **{k: fp32[k] for k in ("fp32_f1", "fp32_pr_auc")}, **baseline,
         "bulk_scoring_texts_per_s": bulk_rate, "bulk_scoring_rows": len(pool[:scoring_rows]),
         **scoring, **training, "seconds": time.perf_counter() - started,
     }
@@ -360,9 +384,17 @@ def results_table(result: dict[str, Any]) -> Table:
         ours, theirs = result[key], result[f"baseline_{key}"]
         table.add_row(f"test {key}", _fmt(ours), _fmt(theirs), "TF-IDF + LogReg",
                       _fmt(ours / theirs, 2) if theirs else "-")
-    table.add_row("scoring texts/s", _fmt(result["scoring_texts_per_s"], 1),
-                  _fmt(result["pipeline_texts_per_s"], 1), "pipeline(), 1 text/call",
+    precision = result.get("inference_precision", "fp32")
+    if precision != "fp32":
+        table.add_row("test f1, fp32 model", _fmt(result["fp32_f1"]), _fmt(result["baseline_f1"]),
+                      "TF-IDF + LogReg", _fmt(result["fp32_f1"] / result["baseline_f1"], 2))
+    table.add_row(f"scoring texts/s ({precision})", _fmt(result["scoring_texts_per_s"], 1),
+                  _fmt(result["pipeline_texts_per_s"], 1), "pipeline() per text",
                   _fmt(result["scoring_speedup"], 2))
+    if precision != "fp32":
+        table.add_row("scoring texts/s (fp32)", _fmt(result["fp32_scoring_texts_per_s"], 1),
+                      _fmt(result["pipeline_texts_per_s"], 1), "pipeline() per text",
+                      _fmt(result["fp32_scoring_speedup"], 2))
     table.add_row("training samples/s", _fmt(result["training_samples_per_s"], 1),
                   _fmt(result["trainer_samples_per_s"], 1), "Trainer, defaults",
                   _fmt(result["training_speedup"], 2))
@@ -375,6 +407,9 @@ def bench_command(
     json_out: Path | None = typer.Option(None, "--json", help="also write the figures here"),
     epochs: int | None = typer.Option(None, min=1, help="fine-tuning epochs (default: settings)"),
     max_train_rows: int | None = typer.Option(None, min=10, help="cap on training rows"),
+    precision: str = typer.Option(
+        "auto", help="inference precision: auto (int8 unless it costs validation PR-AUC), "
+                     "int8 or fp32"),
     base_model: str = typer.Option("bundled", help="'bundled', 'tiny-random' or a local dir"),
     seed: int = typer.Option(42, help="seed for the split, the models and the samples"),
     scoring_rows: int = typer.Option(2000, min=1, help="texts in the bulk scoring run"),
@@ -389,11 +424,16 @@ def bench_command(
         os.environ.setdefault(name, value)
     from transformers.utils import logging as hf_logging
 
+    # transformers read its verbosity when first imported, before the default above existed;
+    # without this the new classifier head's load report interrupts the progress bars.
+    if os.environ["TRANSFORMERS_VERBOSITY"] == "error":
+        hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()  # the rich bars below report progress instead
     console = Console()
     stages = _RichStages(console)
     try:
         result = run_benchmark(data, epochs=epochs, max_train_rows=max_train_rows,
+                               precision=precision,
                                base_model=base_model, seed=seed, scoring_rows=scoring_rows,
                                pipeline_rows=pipeline_rows, trainer_steps=trainer_steps,
                                repeats=repeats, progress=stages)

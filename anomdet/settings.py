@@ -62,11 +62,22 @@ class TrainingSettings(BaseModel):
     max_length: int = Field(128, ge=8, le=512)
     patience: int = Field(2, ge=1, description="epochs without a better validation PR-AUC")
     seed: int = 42
+    # The split has its own seed, fixed across runs, so that a record keeps its side
+    # however the training seed varies: the champion is then never scored on texts it
+    # was trained on. Changing it re-deals every record between train and test.
+    split_seed: int = 42
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     target_precision: float | None = Field(None, gt=0, le=1)
     max_train_rows: int | None = Field(None, ge=10)
     eval_batch_size: int = Field(64, ge=1)
+    # How the model scores (see anomdet.model.PRECISIONS): int8 scored about twice as
+    # fast as fp32 on this CPU, but can blur a model whose scores sit close together.
+    # "auto" keeps int8 only when its validation PR-AUC is within `int8_tolerance` of
+    # fp32's. The challenger is thresholded and evaluated in the chosen precision, so
+    # the decision is about the model as it will score. Use fp32 on GPUs.
+    inference_precision: Literal["auto", "int8", "fp32"] = "auto"
+    int8_tolerance: float = Field(0.002, ge=0, le=1)
 
 
 class PromotionSettings(BaseModel):

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import average_precision_score
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from anomdet.data import Split
@@ -18,6 +19,7 @@ from anomdet.model import (
     TrainResult,
     configure_threads,
     fine_tune,
+    for_inference,
     load_base_model,
     predict_scores,
 )
@@ -50,7 +52,11 @@ def train_config(settings: TrainingSettings) -> TrainConfig:
 
 @dataclass
 class Challenger:
-    """A freshly fine-tuned model with the threshold chosen on validation."""
+    """A freshly fine-tuned model with the threshold chosen on validation.
+
+    `model` holds the fp32 weights that are saved; `scoring_model` is the same model in
+    the inference precision, which the threshold, the test metrics and the flags use.
+    """
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
@@ -58,9 +64,21 @@ class Challenger:
     config: TrainConfig
     base_model: str
     result: TrainResult
+    precision: str = "fp32"
+    scoring_model: PreTrainedModel | None = None
+    val_scores: np.ndarray | None = None
+    val_pr_auc_int8: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.scoring_model is None:
+            self.scoring_model = self.model
+        if self.val_scores is None:
+            self.val_scores = self.result.val_scores
 
     def hyperparameters(self) -> dict[str, Any]:
         return {**self.config.__dict__, "base_model": self.base_model,
+                "inference_precision": self.precision, "val_pr_auc": self.result.best_val_pr_auc,
+                "val_pr_auc_int8": self.val_pr_auc_int8,
                 "best_epoch": self.result.best_epoch, "train_rows": self.result.train_rows,
                 "truncated_texts": self.result.truncated}
 
@@ -76,6 +94,17 @@ def _cap_rows(train: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFr
     return pd.concat([keep_pos, keep_neg]).sort_values("id").reset_index(drop=True)
 
 
+def choose_precision(setting: str, fp32_pr_auc: float, int8_pr_auc: float,
+                     tolerance: float) -> str:
+    """The inference precision for a new model: as configured, or for "auto" int8 unless
+    it loses more than `tolerance` of validation PR-AUC against fp32."""
+    if setting in ("fp32", "int8"):
+        return setting
+    if setting != "auto":
+        raise ValueError(f"unknown inference precision {setting!r}")
+    return "int8" if int8_pr_auc >= fp32_pr_auc - tolerance else "fp32"
+
+
 def train_challenger(
     split: Split, settings: TrainingSettings, *, progress: Progress | None = None
 ) -> Challenger:
@@ -88,12 +117,29 @@ def train_challenger(
         model, tokenizer, train["text"].tolist(), train["label"].to_numpy(),
         split.val["text"].tolist(), split.val["label"].to_numpy(), config, progress=progress,
     )
-    threshold = choose_threshold(split.val["label"].to_numpy(), result.val_scores,
-                                 target_precision=settings.target_precision)
-    logger.info("challenger: best epoch %d, validation PR-AUC %.4f, threshold %.4f",
-                result.best_epoch, result.best_val_pr_auc, threshold)
+    y_val = split.val["label"].to_numpy()
+    scoring_model, val_scores, precision = model, result.val_scores, "fp32"
+    int8_pr_auc: float | None = None
+    if settings.inference_precision != "fp32":
+        int8_model = for_inference(model, "int8")
+        # The threshold must suit the scores the model will give when it scores.
+        int8_scores = predict_scores(int8_model, tokenizer, split.val["text"].tolist(),
+                                     batch_size=config.eval_batch_size,
+                                     max_length=config.max_length)
+        int8_pr_auc = float(average_precision_score(y_val, int8_scores))
+        precision = choose_precision(settings.inference_precision, result.best_val_pr_auc,
+                                     int8_pr_auc, settings.int8_tolerance)
+        logger.info("validation PR-AUC fp32 %.4f, int8 %.4f: scoring in %s",
+                    result.best_val_pr_auc, int8_pr_auc, precision)
+        if precision == "int8":
+            scoring_model, val_scores = int8_model, int8_scores
+    threshold = choose_threshold(y_val, val_scores, target_precision=settings.target_precision)
+    logger.info("challenger: best epoch %d, validation PR-AUC %.4f, threshold %.4f (%s)",
+                result.best_epoch, result.best_val_pr_auc, threshold, precision)
     return Challenger(model=model, tokenizer=tokenizer, threshold=threshold, config=config,
-                      base_model=settings.base_model, result=result)
+                      base_model=settings.base_model, result=result, precision=precision,
+                      scoring_model=scoring_model, val_scores=val_scores,
+                      val_pr_auc_int8=int8_pr_auc)
 
 
 def evaluate(

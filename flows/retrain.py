@@ -92,7 +92,7 @@ def _retrain(settings: Settings, run_id: int) -> dict[str, Any]:
     split = split_data(frame, settings)
     record_run(settings, run_id, test_rows=len(split.test))
     challenger = fine_tune_challenger(split, settings)
-    ch_eval = evaluate_model((challenger.model, challenger.tokenizer), split.test,
+    ch_eval = evaluate_model((challenger.scoring_model, challenger.tokenizer), split.test,
                              challenger.threshold, challenger.config.max_length, settings)
     champ_eval = None
     if champion is not None:
@@ -142,6 +142,7 @@ def _promote(settings: Settings, run_id: int, challenger: Any, metrics: dict[str
     meta = {"threshold": challenger.threshold, "metrics": metrics,
             "data_profile": data_profile.to_dict(),
             "base_model": challenger.base_model, "max_length": challenger.config.max_length,
+            "precision": challenger.precision,
             "hyperparameters": challenger.hyperparameters(), "run_id": run_id}
     with transaction():
         directory = store_artifact(challenger, settings, meta)

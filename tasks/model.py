@@ -47,7 +47,7 @@ def split_data(frame: pd.DataFrame, settings: Settings) -> Split:
     """Split deterministically, duplicates kept on one side, stratified by label."""
     t = settings.training
     return split_records(frame, val_fraction=t.val_fraction, test_fraction=t.test_fraction,
-                         seed=t.seed)
+                         seed=t.split_seed)
 
 
 # No retries: a corrupt or missing artifact will not mend itself.

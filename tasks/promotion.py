@@ -57,7 +57,7 @@ def _remove_artifact(transaction: Transaction) -> None:
 def score_unlabelled(challenger: Challenger, settings: Settings,
                      run_id: int) -> tuple[list[dict[str, Any]], ScoreSummary]:
     """Score every unlabelled record with the challenger; return its flags, not yet written."""
-    scorer = Scorer(challenger.model, challenger.tokenizer, challenger.threshold,
+    scorer = Scorer(challenger.scoring_model, challenger.tokenizer, challenger.threshold,
                     challenger.config.max_length, settings.score_batch_size)
     engine, mapping = get_engine(settings.database_url), settings.records.mapping()
     with engine.connect() as conn:

@@ -13,6 +13,7 @@ Training the champion is the slow part, so it happens once per database backend
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import sqlite3
@@ -255,7 +256,12 @@ def message(result: Result) -> str:
     assert isinstance(result.exception, SystemExit), result.exception
     starts = [m.start() for m in re.finditer(r"(?m)^error: ", result.output)]
     assert starts, f"no error message in:\n{result.output}"
-    return result.output[starts[-1]:]
+    said = result.output[starts[-1]:]
+    # ANOMDET_TEST_TRANSCRIPT=FILE collects what the user saw in each case, for reading.
+    if transcript := os.environ.get("ANOMDET_TEST_TRANSCRIPT"):
+        with open(transcript, "a", encoding="utf-8") as out:
+            out.write(f"## {os.environ.get('PYTEST_CURRENT_TEST', '?')}\n{said}\n")
+    return said
 
 
 def failure_line(result: Result, expectation: str, column: str | None) -> str:

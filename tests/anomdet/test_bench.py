@@ -58,6 +58,8 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, Path,
             "--data", str(csv_path), "--json", str(json_path), "--base-model", "tiny-random",
             "--epochs", "1", "--seed", str(SEED), "--scoring-rows", "40",
             "--pipeline-rows", "12", "--trainer-steps", "2", "--repeats", "1",
+            # int8 times both of anomdet's scoring paths ("auto" keeps the tiny model in fp32).
+            "--precision", "int8",
         ])
     assert outcome.exit_code == 0, outcome.output
     return frame, csv_path, json.loads(json_path.read_text())
@@ -82,6 +84,10 @@ def test_both_loops_are_timed_on_the_same_samples_and_both_scorers_agree(bench: 
     assert result["scoring_timed_texts"] == 12
     assert result["bulk_scoring_rows"] == 40
     assert result["scoring_max_abs_diff"] < 1e-4
+    # The int8 path is timed with the fp32 path beside it.
+    assert result["inference_precision"] == "int8"
+    assert result["fp32_scoring_texts_per_s"] > 0 and 0.0 <= result["fp32_f1"] <= 1.0
+    assert 0.0 < result["int8_max_abs_diff"] < 0.1
 
 
 def test_counts_describe_the_deduplicated_split(bench: tuple) -> None:

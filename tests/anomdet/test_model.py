@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.metrics import average_precision_score
 
 from anomdet.model import (
@@ -15,11 +16,13 @@ from anomdet.model import (
     class_weights,
     encode,
     fine_tune,
+    for_inference,
     length_grouped_batches,
     load_artifact,
     load_base_model,
     predict_scores,
     save_artifact,
+    token_budget_batches,
 )
 
 
@@ -91,6 +94,45 @@ def test_length_grouped_batches_cover_every_index_once() -> None:
     assert spread < 0.25 * np.ptp(lengths)
 
 
+def test_token_budget_batches_respect_both_limits() -> None:
+    lengths = np.random.default_rng(0).integers(3, 120, size=1000)
+    lengths[7] = 900  # longer than the budget: a batch of its own
+    batches = token_budget_batches(lengths, max_rows=64, max_tokens=512)
+    assert sorted(np.concatenate(batches).tolist()) == list(range(1000))
+    for batch in batches:
+        assert len(batch) <= 64
+        assert len(batch) == 1 or len(batch) * lengths[batch].max() <= 512
+    assert [7] in [b.tolist() for b in batches]
+    # Short texts share wide batches, long ones narrow ones.
+    widths = {int(lengths[b].max()): len(b) for b in batches}
+    assert widths[min(widths)] > widths[max(widths)]
+
+
+def test_int8_scores_track_fp32_and_artifacts_keep_their_precision(
+    trained: tuple, tmp_path: Path
+) -> None:
+    model, tok, texts, labels, _ = trained
+    int8 = for_inference(model, "int8")
+    assert for_inference(model, "fp32") is model and int8 is not model
+    fp32_scores = predict_scores(model, tok, texts[300:], max_length=32)
+    int8_scores = predict_scores(int8, tok, texts[300:], max_length=32)
+    # Close, but not equal: the tiny model's scores sit so close together that int8
+    # noise reorders them, which is why "auto" checks validation PR-AUC first.
+    assert 0 < np.max(np.abs(fp32_scores - int8_scores)) < 0.05
+    # The original keeps its fp32 weights for saving.
+    assert model.classifier.weight.dtype == torch.float32
+    directory = tmp_path / "int8"
+    save_artifact(model, tok, directory, {"threshold": 0.5, "max_length": 32,
+                                          "precision": "int8"})
+    loaded = load_artifact(directory)
+    assert loaded.precision == "int8"
+    np.testing.assert_allclose(
+        predict_scores(loaded.model, loaded.tokenizer, texts[300:], max_length=32),
+        int8_scores, atol=1e-6)
+    with pytest.raises(ValueError, match="precision 'int4'"):
+        for_inference(model, "int4")
+
+
 def test_class_weights_balance_classes_and_refuse_one_class() -> None:
     weights = class_weights(np.array([0] * 90 + [1] * 10))
     assert weights[1] / weights[0] == pytest.approx(9.0)
@@ -131,3 +173,15 @@ def test_unknown_base_model_says_what_to_use(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ValueError, match="tiny-random"):
         load_base_model("no-such-org/no-such-model", seed=0)
+
+
+def test_auto_precision_keeps_int8_only_when_it_costs_nothing_on_validation() -> None:
+    from anomdet.training import choose_precision
+
+    assert choose_precision("auto", 0.990, 0.989, 0.002) == "int8"
+    assert choose_precision("auto", 0.990, 0.995, 0.002) == "int8"
+    assert choose_precision("auto", 0.990, 0.987, 0.002) == "fp32"
+    assert choose_precision("fp32", 0.5, 0.9, 0.002) == "fp32"
+    assert choose_precision("int8", 0.9, 0.5, 0.002) == "int8"
+    with pytest.raises(ValueError, match="unknown"):
+        choose_precision("int4", 0.9, 0.9, 0.0)

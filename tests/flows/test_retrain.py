@@ -113,3 +113,18 @@ def test_invalid_data_stops_before_training(anomdet_env: str) -> None:
         [run] = repo.recent_runs(session=session, model_name="anomdet")
     assert run.decision == "failed_validation" and run.state == "failed"
     assert run.validation["success"] is False
+
+
+def test_run_seed_leaves_the_split_alone(anomdet_env: str) -> None:
+    """Each run may train with its own seed, but records keep their side of the split:
+    otherwise the champion would be scored on texts it was trained on."""
+    from flows.retrain import RetrainParams, effective_settings
+    from tasks.model import split_data
+
+    frame = toy_records().dropna(subset=["label"])
+    splits = [split_data.fn(frame, effective_settings(RetrainParams(seed=s))) for s in (1, 2)]
+    assert sorted(splits[0].test["id"]) == sorted(splits[1].test["id"])
+    assert sorted(splits[0].train["id"]) == sorted(splits[1].train["id"])
+    moved = effective_settings(RetrainParams()).model_copy(deep=True)
+    moved.training.split_seed += 1
+    assert sorted(split_data.fn(frame, moved).test["id"]) != sorted(splits[0].test["id"])
