@@ -257,14 +257,31 @@ def insert_flags(
                for i in range(0, len(payload), batch_size))
 
 
-def _insert_flags_sqlite(session: Session, payload: list[dict[str, Any]]) -> int:
-    from sqlalchemy.dialects.sqlite import insert
+_FLAG_COLUMNS = ("record_id", "model_version_id", "score", "threshold", "run_id", "flagged_at")
+_SQLITE_INSERT_FLAGS = (
+    f"INSERT INTO {Flag.__tablename__} ({', '.join(_FLAG_COLUMNS)}) "
+    f"VALUES ({', '.join('?' * len(_FLAG_COLUMNS))}) "
+    "ON CONFLICT (record_id, model_version_id) DO NOTHING"
+)
 
-    # executemany of one compiled statement: a multi-row VALUES clause would be
-    # compiled anew for every batch, which costs more than the writing itself.
-    stmt = insert(Flag.__table__).on_conflict_do_nothing(
-        index_elements=["record_id", "model_version_id"])
-    return max(0, session.execute(stmt, payload).rowcount)
+
+def _insert_flags_sqlite(session: Session, payload: list[dict[str, Any]]) -> int:
+    # Written against the driver: SQLAlchemy's executemany turns every row's dict into
+    # processed parameters in Python, which took longer than SQLite's writing itself
+    # (about 135k against 310k rows/s here). Plain tuples go straight to sqlite3's
+    # executemany; timestamps get SQLAlchemy's own storage format, once per value.
+    conn = session.connection()
+    column_type = Flag.__table__.c.flagged_at.type
+    to_db = column_type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    stamps: dict[Any, Any] = {}
+    rows = []
+    for r in payload:
+        stamp = r["flagged_at"]
+        if stamp not in stamps:
+            stamps[stamp] = to_db(stamp) if to_db else stamp
+        rows.append((r["record_id"], r["model_version_id"], r["score"], r["threshold"],
+                     r["run_id"], stamps[stamp]))
+    return max(0, conn.exec_driver_sql(_SQLITE_INSERT_FLAGS, rows).rowcount)
 
 
 _PG_INSERT_FLAGS = sa.text(

@@ -185,3 +185,27 @@ def test_json_fields_store_nan_as_null(engine: sa.Engine) -> None:
     with session_scope(engine) as session:
         [latest] = repo.recent_runs(session=session, model_name="m")
         assert latest.challenger_metrics == {"f1": 0.5, "roc_auc": None}
+
+
+def test_bulk_flags_read_back_exactly_and_count_only_new_rows(engine: sa.Engine) -> None:
+    from datetime import UTC, datetime
+
+    from db.models import Flag
+
+    stamp = datetime(2026, 3, 4, 5, 6, 7, 891011, tzinfo=UTC)
+    rows = [{"record_id": i, "score": 0.5 + i / 100, "threshold": 0.5, "flagged_at": stamp}
+            for i in range(1, 6)]
+    with session_scope(engine) as session:
+        version = repo.promote_new_version(session=session, expected_champion_id=None,
+                                           flags=[], version=1, **_version())
+        assert repo.insert_flags(session=session, model_version_id=version.id,
+                                 rows=rows[:3], batch_size=2) == 3
+        # Two of these exist already: only the new ones count, nothing is doubled.
+        assert repo.insert_flags(session=session, model_version_id=version.id,
+                                 rows=rows[1:], batch_size=2) == 2
+    with session_scope(engine) as session:
+        stored = session.scalars(sa.select(Flag).order_by(Flag.record_id)).all()
+        assert [(f.record_id, f.score, f.threshold, f.run_id) for f in stored] == [
+            (str(i), 0.5 + i / 100, 0.5, None) for i in range(1, 6)]
+        # Timestamps come back as the same instant (SQLite returns them naive, in UTC).
+        assert {f.flagged_at.replace(tzinfo=UTC) for f in stored} == {stamp}
