@@ -10,6 +10,7 @@ every check, derived or not, appears in GE's results and Data Docs.
 from __future__ import annotations
 
 import logging
+import math
 import numbers
 import os
 from collections.abc import Iterator
@@ -211,6 +212,8 @@ def _plain(value: Any) -> Any:
 
 def _short(value: Any) -> str:
     value = _plain(value)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "null"  # how a missing value reads in SQL, not pandas' nan
     text = repr(value)
     return text if len(text) <= _VALUE_CHARS else text[: _VALUE_CHARS - 3] + "..."
 

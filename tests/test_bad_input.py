@@ -257,8 +257,8 @@ def message(result: Result) -> str:
     starts = [m.start() for m in re.finditer(r"(?m)^error: ", result.output)]
     assert starts, f"no error message in:\n{result.output}"
     said = result.output[starts[-1]:]
-    # ANOMDET_TEST_TRANSCRIPT=FILE collects what the user saw in each case, for reading.
-    if transcript := os.environ.get("ANOMDET_TEST_TRANSCRIPT"):
+    # BAD_INPUT_TRANSCRIPT=FILE collects what the user saw in each case, for reading.
+    if transcript := os.environ.get("BAD_INPUT_TRANSCRIPT"):
         with open(transcript, "a", encoding="utf-8") as out:
             out.write(f"## {os.environ.get('PYTEST_CURRENT_TEST', '?')}\n{said}\n")
     return said
