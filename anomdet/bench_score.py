@@ -44,7 +44,14 @@ from rich.table import Table
 from sqlalchemy.engine import Engine
 
 from anomdet.demo import generate_demo_records
-from anomdet.model import configure_threads, load_base_model, pick_device, predict_scores
+from anomdet.model import (
+    TRANSFORMERS_DEFAULTS,
+    configure_threads,
+    load_base_model,
+    pick_device,
+    predict_scores,
+    quiet_transformers,
+)
 from anomdet.scoring import Scorer, ScoreSummary, score_chunk
 from db import repository as repo
 from db.engine import get_engine, migrate, session_scope
@@ -551,11 +558,8 @@ def measure_memory(rows: int, config: ScoreBenchConfig) -> MemoryFigures:
                             "chunk_size": config.chunk_size, "seed": config.seed,
                             "threads": config.threads})
     root = str(Path(__file__).resolve().parents[1])
-    env = os.environ | {"PYTHONPATH": os.pathsep.join(
+    env = TRANSFORMERS_DEFAULTS | os.environ | {"PYTHONPATH": os.pathsep.join(
         p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    for name, value in {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                        "TRANSFORMERS_VERBOSITY": "error"}.items():
-        env.setdefault(name, value)
     done = subprocess.run([sys.executable, "-c", _PROBE_CODE, arguments], capture_output=True,
                           text=True, env=env, check=False)
     if done.returncode != 0:
@@ -715,14 +719,7 @@ def bench_score_command(
         None, min=1, help="torch threads (default: every core, as the scoring flow uses)"),
 ) -> None:
     """Measure flag writes, end-to-end scoring overhead and the streaming scorer's memory."""
-    for name, value in {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-                        "TRANSFORMERS_VERBOSITY": "error"}.items():
-        os.environ.setdefault(name, value)
-    from transformers.utils import logging as hf_logging
-
-    # transformers read its verbosity when first imported, before the default above existed.
-    if os.environ["TRANSFORMERS_VERBOSITY"] == "error":
-        hf_logging.set_verbosity_error()
+    quiet_transformers()
     console = Console()
     try:
         config = ScoreBenchConfig(

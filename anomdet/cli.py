@@ -33,20 +33,15 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "anomdet,db",
-    "HF_HUB_OFFLINE": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "TOKENIZERS_PARALLELISM": "false",
 }
 
 
 def _environment() -> None:
     for name, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    # transformers is imported with this module (for `bench`), before the variable above
-    # could take effect: quiet its load reports directly.
-    from transformers.utils import logging as hf_logging
+    from anomdet.model import quiet_transformers
 
-    hf_logging.set_verbosity_error()
+    quiet_transformers()
 
 
 def _settings() -> Any:
@@ -127,7 +122,8 @@ BASE_MODEL_HELP = "'bundled' (all-MiniLM-L6-v2, offline), 'tiny-random', a direc
 def retrain(
     base_model: str = typer.Option(None, help=BASE_MODEL_HELP),
     epochs: int = typer.Option(None, min=1, help="training epochs (default from settings)"),
-    seed: int = typer.Option(None, help="seed for splits, initialisation and batching"),
+    seed: int = typer.Option(
+        None, help="seed for initialisation and batching (the split keeps training.split_seed)"),
     max_train_rows: int = typer.Option(None, min=10, help="cap on training rows"),
     learning_rate: float = typer.Option(None, min=0, help="peak learning rate"),
 ) -> None:
@@ -178,8 +174,7 @@ def _previous_runs(settings: Any) -> int:
     engine = get_engine(settings.database_url)
     migrate(engine)
     with session_scope(engine) as session:
-        return len(repo.recent_runs(session=session, model_name=settings.model_name,
-                                    limit=10_000))
+        return repo.count_runs(session=session, model_name=settings.model_name)
 
 
 @app.command("import-csv")

