@@ -91,6 +91,8 @@ class Run(Base):
     challenger_version_id: Mapped[int | None]
     challenger_metrics: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
     champion_metrics: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    # TF-IDF + logistic regression fitted on the same train split: the bar a BERT must clear.
+    baseline_metrics: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
     decision: Mapped[str | None] = mapped_column(sa.String(32))
     reason: Mapped[str | None] = mapped_column(sa.Text)
     details: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
