@@ -19,17 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
-from sklearn.metrics import average_precision_score
+from sklearn.metrics import average_precision_score, log_loss
 from transformers import (
+    AutoConfig,
     AutoModelForSequenceClassification,
     AutoTokenizer,
     BertConfig,
-    BertForSequenceClassification,
+    BertModel,
+    BertPreTrainedModel,
     PreTrainedModel,
     PreTrainedTokenizerBase,
     get_linear_schedule_with_warmup,
 )
+from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
 logger = logging.getLogger(__name__)
@@ -45,6 +49,9 @@ META_FILE = "anomdet.json"
 # as fast as fp32 (`anomdet bench` prints both). A version is evaluated, thresholded
 # and used for scoring in the same precision, which its artifact records.
 PRECISIONS = ("fp32", "int8")
+# How the classification head reads a text: "mean" of the token states (how sentence
+# encoders such as all-MiniLM-L6-v2 were trained) or BERT's pooled [CLS] state.
+POOLINGS = ("mean", "cls")
 # Inference batches hold at most this many tokens (padding included) as well as at
 # most `batch_size` texts: short texts go in wide batches, long ones in narrow ones.
 # 512 was the fastest of 256-2048 on this CPU for all-MiniLM-L6-v2 on SMS texts.
@@ -85,17 +92,80 @@ def configure_threads() -> int:
     return threads
 
 
-def load_base_model(spec: str, *, seed: int) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A fresh 2-label classifier and its tokenizer from `spec` (see TrainingSettings)."""
+class MeanPooledBertConfig(BertConfig):
+    """A BERT classifier config whose head reads the mean of the token states."""
+
+    model_type = "anomdet_mean_pooled_bert"
+
+
+class MeanPooledBertForSequenceClassification(BertPreTrainedModel):
+    """BERT with a linear head over the attention-masked mean of its last hidden states.
+
+    Sentence encoders such as all-MiniLM-L6-v2 are trained to put a text's meaning in
+    the mean of its token states; their [CLS] state and pooler were never trained for
+    it. Reading the mean gives the head a useful input from the first step, which is
+    what lets small and repetitive data sets train at all. transformers has no option
+    for this head, hence the class; its weight names match BertForSequenceClassification
+    (bert.*, classifier.*), so base checkpoints load into it unchanged.
+    """
+
+    config_class = MeanPooledBertConfig
+
+    def __init__(self, config: MeanPooledBertConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = BertModel(config, add_pooling_layer=False)
+        dropout = config.classifier_dropout
+        self.dropout = torch.nn.Dropout(config.hidden_dropout_prob if dropout is None else dropout)
+        self.classifier = torch.nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> SequenceClassifierOutput:
+        kwargs.pop("return_dict", None)
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids, **kwargs).last_hidden_state
+        if attention_mask is None:
+            attention_mask = torch.ones(hidden.shape[:2], device=hidden.device)
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        logits = self.classifier(self.dropout(pooled))
+        loss = None
+        if labels is not None:
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels.view(-1))
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+# Registered so that AutoModelForSequenceClassification loads saved artifacts as they were
+# trained (their config.json names this model type).
+AutoConfig.register(MeanPooledBertConfig.model_type, MeanPooledBertConfig)
+AutoModelForSequenceClassification.register(MeanPooledBertConfig,
+                                            MeanPooledBertForSequenceClassification)
+
+
+def load_base_model(
+    spec: str, *, seed: int, pooling: str = "mean",
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """A fresh 2-label classifier and its tokenizer from `spec` (see TrainingSettings).
+
+    BERT-type models get the mean-pooled head (see MeanPooledBertForSequenceClassification)
+    unless `pooling` is "cls"; other architectures keep their own classification head.
+    """
+    if pooling not in POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; use one of {POOLINGS}")
     torch.manual_seed(seed)
     if spec == TINY_RANDOM:
         tokenizer = AutoTokenizer.from_pretrained(bundled_model_dir())
-        config = BertConfig(
+        config_class = MeanPooledBertConfig if pooling == "mean" else BertConfig
+        config = config_class(
             vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
             num_attention_heads=4, intermediate_size=37, max_position_embeddings=512,
             num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID,
         )
-        return BertForSequenceClassification(config), tokenizer
+        return AutoModelForSequenceClassification.from_config(config), tokenizer
     hf_logging.disable_progress_bar()
     source = str(bundled_model_dir()) if spec == BUNDLED else spec
     if spec != BUNDLED and not Path(spec).is_dir() and os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -106,7 +176,11 @@ def load_base_model(spec: str, *, seed: int) -> tuple[PreTrainedModel, PreTraine
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForSequenceClassification.from_pretrained(
+        kind = AutoConfig.from_pretrained(source).model_type
+        model_class = (MeanPooledBertForSequenceClassification
+                       if pooling == "mean" and kind in ("bert", MeanPooledBertConfig.model_type)
+                       else AutoModelForSequenceClassification)
+        model = model_class.from_pretrained(
             source, num_labels=2, id2label=ID2LABEL, label2id=LABEL2ID, use_safetensors=True
         )
     except (OSError, ValueError) as exc:
@@ -119,23 +193,41 @@ def load_base_model(spec: str, *, seed: int) -> tuple[PreTrainedModel, PreTraine
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Fine-tuning hyperparameters (defaults and reasons live in anomdet.settings)."""
+    """Fine-tuning hyperparameters (defaults and reasons live in anomdet.settings).
+
+    The schedule is counted in optimizer steps: `epochs` passes over the distinct
+    training texts, but never fewer than `min_steps` nor more than `max_steps`.
+    """
 
     epochs: int = 3
     batch_size: int = 16
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     max_length: int = 128
-    patience: int = 2
+    patience: int = 3
     seed: int = 42
     eval_batch_size: int = 64
+    min_steps: int = 400
+    max_steps: int | None = 1200
+    evaluations: int = 6
+    anomaly_share: float = 0.25
+
+    def total_steps(self, train_rows: int) -> int:
+        """Optimizer steps for `train_rows` distinct training texts."""
+        steps = self.epochs * math.ceil(train_rows / self.batch_size)
+        steps = max(steps, self.min_steps)
+        return min(steps, self.max_steps) if self.max_steps else steps
 
 
 @dataclass
 class TrainResult:
-    """What fine-tuning did: the best epoch, its validation scores, and throughput."""
+    """What fine-tuning did: the best check, its validation scores, and throughput.
+
+    `best_epoch` counts validation checks (1-based); `history` has one entry per check
+    with the step, the epochs it amounts to, the training loss and validation PR-AUC.
+    """
 
     best_epoch: int
     best_val_pr_auc: float
@@ -145,6 +237,7 @@ class TrainResult:
     truncated: int = 0
     samples_per_s: float = 0.0
     seconds: float = 0.0
+    steps: int = 0
 
 
 def encode(
@@ -157,27 +250,6 @@ def encode(
         cut = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
         return cut, truncated
     return full, 0
-
-
-def length_grouped_batches(
-    lengths: Sequence[int], batch_size: int, rng: np.random.Generator
-) -> list[np.ndarray]:
-    """Training batches of indices with similar lengths, so dynamic padding wastes little.
-
-    Indices are shuffled, sorted by length within windows of 50 batches and the
-    batches shuffled: random enough for SGD, tight enough for speed. (Inference
-    sorts everything by length: see `token_budget_batches`.)
-    """
-    lengths_arr = np.asarray(lengths)
-    order = rng.permutation(len(lengths_arr))
-    window = batch_size * 50
-    grouped = []
-    for start in range(0, len(order), window):
-        part = order[start : start + window]
-        grouped.append(part[np.argsort(-lengths_arr[part], kind="stable")])
-    order = np.concatenate(grouped) if grouped else order
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def token_budget_batches(
@@ -264,12 +336,68 @@ def predict_scores(
     return _scores_from_ids(model, tokenizer, ids, batch_size, progress)
 
 
-def class_weights(labels: np.ndarray) -> torch.Tensor:
-    """Inverse-frequency weights so the rare class counts as much as the common one."""
-    counts = np.bincount(labels, minlength=2).astype(np.float64)
-    if (counts == 0).any():
-        raise ValueError(f"training data needs both classes; counts per class: {counts.tolist()}")
-    return torch.tensor(len(labels) / (2.0 * counts), dtype=torch.float32)
+def distinct_texts(texts: Sequence[str], labels: Sequence[int]) -> tuple[list[str], np.ndarray]:
+    """One training example per distinct text (case and spacing folded), with its majority
+    label. A line repeated a thousand times teaches no more than once, but would otherwise
+    crowd the rarer texts out of the batches."""
+    from anomdet.data import normalise_text
+
+    frame = pd.DataFrame({"text": list(texts), "label": np.asarray(labels, dtype=np.int64)})
+    frame["key"] = frame["text"].map(normalise_text)
+    grouped = frame.groupby("key", sort=False).agg(text=("text", "first"),
+                                                  label=("label", "mean"))
+    return grouped["text"].tolist(), (grouped["label"] >= 0.5).to_numpy(dtype=np.int64)
+
+
+class BalancedBatches:
+    """Endless training batches in which anomalies make up at least `anomaly_share`.
+
+    Each class is drawn without replacement from its own shuffled cycle, so every text
+    is seen before any repeats. Blocks of batches are sorted by length within each class
+    so dynamic padding stays tight. Balanced batches rather than class weights: with 2%
+    anomalies, most batches of 16 would hold none and the weighted loss would swing from
+    batch to batch; here every step sees both classes.
+    """
+
+    def __init__(self, labels: np.ndarray, lengths: Sequence[int], batch_size: int,
+                 anomaly_share: float, rng: np.random.Generator, block: int = 32) -> None:
+        self._lengths = np.asarray(lengths)
+        self._pools = [np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)]
+        if not all(len(pool) for pool in self._pools):
+            raise ValueError("training data needs both classes; counts per class: "
+                             f"{[len(pool) for pool in self._pools]}")
+        natural = len(self._pools[1]) / len(labels)
+        share = min(max(anomaly_share, natural), 1 - 1 / batch_size)
+        self.per_batch = [batch_size - max(1, round(batch_size * share)), 0]
+        self.per_batch[1] = batch_size - self.per_batch[0]
+        self._cycles: list[list[int]] = [[], []]
+        self._rng, self._block = rng, block
+        self._queue: list[np.ndarray] = []
+
+    def _draw(self, label: int, n: int) -> np.ndarray:
+        out: list[int] = []
+        while len(out) < n:
+            if not self._cycles[label]:
+                self._cycles[label] = self._rng.permutation(self._pools[label]).tolist()
+            take = min(n - len(out), len(self._cycles[label]))
+            out.extend(self._cycles[label][:take])
+            del self._cycles[label][:take]
+        return np.asarray(out, dtype=np.int64)
+
+    def _refill(self) -> None:
+        parts = []
+        for label in (0, 1):
+            drawn = self._draw(label, self.per_batch[label] * self._block)
+            drawn = drawn[np.argsort(self._lengths[drawn], kind="stable")]
+            parts.append(drawn.reshape(self._block, self.per_batch[label]))
+        batches = [np.concatenate([neg, pos]) for neg, pos in zip(*parts, strict=True)]
+        self._queue = [batches[i] for i in self._rng.permutation(len(batches))]
+
+    def next(self) -> np.ndarray:
+        """The indices of the next batch."""
+        if not self._queue:
+            self._refill()
+        return self._queue.pop()
 
 
 def _optimizer(model: PreTrainedModel, config: TrainConfig) -> torch.optim.Optimizer:
@@ -283,29 +411,38 @@ def _optimizer(model: PreTrainedModel, config: TrainConfig) -> torch.optim.Optim
     return torch.optim.AdamW(groups, lr=config.learning_rate, fused=True)
 
 
-def _train_epoch(
-    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: list[list[int]],
-    labels: np.ndarray, loss_fn: torch.nn.Module, optimizer: torch.optim.Optimizer,
-    scheduler: Any, config: TrainConfig, rng: np.random.Generator, on_step: Callable[[int], None],
-) -> float:
-    device = next(model.parameters()).device
-    model.train()
-    total = 0.0
-    batches = length_grouped_batches([len(x) for x in ids], config.batch_size, rng)
-    for index in batches:
-        batch = _collate(tokenizer, ids, index, device)
-        target = torch.as_tensor(labels[index], device=device)
-        with _autocast(device):
-            logits = model(**batch).logits
-        loss = loss_fn(logits.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        total += loss.item() * len(index)
-        on_step(len(index))
-    return total / max(1, len(ids))
+def _train_step(model: PreTrainedModel, batch: dict[str, torch.Tensor], target: torch.Tensor,
+                optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_norm: float) -> float:
+    device = target.device
+    with _autocast(device):
+        logits = model(**batch).logits
+    loss = torch.nn.functional.cross_entropy(logits.float(), target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    return float(loss.item())
+
+
+@dataclass
+class _Best:
+    """The best validation check so far: PR-AUC first, then validation log-loss."""
+
+    pr_auc: float = -1.0
+    loss: float = math.inf
+    check: int = 0
+    state: dict[str, torch.Tensor] | None = None
+    scores: np.ndarray | None = None
+
+    def offer(self, check: int, pr_auc: float, loss: float, model: PreTrainedModel,
+              scores: np.ndarray) -> bool:
+        # PR-AUC saturates at 1.0 on easy data; the log-loss then tells the better fit.
+        if (pr_auc, -loss) <= (self.pr_auc, -self.loss):
+            return False
+        self.pr_auc, self.loss, self.check, self.scores = pr_auc, loss, check, scores
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return True
 
 
 def fine_tune(
@@ -314,61 +451,74 @@ def fine_tune(
     val_texts: Sequence[str], val_labels: Sequence[int],
     config: TrainConfig, *, progress: Progress | None = None,
 ) -> TrainResult:
-    """Fine-tune in place and keep the epoch with the best validation PR-AUC.
+    """Fine-tune in place and keep the weights of the best validation check.
 
-    Class-weighted cross-entropy, AdamW with linear warm-up and decay, gradient
-    clipping, length-grouped dynamic-padding batches, early stopping, all seeded.
+    One example per distinct text; balanced batches (see `BalancedBatches`); a schedule
+    in optimizer steps (`TrainConfig.total_steps`) with linear warm-up and decay; AdamW
+    with gradient clipping; `config.evaluations` validation checks spread over the
+    schedule, stopping after `patience` checks without a better one. All seeded.
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     device = pick_device()
     model.to(device)
-    y_train = np.asarray(train_labels, dtype=np.int64)
+    texts, y_train = distinct_texts(train_texts, train_labels)
     y_val = np.asarray(val_labels, dtype=np.int64)
-    ids, truncated = encode(tokenizer, train_texts, config.max_length)
+    ids, truncated = encode(tokenizer, texts, config.max_length)
     val_ids, val_truncated = encode(tokenizer, val_texts, config.max_length)
     if truncated or val_truncated:
         logger.info("%d of %d texts were longer than max_length=%d word pieces and were cut",
                     truncated + val_truncated, len(ids) + len(val_ids), config.max_length)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=class_weights(y_train).to(device))
+    batches = BalancedBatches(y_train, [len(x) for x in ids], config.batch_size,
+                              config.anomaly_share, rng)
+    steps = config.total_steps(len(ids))
+    checks = sorted({max(1, round(steps * (i + 1) / config.evaluations))
+                     for i in range(config.evaluations)})
+    logger.info("fine-tuning on %d distinct texts (%d anomalous, %d per batch of %d): "
+                "%d steps, about %.1f epochs, %d validation checks", len(ids), int(y_train.sum()),
+                batches.per_batch[1], config.batch_size, steps,
+                steps * config.batch_size / len(ids), len(checks))
     optimizer = _optimizer(model, config)
-    steps = config.epochs * math.ceil(len(ids) / config.batch_size)
-    scheduler = get_linear_schedule_with_warmup(
-        optimizer, int(config.warmup_ratio * steps), max(1, steps))
-    seen, total = [0], config.epochs * len(ids)
-
-    def on_step(n: int) -> None:
-        seen[0] += n
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
+    best, history, losses, stale = _Best(), [], [], 0
+    started, train_seconds, seen = time.perf_counter(), 0.0, 0
+    model.train()
+    for step in range(1, steps + 1):
+        tick = time.perf_counter()
+        index = batches.next()
+        target = torch.as_tensor(y_train[index], device=device)
+        losses.append(_train_step(model, _collate(tokenizer, ids, index, device), target,
+                                  optimizer, scheduler, config.max_grad_norm))
+        train_seconds += time.perf_counter() - tick
+        seen += len(index)
         if progress:
-            progress(seen[0], total)
-
-    best: dict[str, Any] = {"pr_auc": -1.0, "epoch": 0, "state": None, "scores": None}
-    history: list[dict[str, float]] = []
-    started, train_seconds, stale = time.perf_counter(), 0.0, 0
-    for epoch in range(1, config.epochs + 1):
-        epoch_start = time.perf_counter()
-        loss = _train_epoch(model, tokenizer, ids, y_train, loss_fn, optimizer, scheduler,
-                            config, rng, on_step)
-        train_seconds += time.perf_counter() - epoch_start
+            progress(seen, steps * config.batch_size)
+        if step not in checks:
+            continue
         scores = _scores_from_ids(model, tokenizer, val_ids, config.eval_batch_size)
+        model.train()
         pr_auc = float(average_precision_score(y_val, scores))
-        history.append({"epoch": epoch, "train_loss": loss, "val_pr_auc": pr_auc})
-        logger.info("epoch %d: train loss %.4f, validation PR-AUC %.4f", epoch, loss, pr_auc)
-        if pr_auc > best["pr_auc"]:
-            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            best.update(pr_auc=pr_auc, epoch=epoch, state=state, scores=scores)
-            stale = 0
-        else:
-            stale += 1
-            if stale >= config.patience:
-                logger.info("no better validation PR-AUC for %d epochs: stopping", stale)
-                break
-    model.load_state_dict(best["state"])
+        val_loss = float(log_loss(y_val, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1]))
+        history.append({"epoch": len(history) + 1, "step": step,
+                        "epochs_seen": round(seen / len(ids), 2),
+                        "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+                        "val_pr_auc": pr_auc, "samples_per_s": seen / train_seconds})
+        losses.clear()
+        logger.info("step %d/%d (%.1f epochs): train loss %.4f, validation loss %.4f, "
+                    "PR-AUC %.4f, %.0f samples/s", step, steps, seen / len(ids),
+                    history[-1]["train_loss"], val_loss, pr_auc, seen / train_seconds)
+        stale = 0 if best.offer(len(history), pr_auc, val_loss, model, scores) else stale + 1
+        if stale >= config.patience:
+            logger.info("no better validation check for %d checks: stopping at step %d",
+                        stale, step)
+            break
+    model.load_state_dict(best.state)
+    model.eval()
     return TrainResult(
-        best_epoch=best["epoch"], best_val_pr_auc=best["pr_auc"], val_scores=best["scores"],
+        best_epoch=best.check, best_val_pr_auc=best.pr_auc, val_scores=best.scores,
         history=history, train_rows=len(ids), truncated=truncated + val_truncated,
-        samples_per_s=seen[0] / train_seconds if train_seconds else 0.0,
-        seconds=time.perf_counter() - started,
+        samples_per_s=seen / train_seconds if train_seconds else 0.0,
+        seconds=time.perf_counter() - started, steps=step,
     )
 
 
@@ -388,8 +538,11 @@ def save_artifact(
     """Write weights (safetensors), tokenizer and metadata to `directory`, atomically.
 
     Everything is written to a temporary sibling folder, then renamed into place,
-    so a reader never sees half an artifact. Returns the weights' SHA-256.
+    so a reader never sees half an artifact. Returns the artifact's digest: the
+    SHA-256 of its manifest, which holds every file's SHA-256 (see anomdet.artifact).
     """
+    from anomdet.artifact import write_manifest
+
     directory = Path(directory)
     if directory.exists():
         raise ValueError(f"artifact directory {directory} exists already; refusing to overwrite")
@@ -404,6 +557,7 @@ def save_artifact(
         full_meta = {**meta, "weights_sha256": checksum, "id2label": ID2LABEL,
                      "label2id": LABEL2ID}
         (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, default=str))
+        checksum = write_manifest(tmp)
         os.replace(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -433,24 +587,35 @@ class LoadedModel:
         return str(self.meta.get("precision", "fp32"))
 
 
-def load_artifact(directory: Path, *, expected_sha256: str | None = None) -> LoadedModel:
-    """Load a saved model after verifying its weights' checksum (safetensors only)."""
+def recorded_scoring(threshold: float | None,
+                     hyperparameters: dict[str, Any] | None) -> dict[str, Any]:
+    """What a version scores with, as the database records it: threshold, max length
+    and precision. These win over the artifact's own metadata when loading."""
+    hyper = hyperparameters or {}
+    recorded = {"threshold": threshold, "max_length": hyper.get("max_length"),
+                "precision": hyper.get("inference_precision")}
+    return {k: v for k, v in recorded.items() if v is not None}
+
+
+def load_artifact(directory: Path, *, expected_sha256: str | None = None,
+                  recorded: dict[str, Any] | None = None) -> LoadedModel:
+    """Load a saved model after verifying every file's checksum (safetensors only).
+
+    `expected_sha256` is the digest the database holds; `recorded` (see
+    `recorded_scoring`) the threshold, max length and precision it holds, which
+    override the metadata saved in the artifact.
+    """
+    from anomdet.artifact import verify_artifact
+
     directory = Path(directory)
-    meta_path, weights = directory / META_FILE, directory / WEIGHTS_FILE
-    if not meta_path.is_file() or not weights.is_file():
+    verify_artifact(directory, expected_sha256)
+    meta_path = directory / META_FILE
+    if not meta_path.is_file() or not (directory / WEIGHTS_FILE).is_file():
         raise ValueError(f"model artifact at {directory} is missing {META_FILE} or {WEIGHTS_FILE}")
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = {**json.loads(meta_path.read_text()), **(recorded or {})}
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"model artifact at {directory}: unreadable {META_FILE}: {exc}") from exc
-    actual = sha256_file(weights)
-    for source, wanted in (("its metadata", meta.get("weights_sha256")),
-                           ("the database", expected_sha256)):
-        if wanted is not None and wanted != actual:
-            raise ValueError(
-                f"model artifact at {directory} is corrupted: weights checksum {actual[:12]}... "
-                f"does not match {source} ({str(wanted)[:12]}...)"
-            )
     hf_logging.disable_progress_bar()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)

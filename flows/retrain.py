@@ -9,10 +9,10 @@ from prefect.runtime import flow_run
 from prefect.transactions import transaction
 from pydantic import BaseModel, Field
 
+from anomdet.artifact import MANIFEST_FILE, sha256_file
 from anomdet.data import fingerprint
 from anomdet.drift import DataProfile
 from anomdet.errors import DataValidationError, DriftError
-from anomdet.model import WEIGHTS_FILE, sha256_file
 from anomdet.settings import Settings
 from db.engine import get_engine, session_scope
 from db.repository import ChampionChanged, flagged_rows
@@ -151,7 +151,7 @@ def _promote(settings: Settings, run_id: int, challenger: Any, metrics: dict[str
             settings, expected_champion_id=expected_champion_id,
             version_fields={
                 "base_model": challenger.base_model, "artifact_uri": str(directory),
-                "weights_sha256": sha256_file(directory / WEIGHTS_FILE),
+                "weights_sha256": sha256_file(directory / MANIFEST_FILE),
                 "data_fingerprint": data_fingerprint,
                 "hyperparameters": challenger.hyperparameters(), "metrics": metrics,
                 "threshold": challenger.threshold, "flow_run_id": flow_run.get_id(),

@@ -10,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 
 from anomdet.data import Split, split_records
 from anomdet.drift import DataProfile, DriftReport, compare, profile
-from anomdet.model import LoadedModel, load_artifact
+from anomdet.model import LoadedModel, load_artifact, recorded_scoring
 from anomdet.promotion import EvalResult
 from anomdet.settings import Settings
 from anomdet.training import Challenger, base_vocab, evaluate, train_challenger
@@ -58,7 +58,9 @@ def load_champion(settings: Settings) -> tuple[ModelVersion, LoadedModel] | None
         champion = repo.get_champion(session=session, model_name=settings.model_name)
     if champion is None:
         return None
-    loaded = load_artifact(Path(champion.artifact_uri), expected_sha256=champion.weights_sha256)
+    loaded = load_artifact(Path(champion.artifact_uri), expected_sha256=champion.weights_sha256,
+                           recorded=recorded_scoring(champion.threshold,
+                                                     champion.hyperparameters))
     return champion, loaded
 
 

@@ -10,7 +10,7 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from anomdet.model import configure_threads, load_artifact
+from anomdet.model import configure_threads, load_artifact, recorded_scoring
 from anomdet.scoring import Scorer, ScoreSummary, score_chunk
 from anomdet.settings import Settings
 from db import repository as repo
@@ -30,6 +30,8 @@ class ScoringPlan:
     last_id: Any
     ranges: tuple[tuple[Any, Any], ...]
     records: int
+    # Threshold, max length and precision as the database records them.
+    recorded: tuple[tuple[str, Any], ...] = ()
 
     @property
     def range_size(self) -> int:
@@ -51,14 +53,17 @@ def plan_scoring(settings: Settings, chunks: int) -> ScoringPlan | None:
         table = reflect_records_table(conn, mapping)
         ranges, count = id_ranges(conn, table, mapping, parts=chunks, after=after)
     return ScoringPlan(champion.id, champion.artifact_uri, champion.weights_sha256, after,
-                       ranges[-1][1] if ranges else after, tuple(ranges), count)
+                       ranges[-1][1] if ranges else after, tuple(ranges), count,
+                       tuple(recorded_scoring(champion.threshold,
+                                              champion.hyperparameters).items()))
 
 
 @lru_cache(maxsize=2)
-def _scorer(artifact_uri: str, sha256: str, batch_size: int) -> Scorer:
+def _scorer(artifact_uri: str, sha256: str, batch_size: int,
+            recorded: tuple[tuple[str, Any], ...] = ()) -> Scorer:
     # One load per worker process and champion, however many chunks it scores.
     configure_threads()
-    loaded = load_artifact(Path(artifact_uri), expected_sha256=sha256)
+    loaded = load_artifact(Path(artifact_uri), expected_sha256=sha256, recorded=dict(recorded))
     return Scorer(loaded.model, loaded.tokenizer, loaded.threshold, loaded.max_length,
                   batch_size)
 
@@ -67,7 +72,8 @@ def _scorer(artifact_uri: str, sha256: str, batch_size: int) -> Scorer:
 def score_range(settings: Settings, plan: ScoringPlan,
                 id_range: tuple[Any, Any]) -> dict[str, Any]:
     """Score one id range in chunks; each chunk's flags commit on their own, duplicates ignored."""
-    scorer = _scorer(plan.artifact_uri, plan.weights_sha256, settings.score_batch_size)
+    scorer = _scorer(plan.artifact_uri, plan.weights_sha256, settings.score_batch_size,
+                     plan.recorded)
     engine, mapping = get_engine(settings.database_url), settings.records.mapping()
     summary = ScoreSummary()
     progress = ui_progress(f"scoring ids {id_range[0]} to {id_range[1]}")

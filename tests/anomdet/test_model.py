@@ -10,6 +10,7 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
+from anomdet.artifact import MANIFEST_FILE, sha256_file
 from anomdet.model import (
     TINY_RANDOM,
     TrainConfig,
@@ -21,6 +22,7 @@ from anomdet.model import (
     load_artifact,
     load_base_model,
     predict_scores,
+    recorded_scoring,
     save_artifact,
     token_budget_batches,
 )
@@ -185,3 +187,49 @@ def test_auto_precision_keeps_int8_only_when_it_costs_nothing_on_validation() ->
     assert choose_precision("int8", 0.9, 0.5, 0.002) == "int8"
     with pytest.raises(ValueError, match="unknown"):
         choose_precision("int4", 0.9, 0.9, 0.0)
+
+
+def test_checksum_covers_every_file_of_the_artifact(trained: tuple, tmp_path: Path) -> None:
+    model, tok, *_ = trained
+    directory = tmp_path / "v1"
+    sha = save_artifact(model, tok, directory, {"threshold": 0.5, "max_length": 32})
+    assert sha == sha256_file(directory / MANIFEST_FILE)
+    # The threshold in the metadata is covered: 1e-300 would flag every record.
+    meta = directory / "anomdet.json"
+    original = meta.read_text()
+    meta.write_text(original.replace('"threshold": 0.5', '"threshold": 1e-300'))
+    with pytest.raises(ValueError, match="corrupted: file checksum of anomdet.json"):
+        load_artifact(directory, expected_sha256=sha)
+    meta.write_text(original)
+    (directory / "added_tokens.json").write_text("{}")
+    with pytest.raises(ValueError, match="files it was not saved with: added_tokens.json"):
+        load_artifact(directory, expected_sha256=sha)
+    (directory / "added_tokens.json").unlink()
+    (directory / MANIFEST_FILE).write_text((directory / MANIFEST_FILE).read_text() + " ")
+    with pytest.raises(ValueError, match="manifest checksum .* does not match the database"):
+        load_artifact(directory, expected_sha256=sha)
+
+
+def test_the_database_decides_threshold_precision_and_length(trained: tuple,
+                                                             tmp_path: Path) -> None:
+    model, tok, *_ = trained
+    directory = tmp_path / "v1"
+    sha = save_artifact(model, tok, directory, {"threshold": 0.5, "max_length": 32,
+                                                "precision": "fp32"})
+    recorded = recorded_scoring(0.75, {"max_length": 24, "inference_precision": "int8"})
+    loaded = load_artifact(directory, expected_sha256=sha, recorded=recorded)
+    assert (loaded.threshold, loaded.max_length, loaded.precision) == (0.75, 24, "int8")
+
+
+def test_artifacts_saved_before_manifests_load_on_their_weights_checksum(
+        trained: tuple, tmp_path: Path) -> None:
+    model, tok, *_ = trained
+    directory = tmp_path / "v1"
+    save_artifact(model, tok, directory, {"threshold": 0.5, "max_length": 32})
+    (directory / MANIFEST_FILE).unlink()
+    weights_sha = sha256_file(directory / "model.safetensors")
+    loaded = load_artifact(directory, expected_sha256=weights_sha,
+                           recorded=recorded_scoring(0.6, {}))
+    assert loaded.threshold == 0.6
+    with pytest.raises(ValueError, match="weights checksum .* does not match the database"):
+        load_artifact(directory, expected_sha256="0" * 64)

@@ -1,0 +1,113 @@
+"""Checksums of saved models: a manifest of every file's digest, and its verification.
+
+A model artifact is a folder (weights, tokenizer, config, anomdet's metadata). At save
+time every file's SHA-256 goes into `manifest.json`; the SHA-256 of that manifest is
+the artifact's digest, stored in `anomdet_model_versions.weights_sha256`. One digest
+thus covers every file: editing the weights, the tokenizer or the metadata, adding a
+file or removing one, each makes the artifact refuse to load.
+
+Artifacts saved before manifests existed have no manifest; their recorded digest is
+that of the weights file alone, which is still checked (see `verify_artifact`).
+Nothing here imports torch: `anomdet rollback` verifies an artifact without a model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+# Artifacts without a manifest recorded this file's digest alone.
+LEGACY_DIGEST_FILE = "model.safetensors"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _files(directory: Path) -> list[str]:
+    return sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                  if p.is_file() and p.name != MANIFEST_FILE)
+
+
+def write_manifest(directory: Path) -> str:
+    """Record every file's SHA-256 in the manifest; return the manifest's own digest."""
+    directory = Path(directory)
+    manifest = {name: sha256_file(directory / name) for name in _files(directory)}
+    path = directory / MANIFEST_FILE
+    path.write_text(json.dumps({"sha256": manifest}, indent=2, sort_keys=True) + "\n")
+    return sha256_file(path)
+
+
+def _kind(name: str) -> str:
+    return "weights" if name.endswith(".safetensors") else "file"
+
+
+def _check_files(directory: Path, manifest: dict[str, str]) -> None:
+    present = set(_files(directory))
+    if missing := sorted(set(manifest) - present):
+        raise ValueError(f"model artifact at {directory} is incomplete: {', '.join(missing)} "
+                         "missing; roll back to another version or retrain")
+    if extra := sorted(present - set(manifest)):
+        raise ValueError(f"model artifact at {directory} holds files it was not saved with: "
+                         f"{', '.join(extra)}; remove them or retrain")
+    for name, wanted in sorted(manifest.items()):
+        actual = sha256_file(directory / name)
+        if actual != wanted:
+            raise ValueError(
+                f"model artifact at {directory} is corrupted: {_kind(name)} checksum of {name} "
+                f"{actual[:12]}... does not match its manifest ({wanted[:12]}...)")
+
+
+def _read_manifest(directory: Path) -> dict[str, str]:
+    try:
+        manifest = json.loads((directory / MANIFEST_FILE).read_text())["sha256"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"model artifact at {directory}: unreadable {MANIFEST_FILE} "
+                         f"({exc}); roll back to another version or retrain") from exc
+    if not isinstance(manifest, dict):
+        raise ValueError(f"model artifact at {directory}: {MANIFEST_FILE} lists no files")
+    return manifest
+
+
+def verify_artifact(directory: Path, expected_sha256: str | None) -> str:
+    """Check every file of an artifact against its manifest and the manifest against
+    `expected_sha256` (the database's digest); return the digest. Raises ValueError
+    naming the folder and the file that differs."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise ValueError(f"model artifact folder {directory} is missing; restore it from "
+                         "a backup, roll back to another version or retrain")
+    if not (directory / MANIFEST_FILE).is_file():
+        return _verify_legacy(directory, expected_sha256)
+    digest = sha256_file(directory / MANIFEST_FILE)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise ValueError(
+            f"model artifact at {directory} is corrupted: its manifest checksum "
+            f"{digest[:12]}... does not match the database ({expected_sha256[:12]}...)")
+    _check_files(directory, _read_manifest(directory))
+    return digest
+
+
+def _verify_legacy(directory: Path, expected_sha256: str | None) -> str:
+    weights = directory / LEGACY_DIGEST_FILE
+    if not weights.is_file():
+        raise ValueError(f"model artifact at {directory} has neither {MANIFEST_FILE} nor "
+                         f"{LEGACY_DIGEST_FILE}; roll back to another version or retrain")
+    digest = sha256_file(weights)
+    if expected_sha256 is not None and digest != expected_sha256:
+        raise ValueError(
+            f"model artifact at {directory} is corrupted: weights checksum {digest[:12]}... "
+            f"does not match the database ({expected_sha256[:12]}...)")
+    logger.warning("model artifact at %s predates manifests: only its weights are verified; "
+                   "its threshold, precision and length come from the database", directory)
+    return digest
