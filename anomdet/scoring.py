@@ -11,6 +11,7 @@ import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from anomdet.model import Progress, predict_scores
+from db.repository import ScoreRow
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +29,17 @@ class Scorer:
 
 @dataclass
 class ScoreSummary:
-    """What a scoring pass did, accumulated over chunks."""
+    """What a scoring pass did, accumulated over chunks.
+
+    `unkeyed` counts records that could not be scored because their id is NULL or
+    shared with another record; records = scored + skipped + unkeyed.
+    """
 
     scored: int = 0
     flagged: int = 0
     skipped_ids: list[Any] = field(default_factory=list)
-    last_id: Any = None
+    unkeyed: int = 0
+    unkeyed_ids: list[str] = field(default_factory=list)
 
     @property
     def skipped(self) -> int:
@@ -41,7 +47,8 @@ class ScoreSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {"scored": self.scored, "flagged": self.flagged, "skipped": self.skipped,
-                "skipped_example_ids": [str(i) for i in self.skipped_ids[:20]]}
+                "skipped_example_ids": [str(i) for i in self.skipped_ids[:20]],
+                "unkeyed": self.unkeyed, "unkeyed_example_ids": self.unkeyed_ids[:20]}
 
 
 def scorable(frame: pd.DataFrame) -> pd.Series:
@@ -49,48 +56,73 @@ def scorable(frame: pd.DataFrame) -> pd.Series:
     return frame["text"].map(lambda t: isinstance(t, str) and bool(t.strip()))
 
 
+def _keys(frame: pd.DataFrame) -> list[str]:
+    # "key" is the id as the database writes it as text; a frame without it (read by
+    # other means) falls back to Python's spelling of the id.
+    column = frame["key"] if "key" in frame.columns else frame["id"]
+    return [str(k) for k in column.tolist()]
+
+
+def score_rows(
+    scorer: Scorer, frame: pd.DataFrame, summary: ScoreSummary, *,
+    progress: Progress | None = None,
+) -> list[ScoreRow]:
+    """Score one chunk of records: one row per record, the score None where there is no
+    usable text (those are counted in `summary` as skipped, never flagged)."""
+    if frame.empty:
+        return []
+    ok = scorable(frame).to_numpy()
+    keys = _keys(frame)
+    hashes = (frame["text_hash"].tolist() if "text_hash" in frame.columns
+              else [None] * len(frame))
+    summary.skipped_ids.extend(k for k, good in zip(keys, ok, strict=True) if not good)
+    rows = [ScoreRow(k, None, h) for k, h, good in zip(keys, hashes, ok, strict=True)
+            if not good]
+    usable = frame[ok]
+    if usable.empty:
+        return rows
+    scores = predict_scores(scorer.model, scorer.tokenizer, usable["text"].tolist(),
+                            batch_size=scorer.batch_size, max_length=scorer.max_length,
+                            progress=progress)
+    summary.scored += len(usable)
+    summary.flagged += int((scores >= scorer.threshold).sum())
+    rows += [ScoreRow(k, float(s), h) for k, h, s in zip(
+        [k for k, good in zip(keys, ok, strict=True) if good],
+        [h for h, good in zip(hashes, ok, strict=True) if good], scores.tolist(), strict=True)]
+    return rows
+
+
+def flag_rows(rows: Iterable[ScoreRow], threshold: float,
+              run_id: int | None = None) -> list[dict[str, Any]]:
+    """The flag rows of the scores at or above `threshold`."""
+    return [{"record_id": r.record_id, "score": r.score, "threshold": threshold,
+             "run_id": run_id, "text_hash": r.text_hash}
+            for r in rows if r.score is not None and r.score >= threshold]
+
+
 def score_chunk(
     scorer: Scorer, frame: pd.DataFrame, summary: ScoreSummary, *, run_id: int | None = None,
     progress: Progress | None = None,
 ) -> list[dict[str, Any]]:
-    """Score one chunk of records; return flag rows for those at or above the threshold.
-
-    Records with no usable text are counted in `summary` and skipped, never flagged.
-    """
-    if frame.empty:
-        return []
-    ok = scorable(frame)
-    summary.skipped_ids.extend(frame.loc[~ok, "id"].tolist())
-    usable = frame[ok]
-    summary.last_id = frame["id"].iloc[-1]
-    if usable.empty:
-        return []
-    scores = predict_scores(scorer.model, scorer.tokenizer, usable["text"].tolist(),
-                            batch_size=scorer.batch_size, max_length=scorer.max_length,
-                            progress=progress)
-    hit = scores >= scorer.threshold
-    summary.scored += len(usable)
-    summary.flagged += int(hit.sum())
-    return [
-        {"record_id": rid, "score": float(s), "threshold": scorer.threshold, "run_id": run_id}
-        for rid, s in zip(usable["id"].to_numpy()[hit], scores[hit], strict=True)
-    ]
+    """Score one chunk of records; return flag rows for those at or above the threshold."""
+    rows = score_rows(scorer, frame, summary, progress=progress)
+    return flag_rows(rows, scorer.threshold, run_id)
 
 
 def score_all(
-    scorer: Scorer, chunks: Iterable[pd.DataFrame], *, run_id: int | None = None,
+    scorer: Scorer, chunks: Iterable[pd.DataFrame], *,
     progress: Progress | None = None, total: int = 0,
-) -> tuple[list[dict[str, Any]], ScoreSummary]:
-    """Score a stream of chunks; return every flag row and the summary.
+) -> tuple[list[ScoreRow], ScoreSummary]:
+    """Score a stream of chunks; return every record's score row and the summary.
 
     `progress` is told (records done, `total`) after each chunk.
     """
-    summary, flags = ScoreSummary(), []
+    summary, rows = ScoreSummary(), []
     for chunk in chunks:
-        flags.extend(score_chunk(scorer, chunk, summary, run_id=run_id))
+        rows.extend(score_rows(scorer, chunk, summary))
         if progress:
             progress(summary.scored + summary.skipped, max(total, summary.scored + summary.skipped))
     if summary.skipped:
         logger.warning("%d records have no text to score and were skipped (e.g. ids %s)",
                        summary.skipped, summary.skipped_ids[:5])
-    return flags, summary
+    return rows, summary

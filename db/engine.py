@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,15 +25,42 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI 
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+    # The text hash of db.records.text_hash: the sqlite3 shell ships sha3() (SHA3-256
+    # by default); the same function here lets anomdet and the shell read one view.
+    dbapi_connection.create_function("sha3", 1, _sha3, deterministic=True)
+
+
+def _sha3(value: object) -> bytes | None:
+    """SHA3-256 of a value as the sqlite3 shell's sha3() computes it (text as UTF-8)."""
+    if value is None:
+        return None
+    data = value if isinstance(value, bytes) else str(value).encode("utf-8")
+    return hashlib.sha3_256(data).digest()
+
+
+#: Seconds to wait for a database server to accept a connection. A host that takes
+#: the connection and never answers would otherwise hold a command for minutes.
+DEFAULT_CONNECT_TIMEOUT = 10.0
+
+
+def get_engine(url: str, connect_timeout: float | None = None) -> Engine:
+    """One engine per database URL (and connect timeout) for the whole process."""
+    return _engine(url, float(connect_timeout or DEFAULT_CONNECT_TIMEOUT))
 
 
 @cache
-def get_engine(url: str) -> Engine:
-    """One engine per database URL for the whole process."""
-    engine = sa.create_engine(url, pool_pre_ping=True)
+def _engine(url: str, connect_timeout: float) -> Engine:
+    connect_args: dict[str, object] = {}
+    if sa.engine.make_url(url).get_backend_name() == "postgresql":
+        # libpq counts whole seconds; at least 1, or 0 would mean "wait forever".
+        connect_args["connect_timeout"] = max(1, round(connect_timeout))
+    engine = sa.create_engine(url, pool_pre_ping=True, connect_args=connect_args)
     if engine.dialect.name == "sqlite":
         sa.event.listen(engine, "connect", _sqlite_pragmas)
     return engine
+
+
+get_engine.cache_clear = _engine.cache_clear  # type: ignore[attr-defined]
 
 
 @contextmanager

@@ -112,24 +112,35 @@ class Flag(Base):
     id: Mapped[int] = mapped_column(
         sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True
     )
-    # Record ids are stored as text so any id type of the user's table fits.
-    record_id: Mapped[str] = mapped_column(sa.String(255))
+    # The record's id as the database writes it as text (CAST(id AS TEXT)), so that any
+    # id type of the user's table fits: integers of any size, UUIDs, texts of any length.
+    record_id: Mapped[str] = mapped_column(sa.Text)
     model_version_id: Mapped[int] = mapped_column(sa.ForeignKey("anomdet_model_versions.id"))
     score: Mapped[float]
     threshold: Mapped[float]
     run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("anomdet_runs.id"))
     flagged_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    # Hash of the text that was scored (see db.records.text_hash): the view shows a flag
+    # only beside the text it was given for.
+    text_hash: Mapped[str | None] = mapped_column(sa.String(64))
 
 
-class ScoringCursor(Base):
-    """How far a model version has scored the unlabelled records (for incremental scoring)."""
+class Score(Base):
+    """Every scored record's score per model version, with a hash of the text it scored.
 
-    __tablename__ = "anomdet_scoring_cursors"
+    A record is scored once per version and text: incremental scoring looks for records
+    without a row here, or whose text hash changed, whatever their id type or order.
+    A NULL score means the record had no text to score (it is not tried again until its
+    text changes).
+    """
+
+    __tablename__ = "anomdet_scores"
 
     model_version_id: Mapped[int] = mapped_column(
         sa.ForeignKey("anomdet_model_versions.id"), primary_key=True
     )
-    # The highest record id scored, as JSON to keep the id's own type for comparison.
-    last_record_id: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
-    scored: Mapped[int] = mapped_column(sa.BigInteger, default=0)
-    updated_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+    record_id: Mapped[str] = mapped_column(sa.Text, primary_key=True)
+    score: Mapped[float | None]
+    text_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("anomdet_runs.id"))
+    scored_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)

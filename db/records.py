@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 logger = logging.getLogger(__name__)
 
@@ -152,74 +155,196 @@ def _class_from_text(value: object) -> object:
     return value
 
 
+class _TextHash(FunctionElement):
+    """text_hash(text): see `text_hash`; rendered for each database by the rules below."""
+
+    type = sa.String(64)
+    name = "text_hash"
+    inherit_cache = True
+
+
+@compiles(_TextHash, "postgresql")
+def _text_hash_postgresql(element: _TextHash, compiler: SQLCompiler, **kw: object) -> str:
+    return f"md5(CAST({compiler.process(element.clauses, **kw)} AS TEXT))"
+
+
+@compiles(_TextHash)
+def _text_hash_sqlite(element: _TextHash, compiler: SQLCompiler, **kw: object) -> str:
+    return f"lower(hex(sha3({compiler.process(element.clauses, **kw)})))"
+
+
+def text_hash(text: sa.ColumnElement[object]) -> sa.ColumnElement[str]:
+    """The hash of a record's text that scores and flags keep, computed by the database.
+
+    PostgreSQL: md5 of the text. SQLite: SHA3-256 in hex through sha3(), the function the
+    sqlite3 shell ships and `db.engine` registers on anomdet's connections, so that the
+    `anomdet_flagged` view reads the same in both. Either way the value is only ever
+    compared with another value computed the same way on the same database.
+    """
+    return _TextHash(text)
+
+
+def record_key(table: sa.Table, mapping: RecordsMapping) -> sa.ColumnElement[str]:
+    """A record's id as text, as the database writes it: the key of scores and flags.
+
+    The database casts, not Python, so an id reads the same in every query and view
+    (no '6.0' for an integer that pandas held as a float, no other UUID spelling).
+    """
+    return sa.cast(table.c[mapping.id_column], sa.Text)
+
+
+def _raw_id(table: sa.Table, mapping: RecordsMapping) -> sa.ColumnElement[object]:
+    # Ids travel from the driver and back to it unchanged: SQLAlchemy's own UUID type
+    # on SQLite would bind a UUID as 32 hex digits where the table may hold 36.
+    return sa.type_coerce(table.c[mapping.id_column], sa.types.NullType())
+
+
+def ids_are_unique(table: sa.Table, mapping: RecordsMapping) -> bool:
+    """Whether the schema keeps ids unique: a primary key or unique constraint on the id alone."""
+    id_col = table.c[mapping.id_column]
+    if list(table.primary_key.columns) == [id_col]:
+        return True
+    keys = [c for c in table.constraints if isinstance(c, sa.UniqueConstraint)]
+    keys += [ix for ix in table.indexes if ix.unique]
+    return any(list(key.columns) == [id_col] for key in keys)
+
+
+def _shared_ids(table: sa.Table, mapping: RecordsMapping) -> sa.Select | None:
+    """Ids held by more than one record, or None when the schema rules them out."""
+    if ids_are_unique(table, mapping):
+        return None
+    other = table.alias("shared_ids")
+    other_id = other.c[mapping.id_column]
+    return (sa.select(other_id).where(other_id.is_not(None)).group_by(other_id)
+            .having(sa.func.count() > 1))
+
+
+def _unlabelled(table: sa.Table, mapping: RecordsMapping) -> sa.ColumnElement[bool]:
+    return table.c[mapping.label_column].is_(None)
+
+
+def _keyed(table: sa.Table, mapping: RecordsMapping) -> sa.ColumnElement[bool]:
+    """Records whose id identifies them: not NULL, and held by no other record.
+
+    Scores, flags and the view are keyed by id; a record without one, or sharing it,
+    could be given another record's flag, so it is counted and left unscored.
+    """
+    id_col = table.c[mapping.id_column]
+    shared = _shared_ids(table, mapping)
+    if shared is None:
+        return id_col.is_not(None)
+    return sa.and_(id_col.is_not(None), id_col.not_in(shared))
+
+
+def _work(table: sa.Table, mapping: RecordsMapping, version_id: int | None) -> sa.Select:
+    """Unlabelled, keyed records that `version_id` has not scored for their current text."""
+    key, digest = record_key(table, mapping), text_hash(table.c[mapping.text_column])
+    query = sa.select(_raw_id(table, mapping).label("id"), key.label("key"),
+                      table.c[mapping.text_column].label("text"), digest.label("text_hash"))
+    query = query.where(_unlabelled(table, mapping), _keyed(table, mapping))
+    if version_id is not None:
+        from db.models import Score  # db.models does not import this module: no cycle
+
+        scores = Score.__table__
+        done = sa.exists().where(scores.c.model_version_id == version_id,
+                                 scores.c.record_id == key,
+                                 scores.c.text_hash.is_not_distinct_from(digest))
+        query = query.where(~done)
+    return query
+
+
+IdRange = tuple[object | None, object | None]
+
+
+def _in_range(query: sa.Select, raw_id: sa.ColumnElement[object],
+              id_range: IdRange | None) -> sa.Select:
+    if id_range is None:
+        return query
+    low, high = id_range
+    if low is not None:
+        query = query.where(raw_id >= low)
+    if high is not None:
+        query = query.where(raw_id < high)
+    return query
+
+
 def iter_unlabelled(
     conn: Connection,
     table: sa.Table,
     mapping: RecordsMapping,
     *,
     chunk_size: int = 5_000,
-    id_range: tuple[object, object] | None = None,
-    after: object | None = None,
+    id_range: IdRange | None = None,
+    version_id: int | None = None,
 ) -> Iterator[pd.DataFrame]:
-    """Stream unlabelled records in id order, `chunk_size` rows at a time.
+    """Stream the unlabelled records to score, in id order, `chunk_size` rows at a time.
 
-    Keyset pagination (id > last id) keeps each query cheap and the memory use
-    independent of the table size. `id_range` limits ids to [low, high];
-    `after` starts past an id already processed.
+    With `version_id`, only those that version has not scored for their current text.
+    Frames hold `id` (as the driver gives it), `key` (the id as text), `text` and
+    `text_hash`. `id_range` is half-open, [low, high), either end None for open.
+    Keyset pagination (id > last id) keeps each query cheap; ids are unique among the
+    records it yields (see `_keyed`), so no record at a chunk's edge is skipped.
     """
-    id_col = table.c[mapping.id_column]
-    base = _standard_select(table, mapping).where(table.c[mapping.label_column].is_(None))
-    if id_range is not None:
-        base = base.where(id_col >= id_range[0], id_col <= id_range[1])
-    last = after
+    raw_id = _raw_id(table, mapping)
+    base = _in_range(_work(table, mapping, version_id), raw_id, id_range)
+    last: object | None = None
     while True:
-        query = base if last is None else base.where(id_col > last)
-        rows = conn.execute(query.order_by(id_col).limit(chunk_size)).all()
+        query = base if last is None else base.where(raw_id > last)
+        rows = conn.execute(query.order_by(raw_id).limit(chunk_size)).all()
         if not rows:
             return
-        frame = pd.DataFrame(rows, columns=list(mapping.columns()))
         last = rows[-1][0]
-        yield _standardise(frame)
+        frame = pd.DataFrame([tuple(r) for r in rows], columns=["id", "key", "text", "text_hash"])
+        # Object dtype: an integer id stays the integer it is, never a float.
+        frame["id"] = pd.Series([r[0] for r in rows], dtype=object)
+        yield frame
 
 
 def id_ranges(
     conn: Connection, table: sa.Table, mapping: RecordsMapping, *, parts: int,
-    after: object | None = None,
-) -> tuple[list[tuple[object, object]], int]:
-    """Cut the unlabelled ids past `after` into about `parts` ranges of equal row counts.
+    version_id: int | None = None,
+) -> tuple[list[IdRange], int]:
+    """Cut the records to score into about `parts` half-open id ranges of equal counts.
 
-    Returns the inclusive (low, high) ranges and the number of records they hold.
-    Boundaries come from OFFSET look-ups on the id index, so no id list is loaded.
+    Returns the ranges and the number of records they hold. Together the ranges cover
+    every id (the first is open below, the last above), so a record added while they
+    are scored is not lost between two. The boundaries are ids of the records, found by
+    numbering them in id order: no min() or max(), which PostgreSQL lacks for UUIDs.
     """
     if parts < 1:
         raise ValueError(f"parts must be at least 1, got {parts}")
-    id_col = table.c[mapping.id_column]
-    base = sa.select(id_col).where(table.c[mapping.label_column].is_(None))
-    if after is not None:
-        base = base.where(id_col > after)
-    count = int(conn.execute(sa.select(sa.func.count()).select_from(base.subquery())).scalar())
+    work = _work(table, mapping, version_id).subquery()
+    count = int(conn.execute(sa.select(sa.func.count()).select_from(work)).scalar_one())
     if count == 0:
         return [], 0
     size = -(-count // parts)
-    ranges = []
-    for start in range(0, count, size):
-        stop = min(start + size, count) - 1
-        low = conn.execute(base.order_by(id_col).offset(start).limit(1)).scalar()
-        high = conn.execute(base.order_by(id_col).offset(stop).limit(1)).scalar()
-        ranges.append((_plain(low), _plain(high)))
-    return ranges, count
+    number = sa.func.row_number().over(order_by=work.c.id)
+    numbered = sa.select(work.c.id, number.label("n")).subquery()
+    starts = conn.execute(sa.select(numbered.c.id).where(numbered.c.n % size == 1 % size)
+                          .order_by(numbered.c.n)).scalars().all()
+    bounds: list[object | None] = [None, *[_plain(b) for b in starts[1:]], None]
+    return list(zip(bounds[:-1], bounds[1:], strict=True)), count
 
 
-def unlabelled_id_bounds(
-    conn: Connection, table: sa.Table, mapping: RecordsMapping
-) -> tuple[object, object, int]:
-    """(min id, max id, count) of the unlabelled records."""
-    id_col = table.c[mapping.id_column]
-    query = sa.select(sa.func.min(id_col), sa.func.max(id_col), sa.func.count()).where(
-        table.c[mapping.label_column].is_(None)
-    )
-    low, high, count = conn.execute(query).one()
-    return low, high, int(count)
+def unkeyed_unlabelled(
+    conn: Connection, table: sa.Table, mapping: RecordsMapping, *, examples: int = 20
+) -> tuple[int, list[str]]:
+    """How many unlabelled records cannot be scored for want of an id of their own,
+    with some of their ids ('NULL' for a missing one)."""
+    keyless = sa.and_(_unlabelled(table, mapping), sa.not_(_keyed(table, mapping)))
+    count = int(conn.execute(sa.select(sa.func.count()).select_from(table).where(keyless))
+                .scalar_one())
+    if count == 0:
+        return 0, []
+    shown = conn.execute(sa.select(record_key(table, mapping)).where(keyless)
+                         .limit(examples)).scalars().all()
+    return count, ["NULL" if k is None else k for k in shown]
+
+
+def count_unlabelled(conn: Connection, table: sa.Table, mapping: RecordsMapping) -> int:
+    """Number of unlabelled records."""
+    query = sa.select(sa.func.count()).select_from(table).where(_unlabelled(table, mapping))
+    return int(conn.execute(query).scalar_one())
 
 
 def count_rows(conn: Connection, table: sa.Table) -> int:

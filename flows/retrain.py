@@ -20,6 +20,7 @@ from tasks.database import extract_labelled, prepare_database, record_run, start
 from tasks.model import (
     evaluate_model,
     fine_tune_challenger,
+    fit_baseline,
     load_champion,
     measure_drift,
     split_data,
@@ -91,6 +92,7 @@ def _retrain(settings: Settings, run_id: int) -> dict[str, Any]:
         raise DriftError(drift)
     split = split_data(frame, settings)
     record_run(settings, run_id, test_rows=len(split.test))
+    baseline = fit_baseline(split, settings)
     challenger = fine_tune_challenger(split, settings)
     ch_eval = evaluate_model((challenger.scoring_model, challenger.tokenizer), split.test,
                              challenger.threshold, challenger.config.max_length, settings)
@@ -99,17 +101,20 @@ def _retrain(settings: Settings, run_id: int) -> dict[str, Any]:
         row, loaded = champion
         champ_eval = evaluate_model((loaded.model, loaded.tokenizer), split.test,
                                     loaded.threshold, loaded.max_length, settings)
-    decision = decide_promotion(ch_eval, champ_eval, settings)
+    decision = decide_promotion(ch_eval, champ_eval, settings, baseline)
     champ_metrics = champ_eval.metrics if champ_eval else None
-    publish_decision(settings.model_name, ch_eval.metrics, champ_metrics, decision)
+    publish_decision(settings.model_name, ch_eval.metrics, champ_metrics, decision,
+                     baseline.metrics)
     publish_pr_curve(settings.model_name, ch_eval, champ_eval)
     record_run(settings, run_id, challenger_metrics=ch_eval.metrics, champion_metrics=champ_metrics,
+               baseline_metrics=baseline.metrics,
                champion_version_id=champion[0].id if champion else None,
                details={"checks": [c.__dict__ for c in decision.checks],
-                        "bootstrap": decision.bootstrap,
+                        "bootstrap": decision.bootstrap, "uncertainty": decision.uncertainty,
                         "training": challenger.result.history})
     outcome: dict[str, Any] = {
         "run_id": run_id, "challenger": ch_eval.metrics, "champion": champ_metrics,
+        "baseline": baseline.metrics, "uncertainty": decision.uncertainty,
         "champion_version": champion[0].version if champion else None,
         "checks": [(c.name, c.passed, c.detail) for c in decision.checks],
     }
@@ -146,7 +151,7 @@ def _promote(settings: Settings, run_id: int, challenger: Any, metrics: dict[str
             "hyperparameters": challenger.hyperparameters(), "run_id": run_id}
     with transaction():
         directory = store_artifact(challenger, settings, meta)
-        flags, summary = score_unlabelled(challenger, settings, run_id)
+        scores, summary = score_unlabelled(challenger, settings, run_id)
         version_id, number = commit_promotion(
             settings, expected_champion_id=expected_champion_id,
             version_fields={
@@ -157,6 +162,6 @@ def _promote(settings: Settings, run_id: int, challenger: Any, metrics: dict[str
                 "threshold": challenger.threshold, "flow_run_id": flow_run.get_id(),
                 "run_id": run_id,
             },
-            flags=flags, summary=summary,
+            scores=scores,
         )
-    return version_id, number, len(flags)
+    return version_id, number, summary.flagged

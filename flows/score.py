@@ -1,10 +1,11 @@
 """The scoring flow: score new unlabelled records with the champion, incrementally.
 
-The id range past the champion's cursor is cut into chunks that are mapped over
-tasks, so the same flow runs on the default thread pool or on Dask workers
-(`anomdet score --task-runner dask`). Flags are written per chunk and ignore
-duplicates; the cursor moves only when every chunk is done, so a run stopped at
-any point is simply run again.
+The work is found by what the champion has not scored: unlabelled records without a
+kept score for it, or whose text no longer hashes to the one scored, whatever their
+id type or order. It is cut into id ranges that are mapped over tasks, so the same
+flow runs on the default thread pool or on Dask workers (`anomdet score --task-runner
+dask`). Scores and flags are written per chunk, so a run stopped at any point is
+simply run again and picks up what is left.
 """
 
 from __future__ import annotations
@@ -30,9 +31,13 @@ def score(chunks: int = 4) -> dict[str, Any]:
     futures = score_range.map(unmapped(settings), unmapped(plan), plan.ranges)
     summaries = [f.result() for f in futures]
     summary = finish_scoring(settings, plan, summaries)
-    get_run_logger().info("scored %d records in %d chunks, %d flagged, %d skipped",
-                          summary["scored"], len(plan.ranges), summary["flagged"],
-                          summary["skipped"])
+    logger = get_run_logger()
+    logger.info("scored %d records in %d chunks, %d flagged, %d skipped",
+                summary["scored"], len(plan.ranges), summary["flagged"], summary["skipped"])
+    if summary["unkeyed"]:
+        logger.warning("%d unlabelled records were not scored: their id is NULL or held by "
+                       "another record too (e.g. %s); give each record an id of its own",
+                       summary["unkeyed"], ", ".join(summary["unkeyed_example_ids"][:5]))
     return summary
 
 

@@ -11,6 +11,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from prefect.transactions import Transaction, get_transaction
+from sqlalchemy.exc import SQLAlchemyError
 
 from anomdet.model import save_artifact
 from anomdet.promotion import Decision, EvalResult, decide
@@ -19,7 +20,12 @@ from anomdet.settings import Settings
 from anomdet.training import Challenger
 from db import repository as repo
 from db.engine import get_engine, session_scope
-from db.records import iter_unlabelled, reflect_records_table, unlabelled_id_bounds
+from db.records import (
+    count_unlabelled,
+    iter_unlabelled,
+    reflect_records_table,
+    unkeyed_unlabelled,
+)
 from tasks.progress import ui_progress
 
 ARTIFACT_KEY = "artifact_dir"
@@ -27,9 +33,9 @@ ARTIFACT_KEY = "artifact_dir"
 
 @task(name="decide promotion", cache_policy=NO_CACHE)
 def decide_promotion(challenger: EvalResult, champion: EvalResult | None,
-                     settings: Settings) -> Decision:
-    """Apply the promotion rule to both models' results on the shared test split."""
-    return decide(challenger, champion, settings.promotion.policy())
+                     settings: Settings, baseline: EvalResult | None = None) -> Decision:
+    """Apply the promotion rule to the models' results on the shared test split."""
+    return decide(challenger, champion, settings.promotion.policy(), baseline)
 
 
 @task(name="store artifact", cache_policy=NO_CACHE)
@@ -55,43 +61,53 @@ def _remove_artifact(transaction: Transaction) -> None:
 
 @task(name="score unlabelled records", cache_policy=NO_CACHE)
 def score_unlabelled(challenger: Challenger, settings: Settings,
-                     run_id: int) -> tuple[list[dict[str, Any]], ScoreSummary]:
-    """Score every unlabelled record with the challenger; return its flags, not yet written."""
+                     run_id: int) -> tuple[list[repo.ScoreRow], ScoreSummary]:
+    """Score every unlabelled record with the challenger; return its scores, not yet written."""
     scorer = Scorer(challenger.scoring_model, challenger.tokenizer, challenger.threshold,
                     challenger.config.max_length, settings.score_batch_size)
     engine, mapping = get_engine(settings.database_url), settings.records.mapping()
     with engine.connect() as conn:
         table = reflect_records_table(conn, mapping)
-        total = unlabelled_id_bounds(conn, table, mapping)[2]
+        total = count_unlabelled(conn, table, mapping)
         chunks = iter_unlabelled(conn, table, mapping, chunk_size=settings.chunk_size)
-        flags, summary = score_all(scorer, chunks, run_id=run_id, total=total,
-                                   progress=ui_progress("scoring unlabelled records"))
-    get_run_logger().info("scored %d unlabelled records, %d flagged, %d skipped",
-                          summary.scored, summary.flagged, summary.skipped)
-    return flags, summary
+        rows, summary = score_all(scorer, chunks, total=total,
+                                  progress=ui_progress("scoring unlabelled records"))
+        summary.unkeyed, summary.unkeyed_ids = unkeyed_unlabelled(conn, table, mapping)
+    logger = get_run_logger()
+    logger.info("scored %d unlabelled records, %d flagged, %d skipped",
+                summary.scored, summary.flagged, summary.skipped)
+    if summary.unkeyed:
+        logger.warning("%d unlabelled records were not scored: their id is NULL or held by "
+                       "another record too (e.g. %s)", summary.unkeyed,
+                       ", ".join(summary.unkeyed_ids[:5]))
+    return rows, summary
 
 
 @task(name="commit promotion", cache_policy=NO_CACHE)
 def commit_promotion(settings: Settings, *, expected_champion_id: int | None,
-                     version_fields: dict[str, Any], flags: list[dict[str, Any]],
-                     summary: ScoreSummary) -> tuple[int, int]:
-    """One database transaction: insert the version, move the champion, write the flags.
+                     version_fields: dict[str, Any],
+                     scores: list[repo.ScoreRow]) -> tuple[int, int]:
+    """One database transaction: insert the version, move the champion, write its kept
+    scores and its flags. Then, apart, prune the scores of versions past the retention.
 
     Returns (version id, version number). Raises `ChampionChanged` if another run
     or a rollback moved the champion after this run evaluated against it.
     """
-    with session_scope(get_engine(settings.database_url)) as session:
+    engine = get_engine(settings.database_url)
+    with session_scope(engine) as session:
         number = repo.next_version_number(session=session, model_name=settings.model_name)
         version = repo.promote_new_version(
-            session=session, expected_champion_id=expected_champion_id, flags=flags,
+            session=session, expected_champion_id=expected_champion_id, scores=scores,
             model_name=settings.model_name, version=number, **version_fields,
         )
-        if summary.last_id is not None:
-            repo.advance_cursor(session=session, model_version_id=version.id,
-                                last_record_id=_plain(summary.last_id),
-                                scored=summary.scored + summary.skipped)
-        return version.id, number
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if hasattr(value, "item") else value
+        version_id = version.id
+    # Not in the promotion's transaction, which stays short; and a failed prune must not
+    # fail this task, whose failure would remove the artifact the new champion uses. The
+    # old scores wait for the next prune.
+    try:
+        with session_scope(engine) as session:
+            repo.prune_scores(session=session, model_name=settings.model_name,
+                              keep_versions=settings.scoring.keep_versions)
+    except SQLAlchemyError as exc:
+        get_run_logger().warning("old versions' scores were not pruned: %s", exc)
+    return version_id, number

@@ -11,27 +11,26 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from anomdet.model import configure_threads, load_artifact, recorded_scoring
-from anomdet.scoring import Scorer, ScoreSummary, score_chunk
+from anomdet.scoring import Scorer, ScoreSummary, score_rows
 from anomdet.settings import Settings
 from db import repository as repo
 from db.engine import get_engine, session_scope
-from db.records import id_ranges, iter_unlabelled, reflect_records_table
+from db.records import id_ranges, iter_unlabelled, reflect_records_table, unkeyed_unlabelled
 from tasks.progress import ui_progress
 
 
 @dataclass(frozen=True)
 class ScoringPlan:
-    """What one scoring run covers: the champion and the id ranges past its cursor."""
+    """What one scoring run covers: the champion and the id ranges holding the records it
+    has not scored for their current text."""
 
     version_id: int
     artifact_uri: str
     weights_sha256: str
-    after_id: Any
-    last_id: Any
     ranges: tuple[tuple[Any, Any], ...]
     records: int
-    # Threshold, max length and precision as the database records them.
-    recorded: tuple[tuple[str, Any], ...] = ()
+    unkeyed: int = 0
+    unkeyed_ids: tuple[str, ...] = ()
 
     @property
     def range_size(self) -> int:
@@ -41,21 +40,18 @@ class ScoringPlan:
 
 @task(name="plan scoring", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
 def plan_scoring(settings: Settings, chunks: int) -> ScoringPlan | None:
-    """The champion, its cursor and the unlabelled id ranges it has not scored yet."""
+    """The champion and the unlabelled records it has not scored, cut into id ranges."""
     engine, mapping = get_engine(settings.database_url), settings.records.mapping()
     with session_scope(engine) as session:
         champion = repo.get_champion(session=session, model_name=settings.model_name)
-        if champion is None:
-            return None
-        cursor = repo.get_cursor(session=session, model_version_id=champion.id)
-    after = cursor.last_record_id["id"] if cursor and cursor.last_record_id else None
+    if champion is None:
+        return None
     with engine.connect() as conn:
         table = reflect_records_table(conn, mapping)
-        ranges, count = id_ranges(conn, table, mapping, parts=chunks, after=after)
-    return ScoringPlan(champion.id, champion.artifact_uri, champion.weights_sha256, after,
-                       ranges[-1][1] if ranges else after, tuple(ranges), count,
-                       tuple(recorded_scoring(champion.threshold,
-                                              champion.hyperparameters).items()))
+        ranges, count = id_ranges(conn, table, mapping, parts=chunks, version_id=champion.id)
+        unkeyed, examples = unkeyed_unlabelled(conn, table, mapping)
+    return ScoringPlan(champion.id, champion.artifact_uri, champion.weights_sha256,
+                       tuple(ranges), count, unkeyed, tuple(examples))
 
 
 @lru_cache(maxsize=2)
@@ -71,39 +67,41 @@ def _scorer(artifact_uri: str, sha256: str, batch_size: int,
 @task(name="score id range", cache_policy=NO_CACHE)
 def score_range(settings: Settings, plan: ScoringPlan,
                 id_range: tuple[Any, Any]) -> dict[str, Any]:
-    """Score one id range in chunks; each chunk's flags commit on their own, duplicates ignored."""
-    scorer = _scorer(plan.artifact_uri, plan.weights_sha256, settings.score_batch_size,
-                     plan.recorded)
+    """Score one id range in chunks; each chunk's scores and flags commit on their own."""
+    scorer = _scorer(plan.artifact_uri, plan.weights_sha256, settings.score_batch_size)
     engine, mapping = get_engine(settings.database_url), settings.records.mapping()
     summary = ScoreSummary()
-    progress = ui_progress(f"scoring ids {id_range[0]} to {id_range[1]}")
+    low, high = ("start" if id_range[0] is None else id_range[0],
+                 "end" if id_range[1] is None else id_range[1])
+    progress = ui_progress(f"scoring ids from {low} to {high}")
     with engine.connect() as conn:
         table = reflect_records_table(conn, mapping)
         for chunk in iter_unlabelled(conn, table, mapping, chunk_size=settings.chunk_size,
-                                     id_range=id_range):
-            flags = score_chunk(scorer, chunk, summary)
+                                     id_range=id_range, version_id=plan.version_id):
+            rows = score_rows(scorer, chunk, summary)
             done = summary.scored + summary.skipped
             progress(done, max(done, plan.range_size))
             with session_scope(engine) as session:
-                repo.insert_flags(session=session, model_version_id=plan.version_id, rows=flags)
+                repo.write_scores(session=session, model_version_id=plan.version_id,
+                                  rows=rows, threshold=scorer.threshold)
     return summary.as_dict()
 
 
-@task(name="advance scoring cursor", cache_policy=NO_CACHE, retries=2,
-      retry_delay_seconds=[2, 5])
+@task(name="finish scoring", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
 def finish_scoring(settings: Settings, plan: ScoringPlan,
                    summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Move the champion's cursor past every range scored; add up the summaries."""
-    total = {"model_version_id": plan.version_id, "records": plan.records, "scored": 0,
-             "flagged": 0, "skipped": 0, "skipped_example_ids": []}
+    """Add up the summaries; prune the kept scores of versions past the retention."""
+    total: dict[str, Any] = {
+        "model_version_id": plan.version_id, "records": plan.records + plan.unkeyed,
+        "scored": 0, "flagged": 0, "skipped": 0, "skipped_example_ids": [],
+        "unkeyed": plan.unkeyed, "unkeyed_example_ids": list(plan.unkeyed_ids)}
     for part in summaries:
         for key in ("scored", "flagged", "skipped"):
             total[key] += part[key]
         total["skipped_example_ids"] = (total["skipped_example_ids"]
                                         + part["skipped_example_ids"])[:20]
-    if plan.ranges:
-        with session_scope(get_engine(settings.database_url)) as session:
-            repo.advance_cursor(session=session, model_version_id=plan.version_id,
-                                last_record_id=plan.last_id,
-                                scored=total["scored"] + total["skipped"])
+    with session_scope(get_engine(settings.database_url)) as session:
+        total["pruned_scores"] = repo.prune_scores(
+            session=session, model_name=settings.model_name,
+            keep_versions=settings.scoring.keep_versions)
     return total

@@ -15,7 +15,9 @@ from db.records import (
     ensure_records_table,
     iter_unlabelled,
     read_labelled,
+    record_key,
     reflect_records_table,
+    text_hash,
     upsert_records,
 )
 
@@ -92,9 +94,18 @@ def test_promotion_is_compare_and_set(engine: sa.Engine) -> None:
         assert repo.get_champion(session=session, model_name="m").id == v2.id
 
 
+def _flag_rows(engine: sa.Engine, scores: dict[int, float]) -> list[dict]:
+    """Flag rows for record ids, each with the hash of the record's current text."""
+    with engine.connect() as conn:
+        table = reflect_records_table(conn, MAPPING)
+        hashes = dict(conn.execute(sa.select(record_key(table, MAPPING),
+                                             text_hash(table.c.text))).all())
+    return [{"record_id": i, "score": s, "threshold": 0.5, "text_hash": hashes[str(i)]}
+            for i, s in scores.items()]
+
+
 def test_flags_are_idempotent_and_the_view_follows_the_champion(engine: sa.Engine) -> None:
-    rows = [{"record_id": 5, "score": 0.9, "threshold": 0.5},
-            {"record_id": 7, "score": 0.7, "threshold": 0.5}]
+    rows = _flag_rows(engine, {5: 0.9, 7: 0.7})
     with session_scope(engine) as session:
         v1 = repo.promote_new_version(session=session, expected_champion_id=None, flags=rows,
                                       version=1, **_version())
@@ -146,11 +157,13 @@ def test_records_are_read_by_mapping_in_chunks(engine: sa.Engine) -> None:
         table = reflect_records_table(conn, MAPPING)
         labelled = read_labelled(conn, table, MAPPING, chunk_size=3)
         chunks = list(iter_unlabelled(conn, table, MAPPING, chunk_size=2))
-        after = list(iter_unlabelled(conn, table, MAPPING, chunk_size=2, after=6))
+        from_seven = list(iter_unlabelled(conn, table, MAPPING, chunk_size=2,
+                                          id_range=(7, None)))
     assert labelled["id"].tolist() == [1, 2, 3, 4, 8, 9]
     assert list(labelled.columns) == ["id", "text", "label", "created_at"]
     assert [c["id"].tolist() for c in chunks] == [[5, 6], [7, 10]]
-    assert [c["id"].tolist() for c in after] == [[7, 10]]
+    assert [c["key"].tolist() for c in chunks] == [["5", "6"], ["7", "10"]]
+    assert [c["id"].tolist() for c in from_seven] == [[7, 10]]
 
 
 def test_a_custom_mapping_is_checked_against_the_schema(engine: sa.Engine) -> None:

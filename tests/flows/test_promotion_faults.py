@@ -65,8 +65,8 @@ FAULTS = {
     "version inserted": ("db.repository.insert_flags",
                          lambda orig: _fail_after(lambda **_: None, "the version insert")),
     "half the flags written": ("db.repository.insert_flags", _half_the_flags),
-    "cursor advanced": ("db.repository.advance_cursor",
-                        lambda orig: _fail_after(orig, "the cursor moved")),
+    "scores kept": ("db.repository.write_scores",
+                    lambda orig: _fail_after(orig, "the scores were kept")),
 }
 
 

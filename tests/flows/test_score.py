@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -65,19 +63,11 @@ def test_dask_runner_writes_exactly_the_default_runners_flags(anomdet_env: str) 
     extra = toy_records(700, seed=5).iloc[300:].assign(label=pd.NA).astype({"label": "Int64"})
     seed_records(anomdet_env, extra)
     engine = get_engine(anomdet_env)
-    with session_scope(engine) as session:
-        champion = repo.get_champion(session=session, model_name="anomdet")
-    with engine.connect() as conn:
-        cursor = conn.execute(sa.text("SELECT last_record_id, scored FROM "
-                                      "anomdet_scoring_cursors")).one()
     default = score(chunks=3)
     by_default = _flag_scores(anomdet_env)
     with engine.begin() as conn:  # forget what the default run did, then score again on Dask
         conn.execute(sa.text("DELETE FROM anomdet_flags WHERE run_id IS NULL"))
-        conn.execute(sa.text("UPDATE anomdet_scoring_cursors SET last_record_id = :c, "
-                             "scored = :s WHERE model_version_id = :v"),
-                     {"c": cursor[0] if isinstance(cursor[0], str) else json.dumps(cursor[0]),
-                      "s": cursor[1], "v": champion.id})
+        conn.execute(sa.text("DELETE FROM anomdet_scores WHERE run_id IS NULL"))
     on_dask = with_task_runner(score, "dask", workers=2)(chunks=3)
     assert on_dask["scored"] == default["scored"] == 400
     assert on_dask["flagged"] == default["flagged"]
