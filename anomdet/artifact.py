@@ -111,3 +111,17 @@ def _verify_legacy(directory: Path, expected_sha256: str | None) -> str:
     logger.warning("model artifact at %s predates manifests: only its weights are verified; "
                    "its threshold, precision and length come from the database", directory)
     return digest
+
+
+def check_writable(root: Path) -> None:
+    """Refuse an artifacts folder that cannot take a file, before any training starts."""
+    import tempfile
+
+    root = Path(root)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-check-"):
+            pass
+    except OSError as exc:
+        raise ValueError(f"the artifacts folder {root} is not writable ({exc.strerror or exc}); "
+                         "set ANOMDET_ARTIFACTS_DIR to a folder this user can write") from exc

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import click
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
+from typer.core import TyperGroup
 
 from anomdet.bench import bench_command
 from anomdet.bench_score import bench_score_command
@@ -21,10 +27,93 @@ if TYPE_CHECKING:
 
     from db.records import RecordsMapping
 
+
+
+class _OneLineErrors(TyperGroup):
+    """Every command ends a failure with one `error:` line, no traceback (unless --debug)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as exc:
+            if _debug():
+                raise
+            _fail(_explain(exc))
+
+
 app = typer.Typer(help="Keep a BERT text anomaly detector fresh over a SQL table.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  cls=_OneLineErrors)
 out = Console()
 err = Console(stderr=True)
+_DEBUG = {"on": False}
+
+
+@app.callback()
+def _options(debug: bool = typer.Option(
+        False, "--debug", help="show tracebacks and Prefect's failure logs (or ANOMDET_DEBUG=1)"),
+) -> None:
+    """Keep a BERT text anomaly detector fresh over a SQL table."""
+    _DEBUG["on"] = debug
+
+
+def _debug() -> bool:
+    from anomdet.settings import debug_requested
+
+    return _DEBUG["on"] or debug_requested()
+
+
+def _explain(exc: BaseException) -> str:
+    """One line for any failure, naming the database as configured (password masked)."""
+    from anomdet.errors import explain
+
+    try:
+        from anomdet.settings import Settings
+
+        settings = Settings()
+    except Exception:  # settings are reported on their own; say what can be said
+        return explain(exc)
+    if isinstance(exc, ValueError) and "isoformat" in str(exc):
+        # A timestamp the driver could not read: name the table, column and rows.
+        from db.checks import unreadable_timestamps
+
+        with settings.engine().connect() as conn:
+            problem = unreadable_timestamps(conn, settings.records.mapping())
+        if problem:
+            return problem
+    return explain(exc, database_url=settings.database_url,
+                   connect_timeout=settings.connect_timeout)
+
+
+class _NoFailureTracebacks(logging.Filter):
+    """Drops Prefect's error records (a failed task or flow, with its traceback) on the
+    terminal: the command says what failed in its one error line. The Prefect API
+    keeps them, so the UI still shows the whole story."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno < logging.ERROR or not record.name.startswith(("prefect", "anomdet",
+                                                                            "db"))
+
+
+@contextmanager
+def _quiet_failures() -> Iterator[None]:
+    """While a flow runs from the CLI, keep failure tracebacks off the terminal."""
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    if _debug():
+        yield
+        return
+    handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
+    quiet = _NoFailureTracebacks()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 # Prefect's temporary local API needs time to start on a small machine, and
 # nothing here may phone home.
@@ -66,23 +155,32 @@ def _fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+def _cell(value: Any, limit: int | None = None) -> Text:
+    """A table cell that shows the value as it is: record text is data, never markup."""
+    text = "" if value is None else str(value)
+    return Text(text[:limit] if limit else text)
+
+
 def _print_outcome(outcome: dict[str, Any]) -> None:
     from anomdet.report import metrics_table
 
-    table = Table(title=f"run {outcome['run_id']}: challenger vs champion on the same test split")
-    for col in ("metric", "challenger", "champion", "difference"):
+    table = Table(title=f"run {outcome['run_id']}: challenger, champion and TF-IDF baseline "
+                        "on the same test split")
+    for col in ("metric", "challenger", "champion", "difference", "baseline", "vs baseline"):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    for row in metrics_table(outcome["challenger"], outcome["champion"]):
-        table.add_row(*row.values())
+    for row in metrics_table(outcome["challenger"], outcome["champion"],
+                             outcome.get("baseline")):
+        table.add_row(*map(_cell, row.values()))
     out.print(table)
     for name, passed, detail in outcome.get("checks", []):
-        out.print(f"  {'[green]pass[/]' if passed else '[red]FAIL[/]'} {name}: {detail}",
-                  highlight=False)
-    out.print(f"decision: [bold]{outcome['decision']}[/] - {outcome['reason']}", highlight=False)
+        out.print(f"  {'[green]pass[/]' if passed else '[red]FAIL[/]'} {escape(name)}: "
+                  f"{escape(str(detail))}", highlight=False)
+    out.print(f"decision: [bold]{outcome['decision']}[/] - {escape(str(outcome['reason']))}",
+              highlight=False)
     if outcome["decision"] == "promoted":
         out.print(f"version {outcome['promoted_version']} is now champion; "
                   f"{outcome['flags_written']} records flagged.")
-    out.print("query the flags with: SELECT * FROM anomdet_flagged ORDER BY score DESC;")
+        out.print("query the flags with: SELECT * FROM anomdet_flagged ORDER BY score DESC;")
 
 
 def _run_retrain(base_model: str | None, epochs: int | None, seed: int | None,
@@ -90,18 +188,33 @@ def _run_retrain(base_model: str | None, epochs: int | None, seed: int | None,
     from anomdet.errors import DataValidationError
     from flows.retrain import RetrainParams, retrain
 
-    _settings()  # a bad setting is reported before a flow run starts
+    _check_before_training(_settings())
     params = RetrainParams(base_model=base_model, epochs=epochs, seed=seed,
                            max_train_rows=max_train_rows, learning_rate=learning_rate)
     try:
-        outcome = retrain(params)
+        with _quiet_failures():
+            outcome = retrain(params)
     except DataValidationError as exc:
         _fail(str(exc))
-    except ValueError as exc:
-        _fail(str(exc))
     except Exception as exc:  # the flow run is marked Failed; say why and exit non-zero
-        _fail(f"retraining failed: {type(exc).__name__}: {exc}")
+        if _debug():
+            raise
+        _fail(_explain(exc))
     _print_outcome(outcome)
+
+
+def _check_before_training(settings: Any) -> None:
+    """What can fail after an hour of training is checked first: the database, the
+    records mapping and its columns, and that the artifacts folder takes a file."""
+    from anomdet.artifact import check_writable
+    from db.engine import migrate
+    from db.records import reflect_records_table
+
+    engine = settings.engine()
+    migrate(engine)
+    with engine.connect() as conn:
+        reflect_records_table(conn, settings.records.mapping())
+    check_writable(settings.artifact_root())
 
 
 def _records_table(engine: sa.Engine, mapping: RecordsMapping) -> sa.Table:
@@ -138,8 +251,9 @@ def demo(
     anomaly_rate: float = typer.Option(0.1, min=0.01, max=0.45, help="share of anomalies"),
     labelled: float = typer.Option(0.8, min=0.1, max=1.0, help="share of records labelled"),
     base_model: str = typer.Option(None, help=BASE_MODEL_HELP),
-    epochs: int = typer.Option(4, min=1, help="training epochs"),
-    learning_rate: float = typer.Option(2e-4, min=0, help="peak learning rate"),
+    epochs: int = typer.Option(None, min=1, help="training epochs (default from settings)"),
+    learning_rate: float = typer.Option(None, min=0,
+                                        help="peak learning rate (default from settings)"),
 ) -> None:
     """Seed demo records if the records table is empty, then run the retraining flow.
 
@@ -149,10 +263,9 @@ def demo(
     _environment()
     settings = _settings()
     from anomdet.demo import generate_demo_records
-    from db.engine import get_engine
     from db.records import count_rows, upsert_records
 
-    engine = get_engine(settings.database_url)
+    engine = settings.engine()
     mapping = settings.records.mapping()
     table = _records_table(engine, mapping)
     with engine.begin() as conn:
@@ -169,9 +282,9 @@ def demo(
 
 def _previous_runs(settings: Any) -> int:
     from db import repository as repo
-    from db.engine import get_engine, migrate, session_scope
+    from db.engine import migrate, session_scope
 
-    engine = get_engine(settings.database_url)
+    engine = settings.engine()
     migrate(engine)
     with session_scope(engine) as session:
         return repo.count_runs(session=session, model_name=settings.model_name)
@@ -184,14 +297,13 @@ def import_csv(file: Path = typer.Argument(..., help="CSV with columns id,text a
     _environment()
     settings = _settings()
     from anomdet.csv_import import read_records_csv
-    from db.engine import get_engine
     from db.records import upsert_records
 
     try:
         frame = read_records_csv(file)
     except ValueError as exc:
         _fail(str(exc))
-    engine = get_engine(settings.database_url)
+    engine = settings.engine()
     mapping = settings.records.mapping()
     table = _records_table(engine, mapping)
     with engine.begin() as conn:
@@ -212,19 +324,21 @@ def score(
     from flows.score import with_task_runner
 
     try:
-        summary = with_task_runner(score_flow, task_runner, dask_workers)(chunks=chunks)
-    except ValueError as exc:
-        _fail(str(exc))
+        with _quiet_failures():
+            summary = with_task_runner(score_flow, task_runner, dask_workers)(chunks=chunks)
     except Exception as exc:
-        _fail(f"scoring failed: {type(exc).__name__}: {exc}")
-    out.print(json.dumps(summary, indent=2, default=str))
+        if _debug():
+            raise
+        _fail(_explain(exc))
+    # Data, not markup: ids and texts may hold brackets.
+    out.print(json.dumps(summary, indent=2, default=str), markup=False, highlight=False)
 
 
 def _session():
-    from db.engine import get_engine, migrate, session_scope
+    from db.engine import migrate, session_scope
 
     settings = _settings()
-    engine = get_engine(settings.database_url)
+    engine = settings.engine()
     migrate(engine)
     return settings, session_scope(engine)
 
@@ -250,8 +364,8 @@ def status(runs: int = typer.Option(5, min=1, help="how many recent runs to show
     for col in ("run", "started", "state", "decision", "reason"):
         table.add_column(col)
     for run in recent:
-        table.add_row(str(run.id), repo.when(run.started_at), run.state, run.decision or "-",
-                      escape((run.reason or "")[:120]))
+        table.add_row(str(run.id), repo.when(run.started_at), _cell(run.state),
+                      _cell(run.decision or "-"), _cell(run.reason, 120))
     out.print(table)
 
 
@@ -259,20 +373,26 @@ def status(runs: int = typer.Option(5, min=1, help="how many recent runs to show
 def flagged(limit: int = typer.Option(20, min=1, help="rows to show")) -> None:
     """The champion's flagged records with their text (the anomdet_flagged view)."""
     _environment()
+    import sqlalchemy.exc as sa_exc
+
     from db import repository as repo
 
     _, scope = _session()
     try:
         with scope as session:
             rows = repo.flagged_rows(session=session, limit=limit)
-    except Exception as exc:
-        _fail(f"cannot read anomdet_flagged ({type(exc).__name__}); run `anomdet retrain` first")
+    except sa_exc.ProgrammingError:  # no such view (PostgreSQL)
+        _fail("anomdet_flagged does not exist yet; run `anomdet retrain` first")
+    except sa_exc.OperationalError as exc:
+        if "no such table" not in str(exc.orig):  # SQLite's word for a missing view
+            raise
+        _fail("anomdet_flagged does not exist yet; run `anomdet retrain` first")
     table = Table(title="SELECT * FROM anomdet_flagged ORDER BY score DESC")
     for col in ("record_id", "score", "version", "text"):
         table.add_column(col)
     for row in rows:
-        table.add_row(str(row["record_id"]), f"{row['score']:.4f}", str(row["model_version"]),
-                      str(row["text"])[:100])
+        table.add_row(_cell(row["record_id"]), f"{row['score']:.4f}",
+                      str(row["model_version"]), _cell(row["text"], 100))
     out.print(table)
 
 
@@ -292,7 +412,7 @@ def models() -> None:
     for v in versions:
         table.add_row(str(v.version), v.status, f"{v.metrics.get('f1', float('nan')):.4f}",
                       f"{v.metrics.get('pr_auc', float('nan')):.4f}", f"{v.threshold:.4f}",
-                      v.base_model, repo.when(v.created_at), repo.when(v.promoted_at),
+                      _cell(v.base_model), repo.when(v.created_at), repo.when(v.promoted_at),
                       repo.when(v.retired_at))
     out.print(table if versions else f"no versions of {settings.model_name!r} yet")
 
@@ -304,13 +424,17 @@ def rollback(
 ) -> None:
     """Make an earlier version champion again; anomdet_flagged follows it."""
     _environment()
+    from anomdet.artifact import verify_artifact
     from db import repository as repo
 
     settings, scope = _session()
     try:
         with scope as session:
-            target, run = repo.rollback_champion(session=session, model_name=settings.model_name,
-                                                 version=version, reason=reason)
+            # The artifact is checked inside the transaction: a version whose files are
+            # gone or altered never becomes champion.
+            target, run = repo.rollback_champion(
+                session=session, model_name=settings.model_name, version=version, reason=reason,
+                verify=lambda v: verify_artifact(Path(v.artifact_uri), v.weights_sha256))
     except (ValueError, repo.ChampionChanged) as exc:
         _fail(str(exc))
     out.print(f"version {target.version} is champion again (recorded as run {run.id}). "

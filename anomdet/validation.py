@@ -9,6 +9,7 @@ every check, derived or not, appears in GE's results and Data Docs.
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import numbers
@@ -202,7 +203,8 @@ def _json_id(value: Any) -> Any:
 
 
 def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+    # Record values are data: HTML in them must show as text in the Prefect UI.
+    return html.escape(text).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
 def _plain(value: Any) -> Any:
@@ -352,7 +354,33 @@ def _result_format(has_id: bool) -> dict[str, Any]:
     return {"result_format": "COMPLETE"}
 
 
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return html.escape(value)
+    if isinstance(value, dict):
+        return {k: _escaped(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_escaped(v) for v in value)
+    return value
+
+
+def _escape_stored_results(context: Any) -> None:
+    """HTML-escape the record values in stored results before Data Docs render them.
+
+    GE's renderer puts unexpected values into its HTML as they are: a label such as
+    `<img src=x onerror=...>` would run in the reader's browser. The verdict and
+    anomdet's own messages are computed from the results before this.
+    """
+    store = context.validation_results_store
+    for key in store.list_keys():
+        stored = store.get(key)
+        for result in stored.results:
+            result.result = _escaped(result.result or {})
+        store.set(key, stored)
+
+
 def _build_data_docs(context: Any, directory: Path) -> str | None:
+    _escape_stored_results(context)
     directory = directory.resolve()
     directory.mkdir(parents=True, exist_ok=True)
     context.add_data_docs_site(site_name=DOCS_SITE_NAME, site_config={

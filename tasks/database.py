@@ -10,17 +10,27 @@ import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from anomdet.errors import is_transient
 from anomdet.settings import Settings
 from db import repository as repo
+from db.checks import unreadable_timestamps
 from db.engine import get_engine, migrate, session_scope
 from db.records import read_labelled, reflect_records_table
 
-IO_RETRIES: dict[str, Any] = {"retries": 3, "retry_delay_seconds": [2, 5, 15]}
+
+def only_transient(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Retry a task only when its database connection failed: bad data, a missing
+    table or a read-only database are the same on every try."""
+    return isinstance(state.data, BaseException) and is_transient(state.data)
+
+
+IO_RETRIES: dict[str, Any] = {"retries": 3, "retry_delay_seconds": [2, 5, 15],
+                              "retry_condition_fn": only_transient}
 
 
 def prepare(settings: Settings) -> None:
     """Migrate the anomdet tables, check the records mapping, (re)create the view."""
-    engine = get_engine(settings.database_url)
+    engine = settings.engine()
     migrate(engine)
     mapping = settings.records.mapping()
     with engine.begin() as conn:
@@ -77,4 +87,10 @@ def extract_labelled(settings: Settings) -> pd.DataFrame:
     mapping = settings.records.mapping()
     with engine.connect() as conn:
         table = reflect_records_table(conn, mapping)
-        return read_labelled(conn, table, mapping, chunk_size=settings.chunk_size)
+        try:
+            return read_labelled(conn, table, mapping, chunk_size=settings.chunk_size)
+        except ValueError as exc:
+            problem = unreadable_timestamps(conn, mapping)
+            if problem is None:
+                raise
+            raise ValueError(problem) from exc
