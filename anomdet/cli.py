@@ -297,14 +297,15 @@ def import_csv(file: Path = typer.Argument(..., help="CSV with columns id,text a
     _environment()
     settings = _settings()
     from anomdet.csv_import import read_records_csv
-    from db.records import upsert_records
+    from db.records import target_id_column, upsert_records
 
-    try:
-        frame = read_records_csv(file)
-    except ValueError as exc:
-        _fail(str(exc))
     engine = settings.engine()
     mapping = settings.records.mapping()
+    try:
+        # Ids are checked against the type of the column they go into, before any write.
+        frame = read_records_csv(file, target_id_column(engine, mapping))
+    except ValueError as exc:
+        _fail(str(exc))
     table = _records_table(engine, mapping)
     with engine.begin() as conn:
         written = upsert_records(conn, table, mapping, frame)

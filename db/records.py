@@ -116,6 +116,55 @@ def ensure_records_table(engine: Engine, mapping: RecordsMapping) -> sa.Table:
     return reflect_records_table(engine, mapping)
 
 
+@dataclass(frozen=True)
+class IdColumn:
+    """What the records' id column can hold exactly, for checking ids before a write."""
+
+    where: str  # "records.id", for messages
+    type_name: str  # as the database names it, e.g. BIGINT
+    kind: str  # "integer", "text" or "uuid"
+    low: int | None = None  # integer bounds
+    high: int | None = None
+    max_length: int | None = None  # text
+
+
+# Bits of each integer type on PostgreSQL; SQLite stores every integer in 64 bits.
+_INTEGER_BITS = ((sa.BigInteger, 64), (sa.SmallInteger, 16), (sa.Integer, 32))
+
+
+def id_column_kind(column: sa.Column, dialect: sa.Dialect, where: str) -> IdColumn:
+    """Describe an id column: integers with their bounds, UUIDs, or texts with their length."""
+    kind, name = column.type, _type_name(column, dialect)
+    if isinstance(kind, sa.Integer):
+        bits = 64 if dialect.name == "sqlite" else next(b for t, b in _INTEGER_BITS
+                                                        if isinstance(kind, t))
+        return IdColumn(where, name, "integer", -(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
+    if isinstance(kind, sa.Uuid):
+        return IdColumn(where, name, "uuid")
+    if isinstance(kind, sa.String | sa.types.NullType):
+        return IdColumn(where, name, "text", max_length=getattr(kind, "length", None))
+    raise ValueError(f"{where} is {name}: anomdet imports ids into integer, text or UUID "
+                     "columns only; map ANOMDET_RECORDS__ID_COLUMN to such a column")
+
+
+def _type_name(column: sa.Column, dialect: sa.Dialect) -> str:
+    try:
+        return column.type.compile(dialect=dialect)
+    except sa.exc.CompileError:  # a type the dialect cannot spell (NullType)
+        return "untyped"
+
+
+def target_id_column(engine: Engine, mapping: RecordsMapping) -> IdColumn:
+    """The id column an import writes into: the table's own, or the default shape's when
+    the table does not exist yet (nothing is created here)."""
+    if mapping.table in sa.inspect(engine).get_table_names(schema=mapping.schema):
+        table = reflect_records_table(engine, mapping)
+    else:
+        table = records_table_definition(mapping, sa.MetaData())
+    return id_column_kind(table.c[mapping.id_column], engine.dialect,
+                          f"{mapping.table}.{mapping.id_column}")
+
+
 def _standard_select(table: sa.Table, mapping: RecordsMapping) -> sa.Select:
     cols = [table.c[name].label(std) for std, name in mapping.columns().items()]
     return sa.select(*cols)

@@ -31,6 +31,8 @@ class ScoringPlan:
     records: int
     unkeyed: int = 0
     unkeyed_ids: tuple[str, ...] = ()
+    # Threshold, max length and precision as the database records them.
+    recorded: tuple[tuple[str, Any], ...] = ()
 
     @property
     def range_size(self) -> int:
@@ -51,7 +53,9 @@ def plan_scoring(settings: Settings, chunks: int) -> ScoringPlan | None:
         ranges, count = id_ranges(conn, table, mapping, parts=chunks, version_id=champion.id)
         unkeyed, examples = unkeyed_unlabelled(conn, table, mapping)
     return ScoringPlan(champion.id, champion.artifact_uri, champion.weights_sha256,
-                       tuple(ranges), count, unkeyed, tuple(examples))
+                       tuple(ranges), count, unkeyed, tuple(examples),
+                       tuple(recorded_scoring(champion.threshold,
+                                              champion.hyperparameters).items()))
 
 
 @lru_cache(maxsize=2)
@@ -68,7 +72,8 @@ def _scorer(artifact_uri: str, sha256: str, batch_size: int,
 def score_range(settings: Settings, plan: ScoringPlan,
                 id_range: tuple[Any, Any]) -> dict[str, Any]:
     """Score one id range in chunks; each chunk's scores and flags commit on their own."""
-    scorer = _scorer(plan.artifact_uri, plan.weights_sha256, settings.score_batch_size)
+    scorer = _scorer(plan.artifact_uri, plan.weights_sha256, settings.score_batch_size,
+                     plan.recorded)
     engine, mapping = get_engine(settings.database_url), settings.records.mapping()
     summary = ScoreSummary()
     low, high = ("start" if id_range[0] is None else id_range[0],
