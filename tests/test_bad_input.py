@@ -137,7 +137,7 @@ def _rows(conn: sa.Connection, name: str) -> list[str]:
 
 
 def state(url: str) -> dict[str, Any]:
-    """Row counts of every table; every row of the user's tables; versions, flags, cursors."""
+    """Row counts of every table; every row of the user's tables; versions, flags, scores."""
     engine = get_engine(url)
     names = [n for n in sa.inspect(engine).get_table_names() if n != "alembic_version"]
     with engine.connect() as conn:
@@ -150,12 +150,12 @@ def state(url: str) -> dict[str, Any]:
         flags = conn.execute(sa.text(
             "SELECT record_id, model_version_id, score FROM anomdet_flags "
             "ORDER BY model_version_id, record_id")).all()
-        cursors = _rows(conn, "anomdet_scoring_cursors")
+        scores = _rows(conn, "anomdet_scores")
         runs = conn.execute(sa.text(
             "SELECT id, state, decision FROM anomdet_runs ORDER BY id")).all()
     champions = [tuple(v) for v in versions if v.status == "champion"]
     return {"counts": counts, "user_rows": user_rows, "versions": [tuple(v) for v in versions],
-            "champion": champions, "flags": [tuple(f) for f in flags], "cursors": cursors,
+            "champion": champions, "flags": [tuple(f) for f in flags], "scores": scores,
             "runs": [tuple(r) for r in runs]}
 
 
