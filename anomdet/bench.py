@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -32,6 +33,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from anomdet.baseline import baseline_scores
 from anomdet.csv_import import read_records_csv
 from anomdet.data import Split, normalise_text, split_records
 from anomdet.metrics import choose_threshold, classification_metrics
@@ -83,29 +85,6 @@ def _stage(progress: StageProgress | None, stage: str) -> Callable[[int, int], N
     return lambda done, total: progress(stage, done, total)
 
 
-def baseline_scores(
-    split: Split, *, seed: int, c: float = 10.0
-) -> tuple[np.ndarray, np.ndarray]:
-    """Validation and test scores of TF-IDF (word 1-2 + char 3-5 grams) + logistic regression."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline, make_union
-
-    features = make_union(
-        TfidfVectorizer(analyzer="word", ngram_range=(1, 2), sublinear_tf=True),
-        TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), sublinear_tf=True),
-    )
-    # C=10: tf-idf rows are L2-normalised and very sparse, so the default C=1
-    # regularises too hard for short messages; balanced weights match the
-    # class-weighted loss of the fine-tuned model.
-    classifier = LogisticRegression(C=c, class_weight="balanced", max_iter=2000,
-                                    random_state=seed)
-    model = make_pipeline(features, classifier)
-    model.fit(split.train["text"].tolist(), split.train["label"].to_numpy())
-    return (model.predict_proba(split.val["text"].tolist())[:, 1],
-            model.predict_proba(split.test["text"].tolist())[:, 1])
-
-
 def _quality(prefix: str, labels: np.ndarray, val_labels: np.ndarray,
              val_scores: np.ndarray, test_scores: np.ndarray) -> dict[str, float]:
     threshold = choose_threshold(val_labels, val_scores)
@@ -142,7 +121,8 @@ def _anomdet_train_marks(
             progress("training loop: anomdet", done, total)
 
     fine_tune(model, tokenizer, train["text"].tolist(), train["label"].to_numpy(),
-              val["text"].tolist(), val["label"].to_numpy(), replace(config, epochs=1),
+              val["text"].tolist(), val["label"].to_numpy(),
+              replace(config, epochs=1, min_steps=1, max_steps=None, evaluations=1),
               progress=mark)
     return marks
 
@@ -198,7 +178,12 @@ def training_throughput(
     if size > len(split.train):
         raise ValueError(f"trainer_steps={trainer_steps} needs {size} training rows but the "
                          f"train split has {len(split.train)}; lower trainer_steps")
-    sample = split.train.sample(n=size, random_state=seed).reset_index(drop=True)
+    # Distinct texts only: fine_tune trains on one example per text, Trainer on every row.
+    distinct = split.train[~split.train["text"].map(normalise_text).duplicated()]
+    if size > len(distinct):
+        raise ValueError(f"trainer_steps={trainer_steps} needs {size} distinct training texts "
+                         f"but the train split has {len(distinct)}; lower trainer_steps")
+    sample = distinct.sample(n=size, random_state=seed).reset_index(drop=True)
     ours, ours_n = _timed_rate(
         _anomdet_train_marks(base_model, seed, split, sample, config, progress), block)
     theirs, theirs_n = _timed_rate(
@@ -332,6 +317,7 @@ def run_benchmark(
     return {
         "data": str(data), "base_model": base_model, "seed": seed, "threads": threads,
         "rows": sum(split.sizes().values()), "train_rows_split": len(split.train),
+        "test_anomalies": int(split.test["label"].sum()), "steps": challenger.result.steps,
         "val_rows": len(split.val), "test_rows": len(split.test),
         "train_test_shared_texts": len(shared_texts(split.train, split.test)),
         "epochs": config.epochs, "batch_size": config.batch_size,
@@ -402,9 +388,45 @@ def results_table(result: dict[str, Any]) -> Table:
     return table
 
 
+def suite_table(rows: list[dict[str, Any]], seeds: int) -> Table:
+    """One row per set: anomdet against the baseline on the same splits, mean ± spread."""
+    table = Table(title=f"anomdet bench: quality over {seeds} split seed(s), "
+                        "mean ± standard deviation")
+    for column in ("set", "rows", "anomalies", "distinct anomalous", "F1", "precision",
+                   "recall", "PR-AUC", "baseline F1", "F1 gain", "train s"):
+        table.add_column(column, justify="left" if column == "set" else "right")
+    for row in rows:
+        def pm(key: str, r: dict[str, Any] = row) -> str:
+            return f"{r[f'{key}_mean']:.3f} ± {r[f'{key}_std']:.3f}"
+        table.add_row(row["set"], str(row["rows"]), str(row["anomalies"]),
+                      str(row["distinct_anomalous_texts"]), pm("f1"), pm("precision"),
+                      pm("recall"), pm("pr_auc"), pm("baseline_f1"),
+                      f"{row['f1_gain_mean']:+.3f}", f"{row['train_seconds_mean']:.0f}")
+    return table
+
+
+def _as_run(result: dict[str, Any]) -> dict[str, Any]:
+    """The single-set benchmark's quality figures in the suite's per-seed form."""
+    keys = ("f1", "precision", "recall", "pr_auc")
+    return {"seed": result["seed"], "test_rows": result["test_rows"],
+            "test_anomalies": result.get("test_anomalies"),
+            **{k: result[k] for k in keys}, **{f"baseline_{k}": result[f"baseline_{k}"]
+                                               for k in keys},
+            "train_seconds": result["fine_tune_seconds"], "steps": result.get("steps"),
+            "precision_used": result["inference_precision"]}
+
+
 def bench_command(
-    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False,
-                              help="labelled CSV with columns id,text,label"),
+    data: list[Path] = typer.Option(None, "--data", exists=True, dir_okay=False,
+                                    help="labelled CSV with columns id,text,label; repeat it "
+                                         "for several sets"),
+    suite: bool = typer.Option(False, "--suite", help="run the default suite of regimes "
+                                                      "(built from --data-dir)"),
+    data_dir: Path = typer.Option(Path("../shared/data"), "--data-dir", file_okay=False,
+                                  help="where the suite's sms_spam.csv and davidson_hate.csv are"),
+    sets: str | None = typer.Option(None, "--sets",
+                                    help="with --suite: a comma-separated subset of its sets"),
+    seeds: int = typer.Option(3, "--seeds", min=1, help="split seeds per set (42, 43, ...)"),
     json_out: Path | None = typer.Option(None, "--json", help="also write the figures here"),
     epochs: int | None = typer.Option(None, min=1, help="fine-tuning epochs (default: settings)"),
     max_train_rows: int | None = typer.Option(None, min=10, help="cap on training rows"),
@@ -419,27 +441,60 @@ def bench_command(
     trainer_steps: int = typer.Option(100, min=1, help="timed transformers.Trainer steps"),
     repeats: int = typer.Option(3, min=1, help="alternating rounds of the scoring duel"),
 ) -> None:
-    """Measure quality against a TF-IDF baseline and speed against stock transformers."""
+    """Measure quality against a TF-IDF baseline and speed against stock transformers.
+
+    One --data: quality and speed at --seed, then quality at further split seeds.
+    Several --data or --suite: quality only, one row per set over --seeds split seeds.
+    """
     from transformers.utils import logging as hf_logging
+
+    from bench.suite import BenchSet, default_suite, read_labelled_csv, run_suite, summarise
 
     quiet_transformers()
     hf_logging.disable_progress_bar()  # the rich bars below report progress instead
     console = Console()
     stages = _RichStages(console)
+    overrides = {k: v for k, v in (("epochs", epochs), ("max_train_rows", max_train_rows),
+                                   ("inference_precision", precision)) if v is not None}
     try:
-        result = run_benchmark(data, epochs=epochs, max_train_rows=max_train_rows,
-                               precision=precision,
-                               base_model=base_model, seed=seed, scoring_rows=scoring_rows,
-                               pipeline_rows=pipeline_rows, trainer_steps=trainer_steps,
-                               repeats=repeats, progress=stages)
+        chosen = [BenchSet(p.stem, "given with --data", lambda p=p: read_labelled_csv(p))
+                  for p in data or []]
+        if suite:
+            chosen += default_suite(data_dir)
+            wanted = {name.strip() for name in sets.split(",")} if sets else None
+            if wanted:
+                unknown = wanted - {b.name for b in chosen}
+                if unknown:
+                    raise ValueError(f"--sets names unknown set(s) {', '.join(sorted(unknown))}; "
+                                     f"the suite has {', '.join(b.name for b in chosen)}")
+                chosen = [b for b in chosen if b.name in wanted]
+        if not chosen:
+            raise ValueError("give a labelled CSV with --data FILE, or --suite")
+        result: dict[str, Any] = {}
+        if len(chosen) == 1 and not suite:
+            result = run_benchmark(data[0], epochs=epochs, max_train_rows=max_train_rows,
+                                   precision=precision, base_model=base_model, seed=seed,
+                                   scoring_rows=scoring_rows, pipeline_rows=pipeline_rows,
+                                   trainer_steps=trainer_steps, repeats=repeats,
+                                   progress=stages)
+            stages.close()
+            console.print(results_table(result))
+            more = run_suite(chosen, seeds=seeds - 1, first_seed=seed + 1, base_model=base_model,
+                             overrides=overrides, progress=stages) if seeds > 1 else None
+            runs = [_as_run(result)] + (more[0]["runs"] if more else [])
+            rows = [summarise(chosen[0].name, chosen[0].regime, chosen[0].load(), runs)]
+        else:
+            rows = run_suite(chosen, seeds=seeds, first_seed=seed, base_model=base_model,
+                             overrides=overrides, progress=stages)
     except ValueError as exc:
         stages.close()
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
+        Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from exc
     stages.close()
-    console.print(results_table(result))
+    console.print(suite_table(rows, seeds))
     if json_out is not None:
-        json_out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+        payload = {**result, "seeds": seeds, "suite": rows}
+        json_out.write_text(json.dumps(payload, indent=2, default=float) + "\n")
         console.print(f"figures written to {json_out}")
 
 

@@ -88,32 +88,40 @@ def _explain(exc: BaseException) -> str:
 
 
 class _NoFailureTracebacks(logging.Filter):
-    """Drops Prefect's error records (a failed task or flow, with its traceback) on the
+    """Drops the records of a failure (a failed task or flow, its traceback) on the
     terminal: the command says what failed in its one error line. The Prefect API
     keeps them, so the UI still shows the whole story."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.ERROR or not record.name.startswith(("prefect", "anomdet",
-                                                                            "db"))
+        if not record.name.startswith(("prefect", "anomdet", "db")):
+            return True
+        failed = str(record.msg).startswith(("Finished in state Failed", "Encountered exception"))
+        return record.levelno < logging.ERROR and not record.exc_info and not failed
 
 
 @contextmanager
-def _quiet_failures() -> Iterator[None]:
-    """While a flow runs from the CLI, keep failure tracebacks off the terminal."""
+def _flow_terminal() -> Iterator[None]:
+    """While a flow runs from the CLI, Prefect's terminal logs go where the command's own
+    output goes, and failure tracebacks stay off it unless --debug asks for them."""
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    if _debug():
-        yield
-        return
     handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
-    quiet = _NoFailureTracebacks()
+    quiet = None if _debug() else _NoFailureTracebacks()
+    streams = [(h, h.setStream(sys.stderr), h.console.file) for h in handlers]
     for handler in handlers:
-        handler.addFilter(quiet)
+        handler.console.file = sys.stderr
+        if quiet:
+            handler.addFilter(quiet)
     try:
         yield
     finally:
-        for handler in handlers:
-            handler.removeFilter(quiet)
+        for handler, stream, file in streams:
+            if stream is not None:
+                handler.setStream(stream)
+            handler.console.file = file
+            if quiet:
+                handler.removeFilter(quiet)
+
 
 # Prefect's temporary local API needs time to start on a small machine, and
 # nothing here may phone home.
@@ -192,7 +200,7 @@ def _run_retrain(base_model: str | None, epochs: int | None, seed: int | None,
     params = RetrainParams(base_model=base_model, epochs=epochs, seed=seed,
                            max_train_rows=max_train_rows, learning_rate=learning_rate)
     try:
-        with _quiet_failures():
+        with _flow_terminal():
             outcome = retrain(params)
     except DataValidationError as exc:
         _fail(str(exc))
@@ -325,7 +333,7 @@ def score(
     from flows.score import with_task_runner
 
     try:
-        with _quiet_failures():
+        with _flow_terminal():
             summary = with_task_runner(score_flow, task_runner, dask_workers)(chunks=chunks)
     except Exception as exc:
         if _debug():

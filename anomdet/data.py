@@ -37,6 +37,48 @@ def _stable_rank(keys: pd.Series, seed: int) -> np.ndarray:
     return np.array([int.from_bytes(d, "big") for d in digests], dtype=np.uint64)
 
 
+# Tier k starts its positions at frac(k * golden ratio): tiers of one or two groups then
+# land on different sides instead of all rounding the same way.
+_GOLDEN = (5**0.5 - 1) / 2
+
+
+def _positions(sizes: pd.Series, seed: int) -> pd.Series:
+    """Each duplicate group's place in [0, 1) within its class.
+
+    Groups are dealt in tiers of similar size (1, 2-3, 4-7, ... copies), each tier in a
+    seeded hash order spread evenly over [0, 1), so cutting at the split fractions gives
+    each side its share of the distinct texts and of the rows, even when a few texts
+    repeat many times. Hash order rather than a random permutation: a text keeps its
+    place however many other rows arrive (a new group moves the others of its tier by
+    1/n at most), so splits stay stable and the champion is not tested on its training.
+    """
+    tiers = np.floor(np.log2(sizes.to_numpy(dtype=np.float64))).astype(int)
+    start = float(_stable_rank(pd.Series(["tiers"]), seed)[0]) / 2.0**64
+    place = pd.Series(0.0, index=sizes.index)
+    for tier in np.unique(tiers):
+        members = sizes.index[tiers == tier]
+        ordered = members[np.argsort(_stable_rank(pd.Series(members), seed), kind="stable")]
+        spread = (np.arange(len(ordered)) + 0.5) / len(ordered)
+        place[ordered] = (spread + start + tier * _GOLDEN) % 1.0
+    return place
+
+
+def _deal(place: pd.Series, test_fraction: float, val_fraction: float) -> pd.Series:
+    """Sides by place; a side left without a group of this class takes the nearest one."""
+    bounds = {"test": (0.0, test_fraction), "val": (test_fraction, test_fraction + val_fraction)}
+    side = pd.Series("train", index=place.index)
+    for name, (low, high) in bounds.items():
+        side[(place >= low) & (place < high)] = name
+    if len(place) >= 3:
+        for name, (low, high) in bounds.items():
+            if (side == name).any():
+                continue
+            spare = place[side == "train"]
+            distance = np.minimum(abs(spare - low), abs(spare - high))
+            side[distance.idxmin()] = name
+    return side
+
+
 def split_records(
     frame: pd.DataFrame, *, val_fraction: float, test_fraction: float, seed: int
 ) -> Split:
@@ -44,6 +86,8 @@ def split_records(
 
     Rows whose normalised texts are equal form one group and land on one side, so
     duplicates never inflate test scores. The group's label is its majority label.
+    Groups are dealt class by class (see `_positions`), so each side gets its share of
+    the anomalies and of the distinct anomalous texts.
     """
     if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError("val_fraction and test_fraction must be in (0, 1) with a sum below 1")
@@ -51,14 +95,14 @@ def split_records(
     keys = data["text"].map(normalise_text)
     groups = pd.DataFrame({"key": keys, "label": data["label"]}).groupby("key")["label"]
     group_label = (groups.mean() >= 0.5).astype(int)
+    sizes = groups.size()
     side = pd.Series("train", index=group_label.index)
     for label in (0, 1):
         members = group_label.index[group_label == label]
-        ordered = members[np.argsort(_stable_rank(pd.Series(members), seed), kind="stable")]
-        n = len(ordered)
-        n_test, n_val = round(n * test_fraction), round(n * val_fraction)
-        side[ordered[:n_test]] = "test"
-        side[ordered[n_test : n_test + n_val]] = "val"
+        if len(members) == 0:
+            continue
+        place = _positions(sizes[members], seed)
+        side[place.index] = _deal(place, test_fraction, val_fraction)
     assigned = keys.map(side)
     parts = {
         name: data[assigned == name].reset_index(drop=True) for name in ("train", "val", "test")
@@ -70,7 +114,8 @@ def split_records(
                 f"the {name} split has only one class ({len(part)} rows); label more anomalous "
                 "and normal records or lower the minimum per class"
             )
-    logger.info("split sizes %s", split.sizes())
+    logger.info("split sizes %s; anomalies %s", split.sizes(),
+                {name: int(part["label"].sum()) for name, part in parts.items()})
     return split
 
 

@@ -89,8 +89,9 @@ def choose_threshold(labels: Sequence[int] | np.ndarray, scores: np.ndarray, *,
                      target_precision: float | None = None) -> float:
     """Pick the decision threshold on validation scores.
 
-    By default the threshold maximising F1 among the precision-recall curve's
-    thresholds (ties go to the lowest, which keeps the larger recall). With
+    By default the cut maximising F1 among the precision-recall curve's thresholds
+    (ties go to the lowest, which keeps the larger recall), placed halfway between the
+    lowest flagged score and the next lower one. With
     `target_precision`, the lowest threshold whose precision reaches the target,
     i.e. the largest recall at that precision; if no threshold reaches it, a
     warning is logged and the max-F1 threshold is returned. The result lies in (0, 1].
@@ -113,9 +114,16 @@ def choose_threshold(labels: Sequence[int] | np.ndarray, scores: np.ndarray, *,
             logger.warning("no threshold reaches precision %.4f on %d validation examples "
                            "(best %.4f); using the max-F1 threshold instead",
                            target_precision, y.size, float(precision.max()))
+    cut = float(thresholds[index])
+    # The cut sits halfway to the next lower validation score, not on the weakest flagged
+    # example itself: the same examples are flagged, but a new text that scores a little
+    # below the validation anomalies is not missed for a difference no data supports.
+    below = s[s < cut]
+    if below.size:
+        cut = (cut + float(below.max())) / 2
     # A threshold of 0 would flag everything; the smallest positive float flags every
     # example with any probability at all, which is what the curve point means.
-    return max(float(thresholds[index]), math.ulp(0.0))
+    return max(cut, math.ulp(0.0))
 
 
 def classification_metrics(labels: Sequence[int] | np.ndarray, scores: np.ndarray,

@@ -5,6 +5,8 @@ thresholds on diff = challenger - champion and ratio = diff / champion) and on
 MLflow's validation thresholds, and stricter than both:
 
 - floors bind the challenger on every run, the first one included;
+- a TF-IDF + logistic-regression baseline, fitted on the same train split, is the bar
+  a first challenger must reach (and, opted in, every later one);
 - the primary metric must strictly improve: ties never promote;
 - guard metrics may not regress by more than a tolerance;
 - a paired bootstrap on the shared test split must show the gain is more than noise;
@@ -33,8 +35,14 @@ from anomdet.metrics import (
 
 logger = logging.getLogger(__name__)
 
-FirstRunPolicy = Literal["promote_if_floors_pass", "always", "never"]
-FIRST_RUN_POLICIES: tuple[str, ...] = ("promote_if_floors_pass", "always", "never")
+FirstRunPolicy = Literal["beat_baseline", "promote_if_floors_pass", "always", "never"]
+FIRST_RUN_POLICIES: tuple[str, ...] = ("beat_baseline", "promote_if_floors_pass", "always",
+                                       "never")
+# Below this many anomalies in the test split a metric is too coarse to be judged as a
+# point figure: one anomaly more or less moves F1 by several points. Decisions then carry
+# the challenger's own bootstrap interval, and a lead of the baseline that the paired
+# bootstrap cannot tell from noise does not block a first champion.
+FEW_ANOMALIES = 30
 # Bounds and tolerances are compared with this slack so that a regression of exactly
 # the allowed 0.02 (0.80 - 0.78 = 0.0200000000000000018 in floats) is not rejected.
 _SLACK = 1e-9
@@ -47,8 +55,9 @@ Bounds = tuple[float | None, float | None]
 
 
 def _default_floors() -> Mapping[str, Bounds]:
-    # 0.5 on F1 and PR-AUC: below that a detector flags more noise than anomalies.
-    return MappingProxyType({"f1": (0.5, None), "pr_auc": (0.5, None)})
+    # None by default: on hard data (noisy labels, hard negatives) the best model there
+    # is may sit below any fixed figure, and the baseline is the fairer bar.
+    return MappingProxyType({})
 
 
 def _default_guards() -> Mapping[str, float]:
@@ -111,7 +120,9 @@ class PromotionPolicy:
     min_absolute_improvement / min_relative_improvement: on the primary metric, for
     diff = challenger - champion (which must also be > 0) and diff / champion.
     guard_metrics: metric -> largest allowed regression (champion - challenger).
-    first_run: what to do when there is no champion yet.
+    first_run: what to do when there is no champion yet ('beat_baseline': the floors hold
+    and the challenger's primary metric is at or above the baseline's).
+    must_beat_baseline: the baseline check binds later runs too.
     bootstrap_resamples: paired resamples of the test split; 0 disables the check.
     confidence: two-sided level of the bootstrap interval whose lower end must be > 0.
     """
@@ -121,7 +132,8 @@ class PromotionPolicy:
     min_absolute_improvement: float = 0.0
     min_relative_improvement: float = 0.0
     guard_metrics: Mapping[str, float] = field(default_factory=_default_guards)
-    first_run: FirstRunPolicy = "promote_if_floors_pass"
+    first_run: FirstRunPolicy = "beat_baseline"
+    must_beat_baseline: bool = False
     bootstrap_resamples: int = 1000
     confidence: float = 0.95
     seed: int = 0
@@ -184,6 +196,8 @@ class Decision:
     checks: tuple[Check, ...]
     reason: str
     bootstrap: dict[str, Any] | None = None
+    # The challenger's own bootstrap interval, when the test split holds few anomalies.
+    uncertainty: dict[str, Any] | None = None
 
     def failed(self) -> tuple[Check, ...]:
         """The checks that did not pass, in the order they were made."""
@@ -360,9 +374,15 @@ def _bootstrap_check(challenger: EvalResult, champion: EvalResult,
     return Check(label, passed, detail), result
 
 
-def _first_run_check(floors: list[Check], policy: PromotionPolicy) -> Check:
+def _first_run_check(floors: list[Check], policy: PromotionPolicy,
+                     baseline: Check | None = None) -> Check:
     failed = sum(not check.passed for check in floors)
     head = f"no champion yet; first-run policy '{policy.first_run}'"
+    if policy.first_run == "beat_baseline":
+        passed = failed == 0 and baseline is not None and baseline.passed
+        return Check("first_run", passed, f"{head} promotes when every floor holds ({failed} "
+                     f"of {len(floors)} failed) and the challenger reaches the baseline "
+                     f"({'yes' if baseline is not None and baseline.passed else 'no'})")
     if policy.first_run == "always":
         return Check("first_run", True, f"{head} promotes the first challenger whatever "
                      f"its floors say ({failed} of {len(floors)} failed)")
@@ -371,6 +391,66 @@ def _first_run_check(floors: list[Check], policy: PromotionPolicy) -> Check:
                      "promote a version by hand to start")
     return Check("first_run", failed == 0, f"{head} promotes when every floor holds; "
                  f"{failed} of {len(floors)} failed")
+
+
+def metric_interval(result: EvalResult, metric: str, *, resamples: int, confidence: float,
+                    seed: int) -> dict[str, Any]:
+    """The bootstrap interval of one model's metric on its test split.
+
+    Keys: metric, value (on the full split), ci_low, ci_high, confidence, anomalies.
+    """
+    y = as_binary_labels(result.labels)
+    scores = as_scores(result.scores, y.size)
+    _check_resampling(resamples, confidence, seed, allow_zero=False)
+    rng = np.random.default_rng(seed)
+    chunk = max(1, RESAMPLE_CELLS_PER_CHUNK // max(1, y.size))
+    values = np.concatenate([
+        resampled_metric(y, scores, result.threshold,
+                         _resample_counts(rng, min(chunk, resamples - start), y.size), metric)
+        for start in range(0, resamples, chunk)])
+    value = float(resampled_metric(y, scores, result.threshold, np.ones((1, y.size)), metric)[0])
+    valid = values[np.isfinite(values)]
+    tail = (1.0 - confidence) / 2
+    low, high = ((float(q) for q in np.quantile(valid, [tail, 1.0 - tail])) if valid.size
+                 else (math.nan, math.nan))
+    return {"metric": metric, "value": value, "ci_low": low, "ci_high": high,
+            "confidence": float(confidence), "anomalies": int(y.sum())}
+
+
+def _baseline_check(challenger: EvalResult, baseline: EvalResult | None,
+                    policy: PromotionPolicy) -> Check:
+    """The challenger's primary metric against the baseline's on the same test split.
+
+    At or above passes. With fewer than FEW_ANOMALIES anomalies in the split, a lead of
+    the baseline also passes when the paired bootstrap interval of the difference
+    reaches 0: so few examples cannot tell the two apart, and the detail says so.
+    """
+    name = policy.primary_metric
+    if baseline is None:
+        return Check("baseline", False, "no baseline was measured on this test split, so "
+                     "the challenger cannot be compared with it")
+    _same_labels(challenger, baseline)
+    c, b = _value(challenger.metrics, name), _value(baseline.metrics, name)
+    if c is None or b is None:
+        return Check("baseline", False, _unusable(challenger.metrics, name, "challenger")
+                     if c is None else _unusable(baseline.metrics, name, "baseline"))
+    numbers = f"challenger {name} {c:.4f} vs TF-IDF baseline {b:.4f} ({c - b:+.4f})"
+    if c >= b - _SLACK:
+        return Check("baseline", True, f"{numbers}: at or above the baseline")
+    anomalies = int(np.asarray(challenger.labels).sum())
+    if anomalies >= FEW_ANOMALIES or policy.bootstrap_resamples == 0:
+        return Check("baseline", False, f"{numbers}: below the baseline")
+    paired = paired_bootstrap(challenger.labels, challenger.scores, challenger.threshold,
+                              baseline.scores, baseline.threshold, name,
+                              resamples=policy.bootstrap_resamples,
+                              confidence=policy.confidence, seed=policy.seed)
+    high = paired["ci_high"]
+    within = math.isfinite(high) and high >= 0
+    verdict = ("so few anomalies cannot tell the two apart" if within
+               else "the baseline is better even allowing for that")
+    return Check("baseline", within, f"{numbers}: below the baseline, but the test split holds "
+                 f"only {anomalies} anomalies and the {policy.confidence:.0%} interval of the "
+                 f"difference is [{paired['ci_low']:+.4f}, {high:+.4f}]: {verdict}")
 
 
 def _same_labels(challenger: EvalResult, champion: EvalResult) -> None:
@@ -403,9 +483,15 @@ def _first_run_reason(promote: bool, checks: list[Check], policy: PromotionPolic
         return (f"{head} It promotes the first challenger unconditionally, so it becomes the "
                 f"champion although some floors failed: {_list(failed)}.")
     if promote:
-        held = _list(floors) or "no floors are configured"
-        return f"{head} The challenger becomes the first champion; {held}."
-    return f"{head} The challenger is not promoted because {_list(failed)}."
+        held = _list([c for c in checks if c.name.startswith("floor:") or c.name == "baseline"])
+        return (f"{head} The challenger becomes the first champion; "
+                f"{held or 'no floors are configured'}.")
+    failed += [check for check in checks if check.name == "baseline" and not check.passed]
+    floor_hint = (", or lower the floors (ANOMDET_PROMOTION__F1_FLOOR, __PR_AUC_FLOOR)"
+                  if failed and failed[0].name.startswith("floor:") else "")
+    return (f"{head} The challenger is not promoted because {_list(failed)}. To get a first "
+            "champion: label more anomalies (a larger test split judges more surely), or set "
+            f"ANOMDET_PROMOTION__FIRST_RUN=always to accept this model as it is{floor_hint}.")
 
 
 def _comparison_reason(promote: bool, checks: list[Check], challenger: EvalResult,
@@ -427,8 +513,27 @@ def _comparison_reason(promote: bool, checks: list[Check], challenger: EvalResul
             f"guards included: {_list(key)}.")
 
 
+def _uncertainty(challenger: EvalResult, policy: PromotionPolicy) -> dict[str, Any] | None:
+    anomalies = int(np.asarray(challenger.labels).sum())
+    if anomalies >= FEW_ANOMALIES:
+        return None
+    resamples = policy.bootstrap_resamples or 1000
+    return metric_interval(challenger, policy.primary_metric, resamples=resamples,
+                           confidence=policy.confidence, seed=policy.seed)
+
+
+def _uncertainty_note(interval: dict[str, Any] | None) -> str:
+    if interval is None:
+        return ""
+    return (f" The test split holds only {interval['anomalies']} anomalies (fewer than "
+            f"{FEW_ANOMALIES}), so the challenger's {interval['metric']} of "
+            f"{interval['value']:.4f} is a rough figure: its {interval['confidence']:.0%} "
+            f"bootstrap interval is [{interval['ci_low']:.4f}, {interval['ci_high']:.4f}]. "
+            "Label more anomalies to judge more surely.")
+
+
 def decide(challenger: EvalResult, champion: EvalResult | None,
-           policy: PromotionPolicy) -> Decision:
+           policy: PromotionPolicy, baseline: EvalResult | None = None) -> Decision:
     """Decide whether the challenger replaces the champion.
 
     Floors always bind the challenger. Without a champion, `policy.first_run`
@@ -439,20 +544,29 @@ def decide(challenger: EvalResult, champion: EvalResult | None,
     """
     checks = [_floor_check(challenger.metrics, name, bounds)
               for name, bounds in policy.floors.items()]
+    interval = _uncertainty(challenger, policy)
     if champion is None:
-        first_run = _first_run_check(checks, policy)
+        floors = list(checks)
+        against = None
+        if policy.first_run == "beat_baseline" or baseline is not None:
+            against = _baseline_check(challenger, baseline, policy)
+            checks.append(against)
+        first_run = _first_run_check(floors, policy, against)
         checks.append(first_run)
-        reason = _first_run_reason(first_run.passed, checks, policy)
+        reason = _first_run_reason(first_run.passed, checks, policy) + _uncertainty_note(interval)
         logger.info("first-run decision: promote=%s", first_run.passed)
-        return Decision(first_run.passed, tuple(checks), reason, None)
+        return Decision(first_run.passed, tuple(checks), reason, None, interval)
     _same_labels(challenger, champion)
     checks += _improvement_checks(challenger.metrics, champion.metrics, policy)
     checks += [_guard_check(challenger.metrics, champion.metrics, name, tolerance)
                for name, tolerance in policy.guard_metrics.items()]
     bootstrap_check, bootstrap = _bootstrap_check(challenger, champion, policy)
     checks.append(bootstrap_check)
+    if policy.must_beat_baseline:
+        checks.append(_baseline_check(challenger, baseline, policy))
     promote = all(check.passed for check in checks)
     logger.info("decision: promote=%s, %d of %d checks failed", promote,
                 sum(not check.passed for check in checks), len(checks))
-    return Decision(promote, tuple(checks),
-                    _comparison_reason(promote, checks, challenger, champion, policy), bootstrap)
+    reason = _comparison_reason(promote, checks, challenger, champion, policy)
+    return Decision(promote, tuple(checks), reason + _uncertainty_note(interval), bootstrap,
+                    interval)

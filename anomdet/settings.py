@@ -123,6 +123,12 @@ class PromotionSettings(BaseModel):
     confidence: float = Field(0.95, gt=0.5, lt=1)
     seed: int = 0
 
+    @model_validator(mode="after")
+    def _check(self) -> PromotionSettings:
+        # An unknown primary metric would otherwise surface only after training.
+        self.policy()
+        return self
+
     def policy(self) -> PromotionPolicy:
         """The pure promotion rule's policy object."""
         from anomdet.promotion import PromotionPolicy

@@ -46,7 +46,9 @@ def train_config(settings: TrainingSettings) -> TrainConfig:
         learning_rate=settings.learning_rate, warmup_ratio=settings.warmup_ratio,
         weight_decay=settings.weight_decay, max_grad_norm=settings.max_grad_norm,
         max_length=settings.max_length, patience=settings.patience, seed=settings.seed,
-        eval_batch_size=settings.eval_batch_size,
+        eval_batch_size=settings.eval_batch_size, min_steps=settings.min_steps,
+        max_steps=settings.max_steps, evaluations=settings.evaluations,
+        anomaly_share=settings.anomaly_share,
     )
 
 
@@ -71,6 +73,8 @@ class Challenger:
 
     def hyperparameters(self) -> dict[str, Any]:
         return {**self.config.__dict__, "base_model": self.base_model,
+                "pooling": getattr(self.model.config, "model_type", None),
+                "steps": self.result.steps,
                 "inference_precision": self.precision, "val_pr_auc": self.result.best_val_pr_auc,
                 "val_pr_auc_int8": self.val_pr_auc_int8,
                 "best_epoch": self.result.best_epoch, "train_rows": self.result.train_rows,
@@ -105,7 +109,8 @@ def train_challenger(
     """Fine-tune the base model on the train split; choose the threshold on validation."""
     configure_threads()
     config = train_config(settings)
-    model, tokenizer = load_base_model(settings.base_model, seed=settings.seed)
+    model, tokenizer = load_base_model(settings.base_model, seed=settings.seed,
+                                       pooling=settings.pooling)
     train = _cap_rows(split.train, settings.max_train_rows, settings.seed)
     result = fine_tune(
         model, tokenizer, train["text"].tolist(), train["label"].to_numpy(),

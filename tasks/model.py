@@ -8,6 +8,7 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from anomdet.baseline import evaluate_baseline
 from anomdet.data import Split, split_records
 from anomdet.drift import DataProfile, DriftReport, compare, profile
 from anomdet.model import LoadedModel, load_artifact, recorded_scoring
@@ -69,6 +70,13 @@ def fine_tune_challenger(split: Split, settings: Settings) -> Challenger:
     """Fine-tune the base model on the train split and pick its threshold on validation."""
     progress = ui_progress("fine-tuning the challenger")
     return train_challenger(split, settings.training, progress=progress)
+
+
+@task(name="fit TF-IDF baseline", cache_policy=NO_CACHE)
+def fit_baseline(split: Split, settings: Settings) -> EvalResult:
+    """TF-IDF + logistic regression on the same train split, judged on the same test split."""
+    return evaluate_baseline(split, seed=settings.training.seed,
+                             target_precision=settings.training.target_precision)
 
 
 @task(name="evaluate on test split", cache_policy=NO_CACHE)

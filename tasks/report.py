@@ -22,14 +22,14 @@ def _key(settings_model_name: str, what: str) -> str:
 
 @task(name="publish metrics and decision", cache_policy=NO_CACHE)
 def publish_decision(model_name: str, challenger: dict[str, Any], champion: dict[str, Any] | None,
-                     decision: Decision) -> None:
+                     decision: Decision, baseline: dict[str, Any] | None = None) -> None:
     """Metrics side by side and the decision with every reason."""
     create_table_artifact(
-        table=metrics_table(challenger, champion), key=_key(model_name, "metrics"),
-        description="Challenger and champion on the same held-out test split",
+        table=metrics_table(challenger, champion, baseline), key=_key(model_name, "metrics"),
+        description="Challenger, champion and TF-IDF baseline on the same held-out test split",
     )
     create_markdown_artifact(
-        markdown=decision_markdown(decision, challenger, champion),
+        markdown=decision_markdown(decision, challenger, champion, baseline),
         key=_key(model_name, "decision"), description="Promotion decision and its reasons",
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -69,3 +70,24 @@ def test_fingerprint_ignores_row_order_but_not_content() -> None:
     changed = frame.copy()
     changed.loc[3, "label"] = 1 - changed.loc[3, "label"]
     assert fingerprint(changed) != fingerprint(frame)
+
+
+def test_each_side_gets_its_share_of_anomalies_and_of_distinct_anomalous_texts() -> None:
+    # 12 anomalous texts, a few of them repeated many times: the regime of log lines.
+    repeats = [19, 6, 6, 5, 4, 2, 2, 2, 1, 1, 1, 1]
+    anomalies = [f"job {k} failed with code {k * 7}" for k, n in enumerate(repeats)
+                 for _ in range(n)]
+    normal = [f"job {k} finished in {k % 50} s" for k in range(1300)]
+    frame = pd.DataFrame({"id": range(1, 1351), "text": normal + anomalies,
+                          "label": [0] * 1300 + [1] * 50})
+    dealt = []
+    for seed in range(40):
+        split = split_records(frame, val_fraction=0.15, test_fraction=0.2, seed=seed)
+        sides = [part[part["label"] == 1] for part in (split.test, split.val)]
+        dealt.append([n for side in sides for n in (len(side), side["text"].nunique())])
+        assert all(len(side) for side in sides)  # every side holds an anomaly
+    rows_test, texts_test, rows_val, texts_val = np.mean(dealt, axis=0)
+    # On average each side gets its share of the 50 anomalies and of the 12 texts.
+    assert 0.2 * 50 * 0.75 <= rows_test <= 0.2 * 50 * 1.25
+    assert 0.15 * 50 * 0.75 <= rows_val <= 0.15 * 50 * 1.25
+    assert abs(texts_test - 0.2 * 12) < 0.5 and abs(texts_val - 0.15 * 12) < 0.5

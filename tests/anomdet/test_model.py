@@ -13,12 +13,13 @@ from sklearn.metrics import average_precision_score
 from anomdet.artifact import MANIFEST_FILE, sha256_file
 from anomdet.model import (
     TINY_RANDOM,
+    BalancedBatches,
+    MeanPooledBertForSequenceClassification,
     TrainConfig,
-    class_weights,
+    distinct_texts,
     encode,
     fine_tune,
     for_inference,
-    length_grouped_batches,
     load_artifact,
     load_base_model,
     predict_scores,
@@ -43,7 +44,8 @@ def _toy(n: int = 400, seed: int = 0) -> tuple[list[str], np.ndarray]:
 def trained() -> tuple:
     texts, labels = _toy()
     model, tok = load_base_model(TINY_RANDOM, seed=3)
-    config = TrainConfig(epochs=3, learning_rate=1e-3, max_length=32, seed=3, batch_size=16)
+    config = TrainConfig(epochs=3, learning_rate=1e-3, max_length=32, seed=3, batch_size=16,
+                         min_steps=60)
     result = fine_tune(model, tok, texts[:300], labels[:300], texts[300:], labels[300:], config)
     return model, tok, texts, labels, result
 
@@ -62,7 +64,7 @@ def test_training_is_repeatable_under_a_seed() -> None:
     runs = []
     for _ in range(2):
         model, tok = load_base_model(TINY_RANDOM, seed=9)
-        config = TrainConfig(epochs=1, learning_rate=1e-3, max_length=24, seed=9)
+        config = TrainConfig(epochs=1, learning_rate=1e-3, max_length=24, seed=9, min_steps=20)
         fine_tune(model, tok, texts[:80], labels[:80], texts[80:], labels[80:], config)
         runs.append(predict_scores(model, tok, texts[80:], max_length=24))
     np.testing.assert_allclose(runs[0], runs[1], rtol=0, atol=1e-6)
@@ -85,15 +87,48 @@ def test_encode_counts_truncated_texts() -> None:
     assert max(len(x) for x in ids) == 16
 
 
-def test_length_grouped_batches_cover_every_index_once() -> None:
+def test_balanced_batches_hold_the_anomaly_share_and_see_every_text() -> None:
+    labels = np.array([1] * 20 + [0] * 980)
     lengths = np.random.default_rng(0).integers(3, 60, size=1000)
-    rng = np.random.default_rng(1)
-    batches = length_grouped_batches(lengths, 32, rng)
-    flat = np.concatenate(batches)
-    assert sorted(flat.tolist()) == list(range(1000))
-    # Grouping keeps padding low: mean in-batch spread far below the global spread.
-    spread = np.mean([np.ptp(lengths[b]) for b in length_grouped_batches(lengths, 32, rng)])
+    batches = BalancedBatches(labels, lengths, 16, 0.25, np.random.default_rng(1))
+    drawn = [batches.next() for _ in range(96)]  # 96 * 12 normal rows > 980: a full cycle
+    assert all(len(b) == 16 and labels[b].sum() == 4 for b in drawn)
+    assert set(np.concatenate(drawn).tolist()) == set(range(1000))
+    # Sorted by length within each class, so padding stays low.
+    spread = np.mean([np.ptp(lengths[b][labels[b] == 0]) for b in drawn])
     assert spread < 0.25 * np.ptp(lengths)
+    with pytest.raises(ValueError, match="both classes"):
+        BalancedBatches(np.zeros(10, dtype=int), [5] * 10, 4, 0.25, np.random.default_rng(0))
+
+
+def test_balanced_batches_keep_a_natural_share_above_the_floor() -> None:
+    labels = np.array([1, 0] * 50)
+    batches = BalancedBatches(labels, [5] * 100, 16, 0.25, np.random.default_rng(0))
+    assert batches.per_batch == [8, 8]
+
+
+def test_training_sees_each_distinct_text_once_with_its_majority_label() -> None:
+    texts, labels = distinct_texts(["disk full", "Disk  FULL", "disk full", "ok", "ok"],
+                                   [1, 1, 0, 0, 0])
+    assert texts == ["disk full", "ok"] and labels.tolist() == [1, 0]
+
+
+@pytest.mark.parametrize(("rows", "steps"), [(100, 40), (1600, 300), (100_000, 500)])
+def test_schedule_counts_steps_with_a_floor_and_a_cap(rows: int, steps: int) -> None:
+    config = TrainConfig(epochs=3, batch_size=16, min_steps=40, max_steps=500)
+    assert config.total_steps(rows) == steps
+
+
+def test_mean_pooling_ignores_padding_and_survives_a_round_trip(tmp_path: Path) -> None:
+    model, tok = load_base_model(TINY_RANDOM, seed=1)
+    assert isinstance(model, MeanPooledBertForSequenceClassification)
+    model.eval()
+    alone = predict_scores(model, tok, ["disk full on node seven"], max_length=32)
+    # Scored beside a much longer text, the short one is padded; the mean must not move.
+    padded = predict_scores(model, tok, ["disk full on node seven", "x " * 20], max_length=32)
+    assert padded[0] == pytest.approx(alone[0], abs=1e-5)
+    cls_model, _ = load_base_model(TINY_RANDOM, seed=1, pooling="cls")
+    assert not isinstance(cls_model, MeanPooledBertForSequenceClassification)
 
 
 def test_token_budget_batches_respect_both_limits() -> None:
@@ -133,13 +168,6 @@ def test_int8_scores_track_fp32_and_artifacts_keep_their_precision(
         int8_scores, atol=1e-6)
     with pytest.raises(ValueError, match="precision 'int4'"):
         for_inference(model, "int4")
-
-
-def test_class_weights_balance_classes_and_refuse_one_class() -> None:
-    weights = class_weights(np.array([0] * 90 + [1] * 10))
-    assert weights[1] / weights[0] == pytest.approx(9.0)
-    with pytest.raises(ValueError, match="both classes"):
-        class_weights(np.zeros(10, dtype=int))
 
 
 def test_artifact_round_trip_and_checksum(trained: tuple, tmp_path: Path) -> None:

@@ -25,7 +25,10 @@ LABELS = np.array([0, 1] * 10)
 SCORES = np.linspace(0.05, 0.95, 20)
 GOOD = {"f1": 0.80, "pr_auc": 0.85, "recall": 0.75, "precision": 0.85}
 # Rule tests below judge the metric dictionaries alone; the bootstrap has its own tests.
-NO_BOOTSTRAP = PromotionPolicy(bootstrap_resamples=0)
+# The floors and first-run policy these tests were written for, stated explicitly.
+NO_BOOTSTRAP = PromotionPolicy(bootstrap_resamples=0,
+                               floors={"f1": (0.5, None), "pr_auc": (0.5, None)},
+                               first_run="promote_if_floors_pass")
 
 
 def _result(metrics: dict[str, Any], labels: np.ndarray = LABELS,

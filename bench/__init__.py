@@ -1,0 +1,1 @@
+"""Benchmarks: anomdet measured against references on the same data, in one process."""
