@@ -80,8 +80,14 @@ def count(url: str, table: str) -> int:
         return conn.execute(sa.select(sa.func.count()).select_from(sa.table(table))).scalar()
 
 
-def add_unlabelled(url: str, rows: dict[Any, str], table: str = "records") -> None:
-    target = sa.Table(table, sa.MetaData(), autoload_with=get_engine(url))
+def add_unlabelled(url: str, rows: dict[Any, str], table: str = "records",
+                   id_type: sa.types.TypeEngine | None = None) -> None:
+    """Insert unlabelled records; `id_type` writes ids as that type does (a UUID on SQLite)."""
+    if id_type is None:
+        target = sa.Table(table, sa.MetaData(), autoload_with=get_engine(url))
+    else:
+        target = sa.Table(table, sa.MetaData(), sa.Column("id", id_type),
+                          sa.Column("text", sa.Text), sa.Column("label", sa.SmallInteger))
     execute(url, target.insert().values([{"id": k, "text": t, "label": None}
                                          for k, t in rows.items()]))
 
@@ -167,7 +173,7 @@ def test_keys_of_any_type_end_to_end(db: Database, kind: str,
     assert set(scored_keys(db.url, version_id)) <= as_text
     assert set(flagged_view(db.url, "events")) <= as_text
     add_unlabelled(db.url, {first: "payment settled on time", last: "cache refreshed"},
-                   "events")
+                   "events", KEY_TYPES[kind])
     found = summary(cli("score"))
     assert (found["records"], found["scored"]) == (2, 2)
     assert len(scored_keys(db.url, version_id)) == unlabelled + 2
