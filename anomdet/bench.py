@@ -273,7 +273,7 @@ def _bulk_scoring(model: Any, tokenizer: Any, texts: Sequence[str], config: Trai
 
 def run_benchmark(
     data: Path, *, epochs: int | None = None, max_train_rows: int | None = None,
-    precision: str = "auto",
+    min_steps: int | None = None, precision: str = "auto",
     base_model: str = "bundled", seed: int = 42, scoring_rows: int = 2000,
     pipeline_rows: int = 300, trainer_steps: int = 100, repeats: int = 3,
     progress: StageProgress | None = None,
@@ -289,7 +289,8 @@ def run_benchmark(
     started = time.perf_counter()
     threads = configure_threads()
     split = load_split(data, seed=seed)
-    overrides = {"epochs": epochs} if epochs is not None else {}
+    overrides = {k: v for k, v in (("epochs", epochs), ("min_steps", min_steps))
+                 if v is not None}
     settings = TrainingSettings(base_model=base_model, seed=seed, max_train_rows=max_train_rows,
                                 inference_precision=precision,
                                 **overrides)
@@ -429,6 +430,8 @@ def bench_command(
     seeds: int = typer.Option(3, "--seeds", min=1, help="split seeds per set (42, 43, ...)"),
     json_out: Path | None = typer.Option(None, "--json", help="also write the figures here"),
     epochs: int | None = typer.Option(None, min=1, help="fine-tuning epochs (default: settings)"),
+    min_steps: int | None = typer.Option(None, min=1,
+                                         help="floor of the step schedule (default: settings)"),
     max_train_rows: int | None = typer.Option(None, min=10, help="cap on training rows"),
     precision: str = typer.Option(
         "auto", help="inference precision: auto (int8 unless it costs validation PR-AUC), "
@@ -455,7 +458,8 @@ def bench_command(
     console = Console()
     stages = _RichStages(console)
     overrides = {k: v for k, v in (("epochs", epochs), ("max_train_rows", max_train_rows),
-                                   ("inference_precision", precision)) if v is not None}
+                                   ("inference_precision", precision), ("min_steps", min_steps))
+                 if v is not None}
     try:
         chosen = [BenchSet(p.stem, "given with --data", lambda p=p: read_labelled_csv(p))
                   for p in data or []]
@@ -473,6 +477,7 @@ def bench_command(
         result: dict[str, Any] = {}
         if len(chosen) == 1 and not suite:
             result = run_benchmark(data[0], epochs=epochs, max_train_rows=max_train_rows,
+                                   min_steps=min_steps,
                                    precision=precision, base_model=base_model, seed=seed,
                                    scoring_rows=scoring_rows, pipeline_rows=pipeline_rows,
                                    trainer_steps=trainer_steps, repeats=repeats,
@@ -484,8 +489,13 @@ def bench_command(
             runs = [_as_run(result)] + (more[0]["runs"] if more else [])
             rows = [summarise(chosen[0].name, chosen[0].regime, chosen[0].load(), runs)]
         else:
+            def keep(rows_so_far: list[dict[str, Any]]) -> None:
+                if json_out is not None:
+                    json_out.write_text(json.dumps({"seeds": seeds, "suite": rows_so_far},
+                                                   indent=2, default=float) + "\n")
+
             rows = run_suite(chosen, seeds=seeds, first_seed=seed, base_model=base_model,
-                             overrides=overrides, progress=stages)
+                             overrides=overrides, progress=stages, on_row=keep)
     except ValueError as exc:
         stages.close()
         Console(stderr=True).print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)

@@ -112,9 +112,6 @@ def default_suite(data_dir: Path = DEFAULT_DATA_DIR) -> list[BenchSet]:
     sms = data_dir / "sms_spam.csv"
     hate = data_dir / "davidson_hate.csv"
     return [
-        BenchSet("sms_spam", "real, 13% anomalies", lambda: read_labelled_csv(sms)),
-        BenchSet("davidson_hate", "real, 6% anomalies, noisy labels, hard negatives",
-                 lambda: read_labelled_csv(hate)),
         BenchSet("small", "1,300 rows, 50 anomalies (from sms_spam)",
                  lambda: small(read_labelled_csv(sms))),
         BenchSet("repetitive_logs", "log lines, anomalies a few texts repeated",
@@ -123,6 +120,9 @@ def default_suite(data_dir: Path = DEFAULT_DATA_DIR) -> list[BenchSet]:
                  lambda: balanced(read_labelled_csv(hate))),
         BenchSet("demo_1500", "demo log lines, 1,500 rows", lambda: demo_set(1500)),
         BenchSet("demo_3000", "demo log lines, 3,000 rows", lambda: demo_set(3000)),
+        BenchSet("sms_spam", "real, 13% anomalies", lambda: read_labelled_csv(sms)),
+        BenchSet("davidson_hate", "real, 6% anomalies, noisy labels, hard negatives",
+                 lambda: read_labelled_csv(hate)),
     ]
 
 
@@ -185,8 +185,13 @@ def summarise(name: str, regime: str, frame: pd.DataFrame,
 def run_suite(sets: list[BenchSet], *, seeds: int, first_seed: int = 42,
               base_model: str = "bundled",
               overrides: dict[str, Any] | None = None,
-              progress: Callable[[str, int, int], None] | None = None) -> list[dict[str, Any]]:
-    """Every set of the suite over `seeds` split seeds (first_seed, first_seed + 1, ...)."""
+              progress: Callable[[str, int, int], None] | None = None,
+              on_row: Callable[[list[dict[str, Any]]], None] | None = None,
+              ) -> list[dict[str, Any]]:
+    """Every set of the suite over `seeds` split seeds (first_seed, first_seed + 1, ...).
+
+    `on_row` receives the rows so far after each set, so a long run keeps what it measured.
+    """
     rows = []
     for bench_set in sets:
         frame = bench_set.load()
@@ -199,4 +204,6 @@ def run_suite(sets: list[BenchSet], *, seeds: int, first_seed: int = 42,
             logger.info("%s seed %d: f1 %.4f, baseline %.4f, %.0f s", bench_set.name, seed,
                         runs[-1]["f1"], runs[-1]["baseline_f1"], runs[-1]["train_seconds"])
         rows.append(summarise(bench_set.name, bench_set.regime, frame, runs))
+        if on_row:
+            on_row(rows)
     return rows

@@ -319,3 +319,69 @@ def test_settings_build_a_valid_policy() -> None:
 
     policy = PromotionSettings().policy()
     assert policy == PromotionPolicy()
+
+
+# --- the TF-IDF baseline as the first run's bar -------------------------------------------
+
+BASELINE_POLICY = PromotionPolicy(bootstrap_resamples=200, first_run="beat_baseline")
+
+
+def _scored(labels: np.ndarray, flagged: np.ndarray) -> EvalResult:
+    scores = np.where(flagged, 0.9, 0.1)
+    return EvalResult(metrics=classification_metrics(labels, scores, 0.5), labels=labels,
+                      scores=scores, threshold=0.5)
+
+
+def test_first_run_promotes_a_challenger_at_or_above_the_baseline() -> None:
+    labels = np.array([1] * 40 + [0] * 160)
+    ours = _scored(labels, np.arange(200) < 36)        # 36 of 40 found, no false alarm
+    baseline = _scored(labels, np.arange(200) < 30)    # 30 of 40
+    decision = decide(ours, None, BASELINE_POLICY, baseline)
+    assert decision.promote and _failed(decision) == []
+    assert "at or above the baseline" in _check(decision, "baseline").detail
+    tie = decide(baseline, None, BASELINE_POLICY, baseline)
+    assert tie.promote
+
+
+def test_first_run_below_a_clearly_better_baseline_is_rejected_with_what_to_do() -> None:
+    labels = np.array([1] * 40 + [0] * 160)
+    ours = _scored(labels, np.arange(200) < 20)
+    baseline = _scored(labels, np.arange(200) < 40)
+    decision = decide(ours, None, BASELINE_POLICY, baseline)
+    assert not decision.promote and _failed(decision) == ["baseline", "first_run"]
+    assert "below the baseline" in decision.reason
+    assert "label more anomalies" in decision.reason
+    assert "ANOMDET_PROMOTION__FIRST_RUN=always" in decision.reason
+    assert decision.uncertainty is None  # 40 test anomalies: no caveat needed
+
+
+def test_with_few_anomalies_a_lead_within_noise_does_not_block_the_first_champion() -> None:
+    labels = np.array([1] * 4 + [0] * 96)
+    ours = _scored(labels, np.arange(100) < 3)      # f1 0.857
+    baseline = _scored(labels, np.arange(100) < 4)  # f1 1.0
+    decision = decide(ours, None, BASELINE_POLICY, baseline)
+    assert decision.promote
+    detail = _check(decision, "baseline").detail
+    assert "only 4 anomalies" in detail and "cannot tell the two apart" in detail
+    # The decision carries the challenger's own interval and says the figure is rough.
+    assert decision.uncertainty["anomalies"] == 4
+    assert decision.uncertainty["ci_low"] < decision.uncertainty["value"] <= 1.0
+    assert "only 4 anomalies" in decision.reason and "rough figure" in decision.reason
+
+
+def test_without_a_baseline_the_baseline_policy_cannot_promote() -> None:
+    decision = _decide(GOOD, None, dataclasses.replace(NO_BOOTSTRAP, first_run="beat_baseline"))
+    assert not decision.promote
+    assert "no baseline was measured" in _check(decision, "baseline").detail
+
+
+def test_must_beat_baseline_binds_later_runs_only_when_opted_in() -> None:
+    labels = np.array([1] * 40 + [0] * 160)
+    champion = _scored(labels, np.arange(200) < 20)
+    ours = _scored(labels, np.arange(200) < 34)
+    baseline = _scored(labels, np.arange(200) < 38)
+    plain = decide(ours, champion, BASELINE_POLICY, baseline)
+    assert plain.promote and "baseline" not in [c.name for c in plain.checks]
+    strict = decide(ours, champion, dataclasses.replace(BASELINE_POLICY, must_beat_baseline=True),
+                    baseline)
+    assert not strict.promote and _failed(strict) == ["baseline"]

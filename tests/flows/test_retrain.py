@@ -128,3 +128,26 @@ def test_run_seed_leaves_the_split_alone(anomdet_env: str) -> None:
     moved = effective_settings(RetrainParams()).model_copy(deep=True)
     moved.training.split_seed += 1
     assert sorted(split_data.fn(frame, moved).test["id"]) != sorted(splits[0].test["id"])
+
+
+def test_every_run_records_the_baseline_and_the_first_run_is_judged_against_it(
+        anomdet_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.retrain import retrain
+
+    monkeypatch.setenv("ANOMDET_PROMOTION__FIRST_RUN", "beat_baseline")
+    seed_records(anomdet_env, toy_records())
+    outcome = retrain()
+    baseline, challenger = outcome["baseline"], outcome["challenger"]
+    # Same test split: the same examples and anomalies behind both figures.
+    assert baseline["n"] == challenger["n"] and baseline["positives"] == challenger["positives"]
+    checks = {name: passed for name, passed, _ in outcome["checks"]}
+    if challenger["f1"] >= baseline["f1"]:
+        assert checks["baseline"]
+    elif outcome["uncertainty"] is None:  # enough anomalies to take the figures as they are
+        assert not checks["baseline"]
+    assert (outcome["decision"] == "promoted") == checks["first_run"]
+    with session_scope(get_engine(anomdet_env)) as session:
+        [run] = repo.recent_runs(session=session, model_name="anomdet")
+    assert run.baseline_metrics["f1"] == pytest.approx(baseline["f1"])
+    if outcome["decision"] == "rejected":
+        assert "ANOMDET_PROMOTION__FIRST_RUN=always" in run.reason
