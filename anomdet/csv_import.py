@@ -108,7 +108,7 @@ def parse_ids(raw: pd.Series, column: IdColumn,
     problems = []
     for reason in dict.fromkeys(p for p in parsed if isinstance(p, _Bad)):
         bad = pd.Series([p == reason for p in parsed], index=raw.index)
-        examples = ", ".join(repr(v) for v in raw[bad].head(3))
+        examples = ", ".join(_shown(v) for v in raw[bad].head(3))
         problems.append(f"column id {reason.why} on line(s) {_rows(bad, frame)} "
                         f"(e.g. {examples}); {reason.fix}")
     good = pd.Series([not isinstance(p, _Bad) for p in parsed], index=raw.index)
@@ -117,6 +117,11 @@ def parse_ids(raw: pd.Series, column: IdColumn,
     if dup.any():
         problems.append(f"column id repeats on line(s) {_rows(dup, frame)}")
     return values, problems
+
+
+def _shown(value: str, limit: int = 40) -> str:
+    # An example id, not a wall of text: a long one is cut, and says so.
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} chars)"
 
 
 class _Bad(NamedTuple):

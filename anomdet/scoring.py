@@ -75,21 +75,18 @@ def score_rows(
     keys = _keys(frame)
     hashes = (frame["text_hash"].tolist() if "text_hash" in frame.columns
               else [None] * len(frame))
+    scores: list[float | None] = [None] * len(frame)
+    if ok.any():
+        texts = frame["text"][ok].tolist()
+        found = predict_scores(scorer.model, scorer.tokenizer, texts,
+                               batch_size=scorer.batch_size, max_length=scorer.max_length,
+                               progress=progress)
+        for position, value in zip(ok.nonzero()[0], found.tolist(), strict=True):
+            scores[position] = value
+        summary.scored += len(texts)
+        summary.flagged += int((found >= scorer.threshold).sum())
     summary.skipped_ids.extend(k for k, good in zip(keys, ok, strict=True) if not good)
-    rows = [ScoreRow(k, None, h) for k, h, good in zip(keys, hashes, ok, strict=True)
-            if not good]
-    usable = frame[ok]
-    if usable.empty:
-        return rows
-    scores = predict_scores(scorer.model, scorer.tokenizer, usable["text"].tolist(),
-                            batch_size=scorer.batch_size, max_length=scorer.max_length,
-                            progress=progress)
-    summary.scored += len(usable)
-    summary.flagged += int((scores >= scorer.threshold).sum())
-    rows += [ScoreRow(k, float(s), h) for k, h, s in zip(
-        [k for k, good in zip(keys, ok, strict=True) if good],
-        [h for h, good in zip(hashes, ok, strict=True) if good], scores.tolist(), strict=True)]
-    return rows
+    return [ScoreRow(*row) for row in zip(keys, scores, hashes, strict=True)]
 
 
 def flag_rows(rows: Iterable[ScoreRow], threshold: float,
