@@ -107,18 +107,17 @@ def _flow_terminal() -> Iterator[None]:
 
     handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
     quiet = None if _debug() else _NoFailureTracebacks()
-    streams = [(h, h.setStream(sys.stderr), h.console.file) for h in handlers]
+    # Set directly: setStream() would flush the old stream, which may be closed.
+    streams = [(h, h.stream, h.console.file) for h in handlers]
     for handler in handlers:
-        handler.console.file = sys.stderr
+        handler.stream = handler.console.file = sys.stderr
         if quiet:
             handler.addFilter(quiet)
     try:
         yield
     finally:
         for handler, stream, file in streams:
-            if stream is not None:
-                handler.setStream(stream)
-            handler.console.file = file
+            handler.stream, handler.console.file = stream, file
             if quiet:
                 handler.removeFilter(quiet)
 

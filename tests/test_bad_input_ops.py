@@ -6,6 +6,8 @@ Each case checks the exit code, that exactly one line starts with `error:` and n
 traceback is printed, and that the rows and the champion are what they were.
 """
 
+# ruff: noqa: F811 - the shared fixtures are imported, then requested by name
+
 from __future__ import annotations
 
 import shutil
@@ -20,8 +22,10 @@ import sqlalchemy as sa
 from click.testing import Result
 
 from anomdet.artifact import MANIFEST_FILE
+from db.engine import get_engine
 from tests.conftest import POSTGRES_URL, _postgres_admin
-from tests.test_bad_input import (  # noqa: F401 - fixtures used by name
+from tests.flows.test_retrain import seed_records
+from tests.test_bad_input import (  # noqa: F401 - fixtures requested by name
     Database,
     assert_unchanged,
     champion_template,
@@ -30,7 +34,6 @@ from tests.test_bad_input import (  # noqa: F401 - fixtures used by name
     execute,
     state,
 )
-from tests.flows.test_retrain import seed_records
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 COMMANDS = [["status"], ["flagged"], ["models"], ["rollback", "1", "--reason", "x"],
@@ -165,6 +168,7 @@ def _read_only(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     else:
         name = sa.engine.make_url(db.url).database
         execute(db.url, sa.text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on'))
+        get_engine(db.url).dispose()  # the setting holds for new sessions only
 
 
 @pytest.mark.parametrize("command", [["rollback", "1", "--reason", "x"],
@@ -179,6 +183,7 @@ def test_a_read_only_database(db: Database, command: list[str], tmp_path: Path,
         name = sa.engine.make_url(db.url).database
         with _postgres_admin().connect() as conn:
             conn.execute(sa.text(f'ALTER DATABASE "{name}" RESET default_transaction_read_only'))
+        get_engine(db.url).dispose()
     assert_unchanged(before, db.url)
     # Reading needs no writes: status still answers.
     assert cli("status").exit_code == 0
@@ -205,8 +210,10 @@ def test_debug_shows_the_traceback(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 # --- settings checked before training ---------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "nearest"), [("ANOMDET_TRAINNG__EPOCHS", "ANOMDET_TRAINING__EPOCHS"),
-                                              ("ANOMDET_TRAINING__EPOCH", "ANOMDET_TRAINING__EPOCHS")])
+@pytest.mark.parametrize(("name", "nearest"), [
+    ("ANOMDET_TRAINNG__EPOCHS", "ANOMDET_TRAINING__EPOCHS"),
+    ("ANOMDET_TRAINING__EPOCH", "ANOMDET_TRAINING__EPOCHS"),
+])
 def test_a_mistyped_variable(db: Database, name: str, nearest: str,
                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(name, "1")
@@ -240,8 +247,9 @@ def test_a_timestamp_that_is_not_one(db: Database) -> None:
                             "WHERE id IN (5, 7)"))
     before = state(db.url)
     said = one_error(cli("retrain"))
-    assert said.startswith("error: records table 'records', column 'created_at': 2 value(s) "
-                           "are not timestamps (id 5: '02/01/2026 3am', id 7: '02/01/2026 3am')"), said
+    assert said.startswith(
+        "error: records table 'records', column 'created_at': 2 value(s) are not timestamps "
+        "(id 5: '02/01/2026 3am', id 7: '02/01/2026 3am')"), said
     [run_id] = assert_unchanged(before, db.url, new_runs=1)
 
 
@@ -263,7 +271,7 @@ def test_retries_only_for_connection_failures() -> None:
 
 
 def _champion(url: str) -> tuple[int, str]:
-    with sa.create_engine(url).connect() as conn:
+    with get_engine(url).connect() as conn:
         return tuple(conn.execute(sa.text(
             "SELECT id, artifact_uri FROM anomdet_model_versions WHERE status = 'champion'"
         )).one())
@@ -272,7 +280,7 @@ def _champion(url: str) -> tuple[int, str]:
 def _second_champion(db: Database, tmp_path: Path) -> Path:
     """Version 2 champion on a copy of version 1's artifact; returns version 1's copy."""
     from db import repository as repo
-    from db.engine import get_engine, session_scope
+    from db.engine import session_scope
 
     vid, uri = _champion(db.url)
     mine = tmp_path / "v1"
@@ -338,7 +346,7 @@ def test_users_grants_and_views_survive_runs(db: Database) -> None:
                                        "label": pd.array([None], dtype="Int64")}))
     result = cli("score")
     assert result.exit_code == 0, result.output
-    with sa.create_engine(db.url).connect() as conn:
+    with get_engine(db.url).connect() as conn:
         conn.execute(sa.text("SELECT * FROM my_flags")).all()
         if db.backend == "postgresql":
             assert conn.execute(sa.text(
@@ -351,17 +359,62 @@ def test_users_grants_and_views_survive_runs(db: Database) -> None:
 
 
 def test_flagged_text_is_shown_as_it_is(db: Database) -> None:
-    with sa.create_engine(db.url).connect() as conn:
-        ids = conn.execute(sa.text("SELECT record_id FROM anomdet_flagged ORDER BY score DESC "
-                                   "LIMIT 2")).scalars().all()
-    if len(ids) < 2:
-        pytest.skip("the tiny champion flagged fewer than two records")
     texts = ["[/] worker exited", "[link=https://example.invalid]click[/link] here"]
-    for rid, text in zip(ids, texts, strict=True):
-        execute(db.url, sa.text("UPDATE records SET text = :t WHERE CAST(id AS VARCHAR(255)) = :i")
-                .bindparams(t=text, i=rid))
-    result = cli("flagged", "--limit", "5")
+    seed_records(db.url, pd.DataFrame({"id": [9001, 9002], "text": texts,
+                                       "label": pd.array([None, None], dtype="Int64")}))
+    # The threshold the database records is the one scoring uses: at 0, every record flags.
+    execute(db.url, sa.text("UPDATE anomdet_model_versions SET threshold = 0 "
+                            "WHERE status = 'champion'"))
+    scored = cli("score")
+    assert scored.exit_code == 0, scored.output
+    with get_engine(db.url).connect() as conn:
+        shown = set(conn.execute(sa.text(
+            "SELECT text FROM anomdet_flagged WHERE record_id IN ('9001', '9002')")).scalars())
+    assert shown == set(texts)
+    result = cli("flagged", "--limit", "1000")
     assert result.exit_code == 0, result.output
     for text in texts:
         assert text in result.output, result.output
     assert "\x1b]8;" not in result.output  # no terminal hyperlink
+
+
+def _view_sql(conn: sa.Connection) -> tuple:
+    if conn.dialect.name == "postgresql":
+        return tuple(conn.execute(sa.text(
+            "SELECT c.oid, pg_get_viewdef(c.oid) FROM pg_class c "
+            "WHERE c.relname = 'anomdet_flagged'")).one())
+    return (conn.execute(sa.text("SELECT sql FROM sqlite_master "
+                                 "WHERE name = 'anomdet_flagged'")).scalar_one(),)
+
+
+def test_the_view_is_replaced_only_when_its_definition_changes(db_url: str) -> None:
+    from db.engine import migrate
+    from db.records import RecordsMapping
+    from db.repository import ensure_flagged_view
+
+    engine = get_engine(db_url)
+    migrate(engine)
+    execute(db_url, sa.text("CREATE TABLE events (id INTEGER PRIMARY KEY, text TEXT, "
+                            "body TEXT, title VARCHAR(50), label INTEGER)"))
+    events = sa.Table("events", sa.MetaData(), autoload_with=engine)
+    mapping = RecordsMapping("events", timestamp_column=None)
+    with engine.begin() as conn:
+        ensure_flagged_view(conn, events, mapping)
+    execute(db_url, sa.text("CREATE VIEW my_flags AS SELECT record_id FROM anomdet_flagged"))
+    with engine.begin() as conn:
+        first = _view_sql(conn)
+        ensure_flagged_view(conn, events, mapping)  # unchanged: left alone
+        assert _view_sql(conn) == first
+        # Another text column of the same type: replaced in place, the user's view kept.
+        ensure_flagged_view(conn, events, RecordsMapping("events", text_column="body",
+                                                          timestamp_column=None))
+        assert _view_sql(conn) != first
+        conn.execute(sa.text("SELECT * FROM my_flags")).all()
+    if engine.dialect.name != "postgresql":
+        return
+    # A column of another type needs a new view, which the user's view prevents.
+    with pytest.raises(ValueError, match="anomdet_flagged must change its columns, but other "
+                                         "objects depend on it .*drop your views on"), \
+            engine.begin() as conn:
+        ensure_flagged_view(conn, events, RecordsMapping("events", text_column="title",
+                                                          timestamp_column=None))
