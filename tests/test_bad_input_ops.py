@@ -30,9 +30,13 @@ from tests.test_bad_input import (  # noqa: F401 - fixtures requested by name
     assert_unchanged,
     champion_template,
     cli,
+    create_events,
     db,
     execute,
+    labelled_ids,
+    map_records,
     state,
+    toy_rows,
 )
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -418,3 +422,29 @@ def test_the_view_is_replaced_only_when_its_definition_changes(db_url: str) -> N
             engine.begin() as conn:
         ensure_flagged_view(conn, events, RecordsMapping("events", text_column="title",
                                                           timestamp_column=None))
+
+
+def test_markup_in_record_values_stays_text_in_data_docs(db: Database, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    payload = "<img src=x onerror=alert(1)>"
+    [rid] = labelled_ids(1)
+    if db.backend == "sqlite":
+        execute(db.url, sa.text("UPDATE records SET label = :v WHERE id = :i")
+                .bindparams(v=payload, i=rid))
+    else:  # an integer column cannot hold it: a label column of type TEXT can
+        rows = [{**r, "label": payload if r["id"] == rid else
+                 (None if r["label"] is None else str(r["label"]))} for r in toy_rows()]
+        create_events(db.url, [sa.Column("id", sa.BigInteger, primary_key=True),
+                               sa.Column("text", sa.Text), sa.Column("label", sa.Text)], rows)
+        map_records(monkeypatch, table="events", timestamp_column="")
+    before = state(db.url)
+    result = cli("retrain")
+    said = one_error(result)
+    assert said == "error: data validation failed:", said
+    assert payload in result.output  # the terminal shows the value as it is
+    assert_unchanged(before, db.url, new_runs=1)
+    pages = list((tmp_path / "artifacts" / "validation").rglob("*.html"))
+    assert pages, "no Data Docs were built"
+    html = "\n".join(page.read_text() for page in pages)
+    assert "&lt;img src=x onerror=alert(1)&gt;" in html
+    assert payload not in html

@@ -96,3 +96,49 @@ def test_demo_seeds_once_and_retrains_with_a_new_seed_each_time(anomdet_env: str
         runs = repo.recent_runs(session=session, model_name="anomdet")
     assert [r.parameters["seed"] for r in runs] == [43, 42]
     assert all(r.state == "completed" for r in runs)
+
+
+def test_unknown_variables_are_refused_with_the_nearest_name() -> None:
+    from anomdet.settings import check_environment
+
+    check_environment({"ANOMDET_TRAINING__EPOCHS": "2", "ANOMDET_DEBUG": "1", "HOME": "/"})
+    with pytest.raises(ValueError, match=r"unknown variable ANOMDET_TRAINNG__EPOCHS \(did you "
+                                         r"mean ANOMDET_TRAINING__EPOCHS\?\)"):
+        check_environment({"ANOMDET_TRAINNG__EPOCHS": "2"})
+    with pytest.raises(ValueError, match=r"ANOMDET_CONECT_TIMEOUT \(did you mean "
+                                         r"ANOMDET_CONNECT_TIMEOUT\?\)"):
+        check_environment({"ANOMDET_CONECT_TIMEOUT": "2"})
+
+
+def test_database_errors_name_the_place_and_hide_the_password() -> None:
+    import sqlalchemy as sa
+
+    from anomdet.errors import explain
+
+    url = "postgresql+psycopg://anomdet:hunter2@db.example:6543/prod"
+    refused = sa.exc.OperationalError("SELECT 1", {}, Exception(
+        'connection failed: connection to server at "db.example", port 6543 failed: '
+        "Connection refused (password hunter2 was sent)\n\tIs the server running?"))
+    said = explain(refused, database_url=url)
+    assert said.startswith("cannot connect to PostgreSQL at db.example:6543: connection refused")
+    assert "hunter2" not in said and "\n" not in said
+    timeout = sa.exc.OperationalError("SELECT 1", {}, Exception("connection timeout expired"))
+    assert "did not answer within 3 s" in explain(timeout, database_url=url, connect_timeout=3)
+    assert explain(RuntimeError("boom\nsecond line")) == "RuntimeError: boom"
+
+
+def test_failure_records_stay_off_the_terminal() -> None:
+    import logging
+
+    from anomdet.cli import _NoFailureTracebacks
+
+    quiet = _NoFailureTracebacks()
+
+    def record(name: str, level: int, msg: str) -> logging.LogRecord:
+        return logging.LogRecord(name, level, __file__, 1, msg, None, None)
+
+    assert quiet.filter(record("prefect.flow_runs", logging.INFO, "Beginning flow run"))
+    assert not quiet.filter(record("prefect.task_runs", logging.ERROR, "Task run failed"))
+    assert not quiet.filter(record("prefect.flow_runs", logging.INFO,
+                                   "Finished in state Failed('boom')"))
+    assert quiet.filter(record("httpx", logging.ERROR, "not ours to hide"))
