@@ -16,6 +16,7 @@ from anomdet.settings import Settings
 from db import repository as repo
 from db.engine import get_engine, session_scope
 from db.records import id_ranges, iter_unlabelled, reflect_records_table, unkeyed_unlabelled
+from tasks.database import only_transient
 from tasks.progress import ui_progress
 
 
@@ -40,7 +41,8 @@ class ScoringPlan:
         return -(-self.records // max(1, len(self.ranges)))
 
 
-@task(name="plan scoring", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+@task(name="plan scoring", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5],
+      retry_condition_fn=only_transient)
 def plan_scoring(settings: Settings, chunks: int) -> ScoringPlan | None:
     """The champion and the unlabelled records it has not scored, cut into id ranges."""
     engine, mapping = get_engine(settings.database_url), settings.records.mapping()
@@ -92,7 +94,8 @@ def score_range(settings: Settings, plan: ScoringPlan,
     return summary.as_dict()
 
 
-@task(name="finish scoring", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5])
+@task(name="finish scoring", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5],
+      retry_condition_fn=only_transient)
 def finish_scoring(settings: Settings, plan: ScoringPlan,
                    summaries: list[dict[str, Any]]) -> dict[str, Any]:
     """Add up the summaries; prune the kept scores of versions past the retention."""
