@@ -219,7 +219,8 @@ def _text_hash_postgresql(element: _TextHash, compiler: SQLCompiler, **kw: objec
 
 @compiles(_TextHash)
 def _text_hash_sqlite(element: _TextHash, compiler: SQLCompiler, **kw: object) -> str:
-    return f"lower(hex(sha3({compiler.process(element.clauses, **kw)})))"
+    # hex(NULL) is '' in SQLite: nullif keeps a missing text's hash NULL, as md5 does.
+    return f"nullif(lower(hex(sha3({compiler.process(element.clauses, **kw)}))), '')"
 
 
 def text_hash(text: sa.ColumnElement[object]) -> sa.ColumnElement[str]:
@@ -343,10 +344,10 @@ def iter_unlabelled(
         if not rows:
             return
         last = rows[-1][0]
-        frame = pd.DataFrame([tuple(r) for r in rows], columns=["id", "key", "text", "text_hash"])
-        # Object dtype: an integer id stays the integer it is, never a float.
-        frame["id"] = pd.Series([r[0] for r in rows], dtype=object)
-        yield frame
+        # Object columns: an integer id stays the integer it is, never a float, and a
+        # missing text or hash stays None, never NaN.
+        yield pd.DataFrame({name: pd.Series([r[i] for r in rows], dtype=object)
+                            for i, name in enumerate(("id", "key", "text", "text_hash"))})
 
 
 def id_ranges(

@@ -262,3 +262,24 @@ def test_the_sqlite3_shell_reads_the_view(sqlite_url: str) -> None:
     shown = subprocess.run(["sqlite3", path, "SELECT record_id FROM anomdet_flagged "
                             "ORDER BY record_id"], capture_output=True, text=True, check=True)
     assert shown.stdout.split() == ["1", "2", "3"]
+
+
+def test_a_record_without_text_is_kept_as_unscored_until_its_text_comes(db_url: str) -> None:
+    engine = get_engine(db_url)
+    migrate(engine)
+    table = _events(engine, sa.BigInteger(), [1, 2])
+    with engine.begin() as conn:
+        conn.execute(table.update().where(table.c.id == 1).values(text=None))
+    version = _version(engine)
+    with engine.connect() as conn:
+        [chunk] = iter_unlabelled(conn, reflect_records_table(conn, EVENTS), EVENTS,
+                                  version_id=version)
+    assert chunk["text"].tolist()[0] is None and chunk["text_hash"].tolist()[0] is None
+    with session_scope(engine) as session:
+        repo.write_scores(session=session, model_version_id=version, threshold=0.5, rows=[
+            repo.ScoreRow(k, None if t is None else 0.7, h) for k, t, h in
+            zip(chunk["key"], chunk["text"], chunk["text_hash"], strict=True)])
+    assert _work(engine, version)[2] == 0
+    with engine.begin() as conn:
+        conn.execute(table.update().where(table.c.id == 1).values(text="now it has words"))
+    assert _work(engine, version)[0] == ["1"]
