@@ -154,12 +154,15 @@ def _cli_env(anomdet_env: str) -> dict[str, str]:
 
 @pytest.mark.parametrize("moment", ["training", "write"])
 def test_sigkill_leaves_champion_and_flags_and_the_next_run_completes(
-    moment: str, anomdet_env: str, tmp_path: Path
+    moment: str, anomdet_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.retrain import retrain
 
     seed_records(anomdet_env, toy_records(300))
+    # A barely trained champion, so that the killed run has a winner to write flags for.
+    monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.0000001")
     assert retrain()["decision"] == "promoted"
+    monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.001")
     # More records: labelled ones make training last, unlabelled ones the scoring and write.
     extra = toy_records(2500, seed=9).iloc[300:]
     if moment == "write":
