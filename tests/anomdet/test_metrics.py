@@ -56,8 +56,7 @@ def test_max_f1_threshold_beats_every_other_cut_on_random_scores() -> None:
     assert best == pytest.approx(max(others))
 
 
-@pytest.mark.parametrize(("target", "expected"), [
-    (1.0, _halfway(0.7, 0.6)), (0.8, _halfway(0.7, 0.6)), (0.75, _halfway(0.4, 0.2))])
+@pytest.mark.parametrize(("target", "expected"), [(1.0, _halfway(0.7, 0.6)), (0.8, _halfway(0.7, 0.6)), (0.75, _halfway(0.4, 0.2))])
 def test_target_precision_takes_the_lowest_threshold_reaching_it(target: float,
                                                                  expected: float) -> None:
     threshold = choose_threshold(LABELS, SCORES, target_precision=target)
