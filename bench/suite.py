@@ -118,9 +118,9 @@ def default_suite(data_dir: Path = DEFAULT_DATA_DIR) -> list[BenchSet]:
                  repetitive_logs),
         BenchSet("balanced", "about 50% anomalies (from davidson_hate)",
                  lambda: balanced(read_labelled_csv(hate))),
+        BenchSet("sms_spam", "real, 13% anomalies", lambda: read_labelled_csv(sms)),
         BenchSet("demo_1500", "demo log lines, 1,500 rows", lambda: demo_set(1500)),
         BenchSet("demo_3000", "demo log lines, 3,000 rows", lambda: demo_set(3000)),
-        BenchSet("sms_spam", "real, 13% anomalies", lambda: read_labelled_csv(sms)),
         BenchSet("davidson_hate", "real, 6% anomalies, noisy labels, hard negatives",
                  lambda: read_labelled_csv(hate)),
     ]
