@@ -34,7 +34,6 @@ from rich.progress import (
 from rich.table import Table
 
 from anomdet.baseline import baseline_scores
-from anomdet.csv_import import read_records_csv
 from anomdet.data import Split, normalise_text, split_records
 from anomdet.metrics import choose_threshold, classification_metrics
 from anomdet.model import (
@@ -50,8 +49,6 @@ from anomdet.training import Challenger, train_challenger
 
 logger = logging.getLogger(__name__)
 
-VAL_FRACTION = 0.15
-TEST_FRACTION = 0.2
 # Texts per class handed to fine_tune as its (required) validation set while the
 # training loop is timed; its scoring happens after the last timed step.
 THROUGHPUT_VAL_PER_CLASS = 16
@@ -62,16 +59,12 @@ StageProgress = Callable[[str, int, int], None]
 
 def load_split(data: Path, *, seed: int) -> Split:
     """The labelled CSV split like the retrain flow does: de-duplicated, stratified, seeded."""
-    frame = read_records_csv(Path(data))
-    unlabelled = frame["label"].isna()
-    if unlabelled.any():
-        ids = frame.loc[unlabelled, "id"].head(10).tolist()
-        raise ValueError(
-            f"{data}: {int(unlabelled.sum())} row(s) have no label (ids {ids}...); the benchmark "
-            "needs a 0/1 label on every row, so label them or drop them from the file"
-        )
-    frame = frame.assign(label=frame["label"].astype(int))
-    return split_records(frame, val_fraction=VAL_FRACTION, test_fraction=TEST_FRACTION, seed=seed)
+    from bench.suite import read_labelled_csv
+
+    frame = read_labelled_csv(Path(data))
+    fractions = TrainingSettings()  # the retrain flow's split, from its one home
+    return split_records(frame, val_fraction=fractions.val_fraction,
+                         test_fraction=fractions.test_fraction, seed=seed)
 
 
 def shared_texts(first: pd.DataFrame, second: pd.DataFrame) -> set[str]:
