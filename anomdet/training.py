@@ -73,7 +73,7 @@ class Challenger:
 
     def hyperparameters(self) -> dict[str, Any]:
         return {**self.config.__dict__, "base_model": self.base_model,
-                "pooling": getattr(self.model.config, "model_type", None),
+                "model_type": getattr(self.model.config, "model_type", None),
                 "steps": self.result.steps,
                 "inference_precision": self.precision, "val_pr_auc": self.result.best_val_pr_auc,
                 "val_pr_auc_int8": self.val_pr_auc_int8,
