@@ -11,7 +11,7 @@ from importlib.resources import files
 from pathlib import Path
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 logger = logging.getLogger(__name__)
@@ -76,6 +76,26 @@ def migrations_dir() -> Path:
     return Path(str(files("db") / "migrations"))
 
 
+def owned_by_anomdet(name: str | None, type_: str, _parent_names: object) -> bool:
+    """Alembic's filter of reflected names: autogenerate compares only the tables anomdet
+    owns (prefix `anomdet_`). The user's records table shares the database, and a
+    revision must never propose to drop it."""
+    return type_ != "table" or (name or "").startswith("anomdet_")
+
+
+#: How Alembic runs anomdet's migrations, from code and from the command line alike.
+#: Batch mode: SQLite changes a column only by copying its table.
+MIGRATION_OPTIONS: dict[str, object] = {"render_as_batch": True,
+                                        "include_name": owned_by_anomdet}
+
+
+def lock_migrations(connection: Connection) -> None:
+    """Serialise migrations of one PostgreSQL database until the transaction ends:
+    two first runs at once would both try to create the tables."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(815202)"))
+
+
 def migrate(engine: Engine) -> None:
     """Bring the anomdet tables to the newest schema (idempotent; safe to run concurrently)."""
     from alembic import command
@@ -84,8 +104,6 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     with engine.begin() as connection:
-        if engine.dialect.name == "postgresql":
-            # Two first runs at once would both try to create the tables: serialise them.
-            connection.execute(sa.text("SELECT pg_advisory_xact_lock(815202)"))
+        # db/migrations/env.py migrates on this connection, inside this transaction.
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
