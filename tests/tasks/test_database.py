@@ -1,0 +1,99 @@
+"""tasks.database: retries only on I/O and only for connection failures; what each task
+reads and writes on a real (SQLite) database."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+from prefect.cache_policies import NO_CACHE
+
+import tasks.database as td
+from anomdet.settings import Settings
+from db import repository as repo
+from db.engine import get_engine, migrate, session_scope
+from db.models import Run
+from db.records import RecordsMapping, ensure_records_table, upsert_records
+from tests.tasks.conftest import Recorder
+
+
+@pytest.mark.parametrize(("task", "name", "retries"), [
+    (td.prepare_database, "prepare database", 0),
+    (td.start_run, "start run", 3),
+    (td.record_run, "record run", 3),
+    (td.extract_labelled, "extract labelled records", 3),
+])
+def test_names_and_retries(task: object, name: str, retries: int) -> None:
+    assert task.name == name and task.cache_policy is NO_CACHE
+    assert task.retries == retries
+    if retries:
+        assert task.retry_delay_seconds == [2, 5, 15]
+        assert task.retry_condition_fn is td.only_transient
+
+
+class _State:
+    def __init__(self, data: object) -> None:
+        self.data = data
+
+
+def test_only_connection_failures_are_retried() -> None:
+    refused = sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+    assert td.only_transient(None, None, _State(refused))
+    assert not td.only_transient(None, None, _State(ValueError("bad label 7")))
+    assert not td.only_transient(None, None, _State("a result, not a failure"))
+
+
+@pytest.fixture
+def settings(sqlite_url: str) -> Settings:
+    return Settings(database_url=sqlite_url, chunk_size=100)
+
+
+def test_prepare_migrates_and_creates_the_view(settings: Settings) -> None:
+    engine = get_engine(settings.database_url)
+    ensure_records_table(engine, RecordsMapping())
+    td.prepare_database.fn(settings)
+    inspector = sa.inspect(engine)
+    assert "anomdet_runs" in inspector.get_table_names()
+    assert inspector.get_view_names() == ["anomdet_flagged"]
+
+
+def test_prepare_refuses_a_missing_records_table(settings: Settings) -> None:
+    with pytest.raises(ValueError, match="records"):
+        td.prepare_database.fn(settings)
+
+
+def test_start_run_records_this_process_and_closes_dead_ones(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine = get_engine(settings.database_url)
+    migrate(engine)
+    host = socket.gethostname()
+    with session_scope(engine) as session:
+        dead = repo.start_run(session=session, model_name=settings.model_name,
+                              process={"host": host, "pid": 0}).id
+    warn = Recorder()
+    monkeypatch.setattr(td, "get_run_logger", lambda: type("L", (), {"warning": warn})())
+    run_id = td.start_run.fn(settings, "flow-run-1", {"epochs": 2})
+    with session_scope(engine) as session:
+        run, closed = session.get(Run, run_id), session.get(Run, dead)
+        assert (run.state, run.flow_run_id, run.parameters) == ("running", "flow-run-1",
+                                                                {"epochs": 2})
+        assert run.details["process"] == {"host": host, "pid": os.getpid()}
+        assert (closed.state, closed.decision) == ("failed", "failed")
+    assert warn.call[0][1] == [dead]
+
+
+def test_extract_reads_the_labelled_records_only(settings: Settings) -> None:
+    engine = get_engine(settings.database_url)
+    mapping = RecordsMapping()
+    table = ensure_records_table(engine, mapping)
+    frame = pd.DataFrame({"id": range(1, 251), "text": [f"t{i}" for i in range(1, 251)],
+                          "label": pd.array([i % 2 if i <= 200 else None
+                                             for i in range(1, 251)], dtype="Int64")})
+    with engine.begin() as conn:
+        upsert_records(conn, table, mapping, frame)
+    labelled = td.extract_labelled.fn(settings)
+    assert len(labelled) == 200 and {"id", "text", "label"} <= set(labelled.columns)
+    assert sorted(labelled["id"]) == list(range(1, 201))

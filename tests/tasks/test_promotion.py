@@ -1,0 +1,82 @@
+"""tasks.promotion: the rule gets the configured policy; the commit is one transaction
+that moves the champion by compare-and-set and writes the scores' flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prefect.cache_policies import NO_CACHE
+
+import tasks.promotion as tp
+from anomdet.settings import Settings
+from db import repository as repo
+from db.engine import get_engine, migrate, session_scope
+from tests.tasks.conftest import Recorder
+
+
+@pytest.mark.parametrize(("task", "name"), [
+    (tp.decide_promotion, "decide promotion"), (tp.store_artifact, "store artifact"),
+    (tp.score_unlabelled, "score unlabelled records"),
+    (tp.commit_promotion, "commit promotion"),
+])
+def test_names_no_cache_and_no_retries(task: object, name: str) -> None:
+    # A retried commit could promote twice; a retried save could leave two artifacts.
+    assert (task.name, task.cache_policy, task.retries) == (name, NO_CACHE, 0)
+
+
+def test_decision_uses_the_configured_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    decide = Recorder("decision")
+    monkeypatch.setattr(tp, "decide", decide)
+    settings = Settings(promotion={"primary_metric": "pr_auc", "min_absolute_improvement": 0.01})
+    assert tp.decide_promotion.fn("challenger", "champion", settings, "baseline") == "decision"
+    (challenger, champion, policy, baseline), _ = decide.call
+    assert (challenger, champion, baseline) == ("challenger", "champion", "baseline")
+    assert policy == settings.promotion.policy()
+    assert policy.primary_metric == "pr_auc"
+
+
+def test_a_failed_promotion_removes_its_artifact(tmp_path: Path) -> None:
+    directory = tmp_path / "artifact"
+    directory.mkdir()
+    (directory / "model.safetensors").write_bytes(b"weights")
+
+    class Txn:
+        def get(self, key: str, default: object = None) -> object:
+            return {tp.ARTIFACT_KEY: str(directory)}.get(key, default)
+
+    tp._remove_artifact(Txn())
+    assert not directory.exists()
+
+
+def _fields(**over: object) -> dict:
+    return {"base_model": "tiny-random", "artifact_uri": "/models/x", "weights_sha256": "0" * 64,
+            "data_fingerprint": "f" * 64, "hyperparameters": {}, "metrics": {"f1": 0.5},
+            "threshold": 0.5, **over}
+
+
+def test_commit_promotes_writes_flags_and_refuses_a_stale_champion(sqlite_url: str) -> None:
+    settings = Settings(database_url=sqlite_url, scoring={"keep_versions": 0})
+    engine = get_engine(sqlite_url)
+    migrate(engine)
+    scores = [repo.ScoreRow("1", 0.9, "h1"), repo.ScoreRow("2", 0.1, "h2"),
+              repo.ScoreRow("3", None, None)]
+    first_id, number = tp.commit_promotion.fn(settings, expected_champion_id=None,
+                                              version_fields=_fields(), scores=scores)
+    assert number == 1
+    with session_scope(engine) as session:
+        assert repo.get_champion(session=session, model_name="anomdet").id == first_id
+        assert repo.count_scores(session=session, model_version_id=first_id) == 3
+        assert repo.count_flags(session=session, model_version_id=first_id) == 1
+    # A run that evaluated against "no champion" comes too late: nothing changes.
+    with pytest.raises(repo.ChampionChanged):
+        tp.commit_promotion.fn(settings, expected_champion_id=None,
+                               version_fields=_fields(), scores=[])
+    second_id, number = tp.commit_promotion.fn(settings, expected_champion_id=first_id,
+                                               version_fields=_fields(), scores=scores[:1])
+    assert number == 2
+    with session_scope(engine) as session:
+        assert repo.get_champion(session=session, model_name="anomdet").id == second_id
+        # keep_versions=0: the retired version's scores are pruned, its flags stay.
+        assert repo.count_scores(session=session, model_version_id=first_id) == 0
+        assert repo.count_flags(session=session, model_version_id=first_id) == 1
