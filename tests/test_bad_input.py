@@ -62,7 +62,8 @@ class Database:
     path: Path | None = None  # the SQLite file
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+@pytest.fixture(scope="module",
+                params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def champion_template(request: pytest.FixtureRequest,
                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
     """Toy records and a champion trained by one `anomdet retrain`, per backend."""

@@ -101,6 +101,7 @@ def test_a_closed_port(command: list[str], tmp_path: Path,
                     "ANOMDET_DATABASE_URL"), said
 
 
+@pytest.mark.postgres
 @pytest.mark.parametrize("command", COMMANDS)
 def test_a_postgres_database_that_does_not_exist(command: list[str], tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
