@@ -3,11 +3,15 @@ chosen on validation, in the precision it will score with."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from anomdet.data import split_records
+from anomdet.csv_import import read_records_csv
+from anomdet.data import Split, split_records
+from anomdet.model import load_artifact, predict_scores, save_artifact
 from anomdet.settings import TrainingSettings
 from anomdet.training import (
     Challenger,
@@ -105,3 +109,47 @@ def test_capping_rows_keeps_the_anomalies_first() -> None:
     assert len(capped) == 100 and capped["label"].sum() == min(anomalies, 50)
     assert capped["id"].is_monotonic_increasing
     assert _cap_rows(frame, None, seed=0) is frame
+
+
+# The real data set sits beside the repository and is read from there, never copied in.
+SMS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sms_spam.csv"
+
+
+@pytest.fixture(scope="module")
+def bundled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Challenger, Split]:
+    """all-MiniLM-L6-v2 fine-tuned on 300 SMS (about 40 spam), a short CPU schedule."""
+    if not SMS.is_file():
+        pytest.fail(f"{SMS} is missing: the slow tests read the shared data sets there")
+    frame = read_records_csv(SMS).sample(300, random_state=0).sort_values("id")
+    split = split_records(frame.reset_index(drop=True), val_fraction=0.2, test_fraction=0.3,
+                          seed=0)
+    settings = TrainingSettings(base_model="bundled", min_steps=60, max_steps=60,
+                                max_length=64, inference_precision="fp32")
+    return train_challenger(split, settings), split
+
+
+@pytest.mark.slow
+def test_the_bundled_model_learns_spam_from_300_messages(
+        bundled: tuple[Challenger, Split]) -> None:
+    model, split = bundled
+    result = evaluate(model.scoring_model, model.tokenizer, split.test, model.threshold,
+                      max_length=64)
+    chance = split.test["label"].mean()  # the PR-AUC of a model that guesses
+    assert 0.05 < chance < 0.3
+    assert result.metrics["pr_auc"] > max(0.6, 3 * chance), result.metrics
+    assert result.metrics["f1"] > 0.5, result.metrics
+
+
+@pytest.mark.slow
+def test_the_bundled_model_scores_the_same_after_save_and_load(
+        bundled: tuple[Challenger, Split], tmp_path: Path) -> None:
+    model, split = bundled
+    texts = split.test["text"].tolist()
+    before = predict_scores(model.scoring_model, model.tokenizer, texts, max_length=64)
+    sha = save_artifact(model.model, model.tokenizer, tmp_path / "v1",
+                        {"threshold": model.threshold, "max_length": 64, "precision": "fp32"})
+    loaded = load_artifact(tmp_path / "v1", expected_sha256=sha)
+    assert loaded.threshold == model.threshold and loaded.max_length == 64
+    assert loaded.tokenizer.get_vocab() == model.tokenizer.get_vocab()
+    after = predict_scores(loaded.model, loaded.tokenizer, texts, max_length=64)
+    np.testing.assert_allclose(after, before, atol=1e-5)
