@@ -385,16 +385,22 @@ def flagged(limit: int = typer.Option(20, min=1, help="rows to show")) -> None:
 
     from db import repository as repo
 
-    _, scope = _session()
+    settings, scope = _session()
     try:
         with scope as session:
-            rows = repo.flagged_rows(session=session, limit=limit)
+            # Before a first promotion nothing is flagged, and the view may not exist yet.
+            champion = repo.get_champion(session=session, model_name=settings.model_name)
+            rows = repo.flagged_rows(session=session, limit=limit) if champion else []
     except sa_exc.ProgrammingError:  # no such view (PostgreSQL)
         _fail("anomdet_flagged does not exist yet; run `anomdet retrain` first")
     except sa_exc.OperationalError as exc:
         if "no such table" not in str(exc.orig):  # SQLite's word for a missing view
             raise
         _fail("anomdet_flagged does not exist yet; run `anomdet retrain` first")
+    if champion is None:
+        out.print(f"no champion of {settings.model_name!r} yet: nothing is flagged until "
+                  "`anomdet retrain` promotes one", soft_wrap=True, highlight=False)
+        return
     table = Table(title="SELECT * FROM anomdet_flagged ORDER BY score DESC")
     for col in ("record_id", "score", "version", "text"):
         table.add_column(col)
