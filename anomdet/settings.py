@@ -80,6 +80,9 @@ class TrainingSettings(BaseModel):
     # "mean": the head reads the mean of the token states, as all-MiniLM-L6-v2 was
     # trained to be read; "cls": BERT's pooled first token. Non-BERT models keep their own.
     pooling: Literal["mean", "cls"] = "mean"
+    # Start the head as a logistic regression on the pre-trained features before
+    # fine-tuning (see anomdet.model.probe_head); false starts it random.
+    probe_head: bool = True
     evaluations: int = Field(6, ge=1, le=100, description="validation checks over the schedule")
     patience: int = Field(3, ge=1, description="validation checks without a better PR-AUC")
     seed: int = 42

@@ -48,7 +48,7 @@ def train_config(settings: TrainingSettings) -> TrainConfig:
         max_length=settings.max_length, patience=settings.patience, seed=settings.seed,
         eval_batch_size=settings.eval_batch_size, min_steps=settings.min_steps,
         max_steps=settings.max_steps, evaluations=settings.evaluations,
-        anomaly_share=settings.anomaly_share,
+        anomaly_share=settings.anomaly_share, probe_head=settings.probe_head,
     )
 
 

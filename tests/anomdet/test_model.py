@@ -23,6 +23,7 @@ from anomdet.model import (
     load_artifact,
     load_base_model,
     predict_scores,
+    probe_head,
     recorded_scoring,
     save_artifact,
     token_budget_batches,
@@ -54,9 +55,11 @@ def test_fine_tuning_learns_the_toy_task(trained: tuple) -> None:
     model, tok, texts, labels, result = trained
     scores = predict_scores(model, tok, texts[300:], max_length=32)
     assert average_precision_score(labels[300:], scores) > 0.9
-    assert result.best_epoch >= 1
     assert result.history[0]["epoch"] == 1
-    assert result.best_val_pr_auc == max(h["val_pr_auc"] for h in result.history)
+    # Check 0 is the probed head before any step; fine-tuning is kept only if it beats it.
+    assert result.best_val_pr_auc >= max(h["val_pr_auc"] for h in result.history)
+    if result.best_epoch >= 1:
+        assert result.best_val_pr_auc == result.history[result.best_epoch - 1]["val_pr_auc"]
 
 
 def test_training_is_repeatable_under_a_seed() -> None:
@@ -129,6 +132,53 @@ def test_mean_pooling_ignores_padding_and_survives_a_round_trip(tmp_path: Path) 
     assert padded[0] == pytest.approx(alone[0], abs=1e-5)
     cls_model, _ = load_base_model(TINY_RANDOM, seed=1, pooling="cls")
     assert not isinstance(cls_model, MeanPooledBertForSequenceClassification)
+
+
+def test_probed_head_gives_the_regressions_log_odds_and_ranks_before_any_step() -> None:
+    texts, labels = _toy(300, seed=4)
+    model, tok = load_base_model(TINY_RANDOM, seed=4)
+    ids, _ = encode(tok, texts[:200], 32)
+    assert probe_head(model, tok, ids, labels[:200], TrainConfig(), np.random.default_rng(0))
+    model.eval()
+    batch = tok(texts[200:], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        features = model.pooled(**batch).double().numpy()
+        logits = model(**batch).logits.double().numpy()
+    weight = (model.classifier.weight[1] - model.classifier.weight[0]).detach().double().numpy()
+    bias = float((model.classifier.bias[1] - model.classifier.bias[0]).detach())
+    np.testing.assert_allclose(logits[:, 1] - logits[:, 0], features @ weight + bias, atol=1e-4)
+    # A random encoder's features still tell the toy classes apart once the head is fitted.
+    scores = predict_scores(model, tok, texts[200:], max_length=32)
+    assert average_precision_score(labels[200:], scores) > 0.9
+
+
+def test_fine_tuning_keeps_the_probed_start_when_no_step_beats_it() -> None:
+    texts, labels = _toy(300, seed=5)
+    model, tok = load_base_model(TINY_RANDOM, seed=5)
+    # A learning rate this high wrecks the encoder at once: no check can beat the start.
+    config = TrainConfig(learning_rate=0.5, max_length=32, seed=5, min_steps=12, max_steps=12,
+                         evaluations=3, patience=3, warmup_ratio=0.0)
+    ids, _ = encode(tok, texts[:200], 32)
+    probed, _ = load_base_model(TINY_RANDOM, seed=5)
+    probe_head(probed, tok, ids, labels[:200], config, np.random.default_rng(config.seed))
+    result = fine_tune(model, tok, texts[:200], labels[:200], texts[200:], labels[200:], config)
+    assert result.best_epoch == 0
+    assert all(h["val_pr_auc"] < result.best_val_pr_auc for h in result.history)
+    for name, value in probed.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], value)
+
+
+def test_a_random_head_is_kept_when_probing_is_off() -> None:
+    texts, labels = _toy(200, seed=6)
+    model, tok = load_base_model(TINY_RANDOM, seed=6)
+    start = model.classifier.weight.detach().clone()
+    config = TrainConfig(probe_head=False, max_length=32, min_steps=1, max_steps=1, evaluations=1)
+    result = fine_tune(model, tok, texts[:150], labels[:150], texts[150:], labels[150:], config)
+    assert result.best_epoch == 1
+    assert not torch.equal(model.classifier.weight, start)  # one step moved it, no probe
+    cls_model, _ = load_base_model(TINY_RANDOM, seed=6, pooling="cls")
+    ids, _ = encode(tok, texts[:150], 32)
+    assert not probe_head(cls_model, tok, ids, labels[:150], config, np.random.default_rng(0))
 
 
 def test_token_budget_batches_respect_both_limits() -> None:
