@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,18 +21,56 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from anomdet.bench import bench_command
-from anomdet.bench_score import bench_score_command
-
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
     from db.records import RecordsMapping
 
+# What a command needs is imported inside it: torch, transformers and scikit-learn take
+# seconds to import, and `--help`, `status`, `flagged`, `models` and `rollback` need none
+# of them. tests/anomdet/test_cli_imports.py holds the line.
+
+#: Commands defined outside this module, imported only when they run (or show their own
+#: help): name -> ("module:function", the summary that `anomdet --help` lists).
+DEFERRED_COMMANDS = {
+    "bench": ("bench.model:bench_command",
+              "Measure quality against a TF-IDF baseline and speed against stock transformers."),
+    "bench-score": ("bench.scoring:bench_score_command",
+                    "Measure flag writes, end-to-end scoring overhead and the streaming "
+                    "scorer's memory."),
+}
+
+
+class _Deferred(click.Command):
+    """Stands in for a command of DEFERRED_COMMANDS until it is called."""
+
+    def __init__(self, name: str, target: str, summary: str) -> None:
+        super().__init__(name, help=summary, short_help=summary)
+        self.target = target
+
+    def load(self) -> click.Command:
+        """The real command, built by Typer from its function."""
+        module, function = self.target.split(":")
+        holder = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+        holder.command(self.name)(getattr(importlib.import_module(module), function))
+        return typer.main.get_command(holder)
+
+    def make_context(self, info_name: str | None, args: list[str],
+                     parent: click.Context | None = None, **extra: Any) -> click.Context:
+        # The group invokes the command of the context returned here: the real one.
+        return self.load().make_context(info_name, args, parent=parent, **extra)
 
 
 class _OneLineErrors(TyperGroup):
     """Every command ends a failure with one `error:` line, no traceback (unless --debug)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [*super().list_commands(ctx), *DEFERRED_COMMANDS]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in DEFERRED_COMMANDS:
+            return _Deferred(cmd_name, *DEFERRED_COMMANDS[cmd_name])
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -135,6 +175,11 @@ PREFECT_DEFAULTS = {
 def _environment() -> None:
     for name, value in PREFECT_DEFAULTS.items():
         os.environ.setdefault(name, value)
+
+
+def _model_environment() -> None:
+    """For the commands that load a model: transformers offline and quiet as well."""
+    _environment()
     from anomdet.model import quiet_transformers
 
     quiet_transformers()
@@ -160,6 +205,11 @@ def _fail(message: str, code: int = 1) -> None:
     # Escaped: messages name columns in brackets ("[text]"), which rich would take as markup.
     err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _when(value: datetime | None) -> str:
+    """A timestamp for people: minutes precision, or a dash."""
+    return value.strftime("%Y-%m-%d %H:%M") if value else "-"
 
 
 def _cell(value: Any, limit: int | None = None) -> Text:
@@ -248,7 +298,7 @@ def retrain(
     learning_rate: float = typer.Option(None, min=0, help="peak learning rate"),
 ) -> None:
     """Run the retraining flow once: exit 0 when it completes, promoted or not."""
-    _environment()
+    _model_environment()
     _run_retrain(base_model, epochs, seed, max_train_rows, learning_rate)
 
 
@@ -267,7 +317,7 @@ def demo(
     Each demo run trains with another seed, as a nightly run on fresh data would
     produce another model, so the second run has a real challenger to judge.
     """
-    _environment()
+    _model_environment()
     settings = _settings()
     from anomdet.demo import generate_demo_records
     from db.records import count_rows, upsert_records
@@ -326,7 +376,7 @@ def score(
     dask_workers: int = typer.Option(2, min=1, help="local Dask workers (with --task-runner dask)"),
 ) -> None:
     """Score unlabelled records that the champion has not scored yet."""
-    _environment()
+    _model_environment()
     _settings()  # a bad setting is reported before a flow run starts
     from flows.score import score as score_flow
     from flows.score import with_task_runner
@@ -365,14 +415,14 @@ def status(runs: int = typer.Option(5, min=1, help="how many recent runs to show
         f1 = champion.metrics.get("f1")
         out.print(f"champion: {settings.model_name} version {champion.version} "
                   f"(f1 {f1:.4f}, threshold {champion.threshold:.4f}, "
-                  f"promoted {repo.when(champion.promoted_at)})", highlight=False)
+                  f"promoted {_when(champion.promoted_at)})", highlight=False)
     else:
         out.print(f"champion: none yet for {settings.model_name!r}")
     table = Table(title="recent runs")
     for col in ("run", "started", "state", "decision", "reason"):
         table.add_column(col)
     for run in recent:
-        table.add_row(str(run.id), repo.when(run.started_at), _cell(run.state),
+        table.add_row(str(run.id), _when(run.started_at), _cell(run.state),
                       _cell(run.decision or "-"), _cell(run.reason, 120))
     out.print(table)
 
@@ -426,8 +476,8 @@ def models() -> None:
     for v in versions:
         table.add_row(str(v.version), v.status, f"{v.metrics.get('f1', float('nan')):.4f}",
                       f"{v.metrics.get('pr_auc', float('nan')):.4f}", f"{v.threshold:.4f}",
-                      _cell(v.base_model), repo.when(v.created_at), repo.when(v.promoted_at),
-                      repo.when(v.retired_at))
+                      _cell(v.base_model), _when(v.created_at), _when(v.promoted_at),
+                      _when(v.retired_at))
     out.print(table if versions else f"no versions of {settings.model_name!r} yet")
 
 
@@ -462,17 +512,13 @@ def serve(
     timezone: str = typer.Option("UTC", help="time zone of both schedules"),
 ) -> None:
     """Serve the retraining and scoring deployments from this process (no worker needed)."""
-    _environment()
+    _model_environment()
     from flows.serve import serve_all
 
     try:
         serve_all(retrain_cron=retrain_cron, score_cron=score_cron, timezone=timezone)
     except ValueError as exc:
         _fail(str(exc))
-
-
-app.command("bench")(bench_command)
-app.command("bench-score")(bench_score_command)
 
 
 def main() -> None:

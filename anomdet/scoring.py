@@ -1,4 +1,4 @@
-"""Score records with a model and turn scores into flag rows."""
+"""Score records with a model; keep the scores and the flags they earn."""
 
 from __future__ import annotations
 
@@ -8,9 +8,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
+from sqlalchemy.engine import Engine
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from anomdet.model import Progress, predict_scores
+from db import repository as repo
+from db.engine import session_scope
+from db.records import IdRange, RecordsMapping, iter_unlabelled, reflect_records_table
 from db.repository import ScoreRow
 
 logger = logging.getLogger(__name__)
@@ -32,11 +36,13 @@ class ScoreSummary:
     """What a scoring pass did, accumulated over chunks.
 
     `unkeyed` counts records that could not be scored because their id is NULL or
-    shared with another record; records = scored + skipped + unkeyed.
+    shared with another record; records = scored + skipped + unkeyed. `flags_written`
+    counts the flag rows a pass stored (inserted, or updated for a changed text).
     """
 
     scored: int = 0
     flagged: int = 0
+    flags_written: int = 0
     skipped_ids: list[Any] = field(default_factory=list)
     unkeyed: int = 0
     unkeyed_ids: list[str] = field(default_factory=list)
@@ -63,10 +69,7 @@ def _keys(frame: pd.DataFrame) -> list[str]:
     return [str(k) for k in column.tolist()]
 
 
-def score_rows(
-    scorer: Scorer, frame: pd.DataFrame, summary: ScoreSummary, *,
-    progress: Progress | None = None,
-) -> list[ScoreRow]:
+def score_rows(scorer: Scorer, frame: pd.DataFrame, summary: ScoreSummary) -> list[ScoreRow]:
     """Score one chunk of records: one row per record, the score None where there is no
     usable text (those are counted in `summary` as skipped, never flagged)."""
     if frame.empty:
@@ -79,8 +82,7 @@ def score_rows(
     if ok.any():
         texts = frame["text"][ok].tolist()
         found = predict_scores(scorer.model, scorer.tokenizer, texts,
-                               batch_size=scorer.batch_size, max_length=scorer.max_length,
-                               progress=progress)
+                               batch_size=scorer.batch_size, max_length=scorer.max_length)
         for position, value in zip(ok.nonzero()[0], found.tolist(), strict=True):
             scores[position] = value
         summary.scored += len(texts)
@@ -89,21 +91,32 @@ def score_rows(
     return [ScoreRow(*row) for row in zip(keys, scores, hashes, strict=True)]
 
 
-def flag_rows(rows: Iterable[ScoreRow], threshold: float,
-              run_id: int | None = None) -> list[dict[str, Any]]:
-    """The flag rows of the scores at or above `threshold`."""
-    return [{"record_id": r.record_id, "score": r.score, "threshold": threshold,
-             "run_id": run_id, "text_hash": r.text_hash}
-            for r in rows if r.score is not None and r.score >= threshold]
+def score_id_range(
+    scorer: Scorer, engine: Engine, mapping: RecordsMapping, *, version_id: int,
+    id_range: IdRange | None, chunk_size: int, progress: Progress | None = None,
+    expected: int = 0,
+) -> ScoreSummary:
+    """Score the unlabelled records of one id range that `version_id` has not scored for
+    their current text, and keep their scores and flags.
 
-
-def score_chunk(
-    scorer: Scorer, frame: pd.DataFrame, summary: ScoreSummary, *, run_id: int | None = None,
-    progress: Progress | None = None,
-) -> list[dict[str, Any]]:
-    """Score one chunk of records; return flag rows for those at or above the threshold."""
-    rows = score_rows(scorer, frame, summary, progress=progress)
-    return flag_rows(rows, scorer.threshold, run_id)
+    The range is read in chunks of `chunk_size`; each chunk's scores and flags commit in
+    their own transaction, so a pass that stops part-way resumes where it stopped.
+    `progress` is told (records done, at least `expected`) after each chunk.
+    """
+    summary = ScoreSummary()
+    with engine.connect() as conn:
+        table = reflect_records_table(conn, mapping)
+        for chunk in iter_unlabelled(conn, table, mapping, chunk_size=chunk_size,
+                                     id_range=id_range, version_id=version_id):
+            rows = score_rows(scorer, chunk, summary)
+            with session_scope(engine) as session:
+                summary.flags_written += repo.write_scores(
+                    session=session, model_version_id=version_id, rows=rows,
+                    threshold=scorer.threshold)
+            if progress:
+                done = summary.scored + summary.skipped
+                progress(done, max(done, expected))
+    return summary
 
 
 def score_all(

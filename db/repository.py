@@ -10,7 +10,6 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any, NamedTuple
 
 import sqlalchemy as sa
@@ -20,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from db.models import Flag, ModelVersion, Run, Score, utcnow
 from db.records import RecordsMapping, record_key, text_hash
+from db.records import _plain as plain_value
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +33,7 @@ def json_safe(value: Any) -> Any:
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
-    if hasattr(value, "item") and not isinstance(value, str | bytes):
-        value = value.item()
+    value = plain_value(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -543,8 +542,3 @@ def _recreate_view_postgres(connection: Connection, body: str) -> None:
             f"{FLAGGED_VIEW} must change its columns, but other objects depend on it "
             f"({str(exc.orig).splitlines()[0]}); drop your views on {FLAGGED_VIEW}, run "
             "again, then re-create them") from exc
-
-
-def when(value: datetime | None) -> str:
-    """A timestamp for people: minutes precision, or a dash."""
-    return value.strftime("%Y-%m-%d %H:%M") if value else "-"

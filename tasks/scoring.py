@@ -11,11 +11,11 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from anomdet.model import configure_threads, load_artifact, recorded_scoring
-from anomdet.scoring import Scorer, ScoreSummary, score_rows
+from anomdet.scoring import Scorer, score_id_range
 from anomdet.settings import Settings
 from db import repository as repo
 from db.engine import get_engine, session_scope
-from db.records import id_ranges, iter_unlabelled, reflect_records_table, unkeyed_unlabelled
+from db.records import id_ranges, reflect_records_table, unkeyed_unlabelled
 from tasks.database import only_transient
 from tasks.progress import ui_progress
 
@@ -76,21 +76,12 @@ def score_range(settings: Settings, plan: ScoringPlan,
     """Score one id range in chunks; each chunk's scores and flags commit on their own."""
     scorer = _scorer(plan.artifact_uri, plan.weights_sha256, settings.score_batch_size,
                      plan.recorded)
-    engine, mapping = get_engine(settings.database_url), settings.records.mapping()
-    summary = ScoreSummary()
     low, high = ("start" if id_range[0] is None else id_range[0],
                  "end" if id_range[1] is None else id_range[1])
-    progress = ui_progress(f"scoring ids from {low} to {high}")
-    with engine.connect() as conn:
-        table = reflect_records_table(conn, mapping)
-        for chunk in iter_unlabelled(conn, table, mapping, chunk_size=settings.chunk_size,
-                                     id_range=id_range, version_id=plan.version_id):
-            rows = score_rows(scorer, chunk, summary)
-            done = summary.scored + summary.skipped
-            progress(done, max(done, plan.range_size))
-            with session_scope(engine) as session:
-                repo.write_scores(session=session, model_version_id=plan.version_id,
-                                  rows=rows, threshold=scorer.threshold)
+    summary = score_id_range(
+        scorer, get_engine(settings.database_url), settings.records.mapping(),
+        version_id=plan.version_id, id_range=id_range, chunk_size=settings.chunk_size,
+        progress=ui_progress(f"scoring ids from {low} to {high}"), expected=plan.range_size)
     return summary.as_dict()
 
 

@@ -6,13 +6,14 @@ Three parts, each against its own reference:
 1. flag writes: `db.repository.insert_flags` (multi-row INSERT ... ON CONFLICT DO NOTHING)
    against the naive ORM pattern (one `Flag` object added and flushed per row, one commit),
    on SQLite and on PostgreSQL;
-2. end-to-end scoring (read unlabelled records in chunks, score, write flags, commit per
-   chunk, as the scoring flow does per id range) against `predict_scores` on the same texts
-   already in memory;
+2. end-to-end scoring with `anomdet.scoring.score_id_range`, what the scoring flow runs
+   per id range (read unlabelled records in chunks, score, write scores and flags, commit
+   per chunk), against `predict_scores` on the same texts already in memory;
 3. peak memory of the streaming scorer at two table sizes, each in a fresh process.
 
 The database functions are called directly, not through the Prefect flow, so the figures
-measure anomdet's own work and nothing of the orchestrator.
+measure anomdet's own work and nothing of the orchestrator. PostgreSQL figures are taken
+in the database that --postgres-url names; the benchmark's own rows are removed after.
 """
 
 from __future__ import annotations
@@ -27,10 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,23 +52,15 @@ from anomdet.model import (
     predict_scores,
     quiet_transformers,
 )
-from anomdet.scoring import Scorer, ScoreSummary, score_chunk
+from anomdet.scoring import Scorer, ScoreSummary, score_id_range
 from db import repository as repo
 from db.engine import get_engine, migrate, session_scope
-from db.models import Flag, ModelVersion, utcnow
-from db.records import (
-    RecordsMapping,
-    ensure_records_table,
-    id_ranges,
-    iter_unlabelled,
-    reflect_records_table,
-    upsert_records,
-)
+from db.models import Flag, ModelVersion, Score, utcnow
+from db.records import RecordsMapping, ensure_records_table, reflect_records_table, upsert_records
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-POSTGRES_URL_ENV = "ANOMDET_TEST_POSTGRES_URL"
 BENCH_MODEL_NAME = "bench-score"
 # Demo records are generated and upserted this many at a time, so seeding a large table
 # holds only one batch in memory.
@@ -225,43 +217,30 @@ def temporary_sqlite() -> Iterator[str]:
             get_engine(url).dispose()
 
 
-def _admin_engine(admin_url: str) -> Engine:
-    engine = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    try:
-        with engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except sa.exc.OperationalError as exc:
-        engine.dispose()
-        raise ValueError(
-            f"PostgreSQL at {sa.engine.make_url(admin_url)!r} is unreachable ({exc.orig}); start "
-            "it, point --postgres-url (or ANOMDET_TEST_POSTGRES_URL) at a server where you may "
-            "create databases, or pass --skip-postgres"
-        ) from exc
-    return engine
-
-
-@contextmanager
-def temporary_postgres(admin_url: str) -> Iterator[str]:
-    """The URL of a new, empty PostgreSQL database, dropped afterwards (even on errors)."""
-    admin = _admin_engine(admin_url)
-    name = f"anomdet_bench_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(admin_url).set(database=name).render_as_string(hide_password=False)
-    try:
-        yield url
-    finally:
-        get_engine(url).dispose()
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
 def prepared_engine(url: str) -> Engine:
     """The shared engine for `url`, with anomdet's tables migrated."""
     engine = get_engine(url)
-    migrate(engine)
+    try:
+        migrate(engine)
+    except sa.exc.OperationalError as exc:
+        shown = sa.engine.make_url(url).render_as_string(hide_password=True)
+        raise ValueError(
+            f"the database at {shown} is unreachable ({str(exc.orig).strip()}); start it, "
+            "point --postgres-url at a database the benchmark may write to, or pass "
+            "--skip-postgres") from exc
     return engine
+
+
+def remove_bench_versions(engine: Engine) -> int:
+    """Delete the benchmark's model versions with their flags and scores; returns how many
+    versions went. Nothing of any other model is touched."""
+    versions = sa.select(ModelVersion.id).where(ModelVersion.model_name == BENCH_MODEL_NAME)
+    with session_scope(engine) as session:
+        for table in (Flag, Score):
+            session.execute(sa.delete(table).where(table.model_version_id.in_(versions)))
+        removed = session.execute(
+            sa.delete(ModelVersion).where(ModelVersion.model_name == BENCH_MODEL_NAME))
+    return max(0, removed.rowcount)
 
 
 def new_model_version(engine: Engine, label: str) -> int:
@@ -364,28 +343,6 @@ def unlabelled_demo_frame(n: int, *, seed: int, first_id: int = 1) -> pd.DataFra
                         created_at=frame["created_at"].dt.floor("us"))
 
 
-def score_unlabelled(
-    engine: Engine, mapping: RecordsMapping, scorer: Scorer, version_id: int, chunk_size: int,
-) -> tuple[ScoreSummary, int]:
-    """Score every unlabelled record as the scoring flow does; return the summary and writes.
-
-    The ids are planned with `id_ranges`, each range streamed in chunks, and each chunk's
-    flags committed in their own transaction, like `tasks.scoring.score_range`.
-    """
-    summary, written = ScoreSummary(), 0
-    with engine.connect() as conn:
-        table = reflect_records_table(conn, mapping)
-        ranges, _ = id_ranges(conn, table, mapping, parts=1)
-        for id_range in ranges:
-            for chunk in iter_unlabelled(conn, table, mapping, chunk_size=chunk_size,
-                                         id_range=id_range):
-                flags = score_chunk(scorer, chunk, summary)
-                with session_scope(engine) as session:
-                    written += repo.insert_flags(session=session, model_version_id=version_id,
-                                                 rows=flags)
-    return summary, written
-
-
 def seed_records(engine: Engine, mapping: RecordsMapping, frame: pd.DataFrame) -> None:
     """Create the records table if needed and upsert `frame` into it in one transaction."""
     ensure_records_table(engine, mapping)
@@ -416,11 +373,13 @@ def _model_only(scorer: Scorer, texts: list[str]) -> tuple[np.ndarray, float]:
 
 
 def _end_to_end(engine: Engine, mapping: RecordsMapping, scorer: Scorer,
-                chunk_size: int) -> tuple[ScoreSummary, int, float]:
+                chunk_size: int) -> tuple[ScoreSummary, float]:
+    # A fresh version each time: every record is work, as for a newly promoted champion.
     version_id = new_model_version(engine, "e2e")
     start = time.perf_counter()
-    summary, written = score_unlabelled(engine, mapping, scorer, version_id, chunk_size)
-    return summary, written, time.perf_counter() - start
+    summary = score_id_range(scorer, engine, mapping, version_id=version_id, id_range=None,
+                             chunk_size=chunk_size)
+    return summary, time.perf_counter() - start
 
 
 def bench_scoring(url: str, config: ScoreBenchConfig) -> ScoringFigures:
@@ -439,16 +398,15 @@ def bench_scoring(url: str, config: ScoreBenchConfig) -> ScoringFigures:
         scores, seconds = _model_only(scorer, texts)
         model_seconds.append(seconds)
         if not e2e_seconds:
-            scorer = Scorer(scorer.model, scorer.tokenizer,
-                            flag_threshold(scores, config.flag_share), scorer.max_length,
-                            scorer.batch_size)
-        summary, written, seconds = _end_to_end(engine, mapping, scorer, config.chunk_size)
+            scorer = replace(scorer, threshold=flag_threshold(scores, config.flag_share))
+        summary, seconds = _end_to_end(engine, mapping, scorer, config.chunk_size)
         e2e_seconds.append(seconds)
     return ScoringFigures(
         base_model=config.base_model, rows=len(texts), chunk_size=config.chunk_size,
         batch_size=config.batch_size, max_length=config.max_length, threads=threads,
         threshold=scorer.threshold, model_only_flagged=int((scores >= scorer.threshold).sum()),
-        e2e_flagged=summary.flagged, flags_written=written, model_only_seconds=model_seconds,
+        e2e_flagged=summary.flagged, flags_written=summary.flags_written,
+        model_only_seconds=model_seconds,
         e2e_seconds=e2e_seconds,
     )
 
@@ -518,8 +476,7 @@ def memory_probe(rows: int, *, base_model: str, chunk_size: int, seed: int,
     scorer = _load_scorer(config, base_model)
     sample = unlabelled_demo_frame(min(rows, THRESHOLD_SAMPLE), seed=seed)["text"].tolist()
     scores, _ = _model_only(scorer, sample)
-    scorer = Scorer(scorer.model, scorer.tokenizer, flag_threshold(scores, config.flag_share),
-                    scorer.max_length, scorer.batch_size)
+    scorer = replace(scorer, threshold=flag_threshold(scores, config.flag_share))
     mapping, engine = RecordsMapping(), prepared_engine(url)
     start = time.perf_counter()
     _seed_in_batches(engine, mapping, rows, seed)
@@ -530,11 +487,11 @@ def memory_probe(rows: int, *, base_model: str, chunk_size: int, seed: int,
     # Seeding and set-up may peak higher than scoring; restarting the mark here makes the
     # peak read afterwards the scoring phase's own.
     reset = reset_peak_rss()
-    summary, written, score_seconds = _end_to_end(engine, mapping, scorer, chunk_size)
+    summary, score_seconds = _end_to_end(engine, mapping, scorer, chunk_size)
     scoring_peak = peak_rss_mb()
     return MemoryFigures(
         rows=rows, base_model=base_model, chunk_size=chunk_size, seed_seconds=seed_seconds,
-        score_seconds=score_seconds, scored=summary.scored, flags_written=written,
+        score_seconds=score_seconds, scored=summary.scored, flags_written=summary.flags_written,
         rss_before_scoring_mb=before, peak_before_scoring_mb=peak_before,
         scoring_peak_mb=scoring_peak, peak_mb=max(peak_before, scoring_peak), peak_reset=reset,
         ru_maxrss_mb=ru_maxrss_mb(),
@@ -549,7 +506,7 @@ def _probe_main(arguments: str) -> None:
     print(json.dumps(figures.as_dict()))
 
 
-_PROBE_CODE = "import sys\nfrom anomdet.bench_score import _probe_main\n_probe_main(sys.argv[1])"
+_PROBE_CODE = "import sys\nfrom bench.scoring import _probe_main\n_probe_main(sys.argv[1])"
 
 
 def measure_memory(rows: int, config: ScoreBenchConfig) -> MemoryFigures:
@@ -577,10 +534,14 @@ def _flag_part(config: ScoreBenchConfig, note: Note) -> dict[str, Any]:
     with temporary_sqlite() as url:
         figures["sqlite"] = bench_flag_writes(url, "sqlite", config).as_dict()
     if not config.skip_postgres:
-        admin_url = config.postgres_url or os.environ.get(POSTGRES_URL_ENV, DEFAULT_POSTGRES_URL)
-        note("flag writes on PostgreSQL (temporary database)")
-        with temporary_postgres(admin_url) as url:
+        url = config.postgres_url or DEFAULT_POSTGRES_URL
+        note(f"flag writes on PostgreSQL at "
+             f"{sa.engine.make_url(url).render_as_string(hide_password=True)}")
+        engine = prepared_engine(url)
+        try:
             figures["postgresql"] = bench_flag_writes(url, "postgresql", config).as_dict()
+        finally:
+            remove_bench_versions(engine)
     return figures
 
 
@@ -702,8 +663,9 @@ def bench_score_command(
     orm_rows: int | None = typer.Option(None, min=1,
                                         help="flag rows for the ORM side (default: --flag-rows)"),
     postgres_url: str | None = typer.Option(
-        None, help=f"PostgreSQL server for a temporary database (default: ${POSTGRES_URL_ENV} "
-                   f"or {DEFAULT_POSTGRES_URL})"),
+        None, help="PostgreSQL database of the flag writes; anomdet's tables are created there "
+                   "if missing, and the benchmark's own rows are removed afterwards "
+                   f"(default: {DEFAULT_POSTGRES_URL})"),
     skip_postgres: bool = typer.Option(False, "--skip-postgres", help="flag writes on SQLite only"),
     score_rows: int = typer.Option(3_000, min=100, help="records scored end to end"),
     base_model: str = typer.Option("bundled", help="model of the scoring part"),

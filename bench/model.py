@@ -33,9 +33,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from anomdet.baseline import baseline_scores
+from anomdet.baseline import evaluate_baseline
 from anomdet.data import Split, normalise_text, split_records
-from anomdet.metrics import choose_threshold, classification_metrics
+from anomdet.metrics import choose_threshold
 from anomdet.model import (
     TrainConfig,
     configure_threads,
@@ -44,8 +44,10 @@ from anomdet.model import (
     predict_scores,
     quiet_transformers,
 )
+from anomdet.promotion import EvalResult
 from anomdet.settings import TrainingSettings
-from anomdet.training import Challenger, train_challenger
+from anomdet.training import Challenger, evaluate, train_challenger
+from bench.suite import BenchSet, default_suite, read_labelled_csv, run_suite, summarise
 
 logger = logging.getLogger(__name__)
 
@@ -59,8 +61,6 @@ StageProgress = Callable[[str, int, int], None]
 
 def load_split(data: Path, *, seed: int) -> Split:
     """The labelled CSV split like the retrain flow does: de-duplicated, stratified, seeded."""
-    from bench.suite import read_labelled_csv
-
     frame = read_labelled_csv(Path(data))
     fractions = TrainingSettings()  # the retrain flow's split, from its one home
     return split_records(frame, val_fraction=fractions.val_fraction,
@@ -78,12 +78,10 @@ def _stage(progress: StageProgress | None, stage: str) -> Callable[[int, int], N
     return lambda done, total: progress(stage, done, total)
 
 
-def _quality(prefix: str, labels: np.ndarray, val_labels: np.ndarray,
-             val_scores: np.ndarray, test_scores: np.ndarray) -> dict[str, float]:
-    threshold = choose_threshold(val_labels, val_scores)
-    metrics = classification_metrics(labels, test_scores, threshold)
+def _figures(prefix: str, result: EvalResult) -> dict[str, float]:
     keys = ("f1", "precision", "recall", "pr_auc", "roc_auc")
-    return {f"{prefix}{k}": float(metrics[k]) for k in keys} | {f"{prefix}threshold": threshold}
+    return ({f"{prefix}{k}": float(result.metrics[k]) for k in keys}
+            | {f"{prefix}threshold": result.threshold})
 
 
 def _timed_rate(marks: Sequence[tuple[float, int]], warmup: int) -> tuple[float, int]:
@@ -289,19 +287,17 @@ def run_benchmark(
                                 **overrides)
     challenger, info = _fine_tune(split, settings, progress)
     model, tokenizer, config = challenger.model, challenger.tokenizer, challenger.config
-    y_val, y_test = split.val["label"].to_numpy(), split.test["label"].to_numpy()
     kwargs = {"batch_size": config.eval_batch_size, "max_length": config.max_length}
     scoring_model = challenger.scoring_model
-    test_texts = split.test["text"].tolist()
-    test_scores = predict_scores(scoring_model, tokenizer, test_texts, **kwargs)
     # As in the retrain flow: thresholded on validation in the inference precision.
-    quality = _quality("", y_test, y_val, challenger.val_scores, test_scores)
+    ours = evaluate(scoring_model, tokenizer, split.test, challenger.threshold, **kwargs)
     # The fp32 model at its own threshold (the kept epoch's validation scores), to show
     # what the inference precision costs in quality.
-    fp32_test = (test_scores if scoring_model is model
-                 else predict_scores(model, tokenizer, test_texts, **kwargs))
-    fp32 = _quality("fp32_", y_test, y_val, challenger.result.val_scores, fp32_test)
-    baseline = _quality("baseline_", y_test, y_val, *baseline_scores(split, seed=seed))
+    fp32 = ours if scoring_model is model else evaluate(
+        model, tokenizer, split.test,
+        choose_threshold(split.val["label"].to_numpy(), challenger.result.val_scores,
+                         target_precision=settings.target_precision), **kwargs)
+    baseline = evaluate_baseline(split, seed=seed, target_precision=settings.target_precision)
     pool = pd.concat([split.test["text"], split.val["text"]]).tolist()
     bulk_rate = _bulk_scoring(scoring_model, tokenizer, pool[:scoring_rows], config, progress)
     scoring = scoring_throughput(model, tokenizer, pool[:pipeline_rows], repeats=repeats,
@@ -317,7 +313,9 @@ def run_benchmark(
         "epochs": config.epochs, "batch_size": config.batch_size,
         "learning_rate": config.learning_rate, "max_length": config.max_length,
         "inference_precision": challenger.precision, "val_pr_auc_int8": challenger.val_pr_auc_int8,
-        **info, **quality, **{k: fp32[k] for k in ("fp32_f1", "fp32_pr_auc")}, **baseline,
+        **info, **_figures("", ours),
+        "fp32_f1": float(fp32.metrics["f1"]), "fp32_pr_auc": float(fp32.metrics["pr_auc"]),
+        **_figures("baseline_", baseline),
         "bulk_scoring_texts_per_s": bulk_rate, "bulk_scoring_rows": len(pool[:scoring_rows]),
         **scoring, **training, "seconds": time.perf_counter() - started,
     }
@@ -443,8 +441,6 @@ def bench_command(
     Several --data or --suite: quality only, one row per set over --seeds split seeds.
     """
     from transformers.utils import logging as hf_logging
-
-    from bench.suite import BenchSet, default_suite, read_labelled_csv, run_suite, summarise
 
     quiet_transformers()
     hf_logging.disable_progress_bar()  # the rich bars below report progress instead

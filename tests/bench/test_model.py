@@ -13,8 +13,8 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from anomdet.bench import bench_command, load_split, shared_texts
 from anomdet.data import normalise_text
+from bench.model import bench_command, load_split, shared_texts
 
 SEED = 5
 KEYS = (

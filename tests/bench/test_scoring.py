@@ -1,6 +1,7 @@
 """The scoring benchmark on tiny sizes: every figure is present, positive and finite, the
-timed writes really store their rows, and the end-to-end path flags exactly the records
-whose score reaches the threshold."""
+timed writes really store their rows (the same rows on the bulk and the ORM side), the
+end-to-end path is the scoring task's own and flags exactly the records whose score reaches
+the threshold, and a PostgreSQL run leaves no rows of its own behind."""
 
 from __future__ import annotations
 
@@ -11,25 +12,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import sqlalchemy as sa
 import torch
 import typer
 from typer.testing import CliRunner
 
-from anomdet.bench_score import (
+import tasks.scoring
+from anomdet.model import load_base_model, predict_scores
+from anomdet.scoring import Scorer, score_id_range
+from bench import scoring as bench_scoring
+from bench.scoring import (
     ScoreBenchConfig,
     bench_flag_writes,
     bench_score_command,
     flag_threshold,
     new_model_version,
     prepared_engine,
-    score_unlabelled,
     seed_records,
     unlabelled_demo_frame,
 )
-from anomdet.model import load_base_model, predict_scores
-from anomdet.scoring import Scorer
 from db import repository as repo
 from db.engine import session_scope
+from db.models import Flag, ModelVersion
 from db.records import RecordsMapping
 
 FLAG_KEYS = ("backend", "bulk_rows", "bulk_seconds", "orm_rows", "orm_seconds",
@@ -67,6 +71,18 @@ def test_flag_writes_store_every_row_on_both_backends(db_url: str) -> None:
     with session_scope(engine) as session:
         # A warm-up write of 10, two bulk writes and one ORM write, each on its own version.
         assert repo.count_flags(session=session) == 10 + 2 * 300 + 120
+        rows = session.execute(
+            sa.select(ModelVersion.base_model, Flag.model_version_id, Flag.record_id,
+                      Flag.score, Flag.threshold, Flag.run_id)
+            .join(ModelVersion, ModelVersion.id == Flag.model_version_id)).all()
+    written: dict[tuple[str, int], list[tuple]] = {}
+    for label, version, *flag in sorted(rows, key=lambda r: (r[1], int(r.record_id))):
+        written.setdefault((label, version), []).append(tuple(flag))
+    bulk = [flags for (label, _), flags in written.items() if label == "bulk"]
+    (orm,) = [flags for (label, _), flags in written.items() if label == "orm"]
+    # The two paths store the same rows: each bulk write all 300, the ORM its first 120.
+    assert len(bulk) == 2 and bulk[0] == bulk[1] and len(bulk[0]) == 300
+    assert orm == bulk[0][:120]
 
 
 def test_threshold_flags_the_wanted_share_and_sits_between_scores() -> None:
@@ -98,12 +114,23 @@ def test_end_to_end_scoring_flags_scores_at_or_above_threshold(sqlite_url: str) 
     scores = predict_scores(model, tokenizer, texts, max_length=64)
     scorer = Scorer(model, tokenizer, flag_threshold(scores, 0.1), 64, 16)
     version = new_model_version(engine, "test")
-    summary, written = score_unlabelled(engine, mapping, scorer, version, chunk_size=60)
+    summary = score_id_range(scorer, engine, mapping, version_id=version, id_range=None,
+                             chunk_size=60)
     assert summary.scored == len(texts) and summary.skipped == 4
-    assert written == summary.flagged == int((scores >= scorer.threshold).sum()) == 25
-    again, rewritten = score_unlabelled(engine, mapping, scorer, version, chunk_size=60)
-    # A rerun for the same version flags the same records and stores nothing twice.
-    assert (again.flagged, rewritten) == (25, 0)
+    assert summary.flags_written == summary.flagged == 25
+    assert summary.flagged == int((scores >= scorer.threshold).sum())
+    with session_scope(engine) as session:
+        assert repo.count_scores(session=session, model_version_id=version) == len(frame)
+        assert repo.count_flags(session=session, model_version_id=version) == 25
+    again = score_id_range(scorer, engine, mapping, version_id=version, id_range=None,
+                           chunk_size=60)
+    # A rerun for the same version finds nothing left to score and stores nothing twice.
+    assert (again.scored, again.flags_written) == (0, 0)
+
+
+def test_benchmark_and_scoring_task_run_one_function() -> None:
+    # The figures measure the path the scoring flow runs, not a copy of it.
+    assert bench_scoring.score_id_range is tasks.scoring.score_id_range is score_id_range
 
 
 def test_command_writes_every_figure(tmp_path: Path) -> None:
@@ -135,3 +162,40 @@ def test_command_writes_every_figure(tmp_path: Path) -> None:
         assert run["scoring_peak_mb"] > 0 and run["rss_before_scoring_mb"] > 0
     assert _positive(result["memory"]["peak_ratio"])
     assert set(result["reached"]) == {"flag_speedup_sqlite", "e2e_ratio", "memory_peak_ratio"}
+
+
+@pytest.mark.postgres
+def test_postgres_flag_writes_go_to_the_given_database_and_leave_nothing(
+        postgres_url: str, tmp_path: Path) -> None:
+    engine = prepared_engine(postgres_url)
+    with session_scope(engine) as session:  # a version of another model must survive
+        session.add(ModelVersion(model_name="kept", version=1, status="candidate",
+                                 base_model="-", artifact_uri="-", weights_sha256="-",
+                                 data_fingerprint="-", hyperparameters={}, metrics={},
+                                 threshold=0.5))
+    out = tmp_path / "bench.json"
+    app = typer.Typer()
+    app.command()(bench_score_command)
+    outcome = CliRunner().invoke(app, [
+        "--json", str(out), "--postgres-url", postgres_url, "--flag-rows", "200",
+        "--score-rows", "100", "--base-model", "tiny-random", "--repeats", "1",
+        "--memory-sizes", "100", "--threads", "1",
+    ])
+    assert outcome.exit_code == 0, outcome.output
+    figures = json.loads(out.read_text())["flag_writes"]["postgresql"]
+    assert figures["bulk_rows"] == figures["orm_rows"] == 200
+    with session_scope(engine) as session:
+        names = session.scalars(sa.select(ModelVersion.model_name)).all()
+        assert names == ["kept"] and repo.count_flags(session=session) == 0
+
+
+def test_unreachable_postgres_is_one_error_line(tmp_path: Path) -> None:
+    app = typer.Typer()
+    app.command()(bench_score_command)
+    outcome = CliRunner().invoke(app, [
+        "--postgres-url", "postgresql+psycopg://nobody@127.0.0.1:1/none", "--flag-rows", "10",
+        "--score-rows", "100", "--memory-sizes", "100", "--base-model", "tiny-random",
+    ])
+    assert outcome.exit_code == 1
+    assert "error:" in outcome.output and "--skip-postgres" in outcome.output
+    assert "Traceback" not in outcome.output
