@@ -2,6 +2,10 @@
 
 A score is the model's probability that an example is anomalous (class 1); an
 example is predicted anomalous iff its score is at least the threshold.
+
+scikit-learn is imported inside the functions that use it: the settings check the
+promotion policy, which imports this module, and commands that only read the database
+(`status`, `flagged`, `models`) should start without loading it.
 """
 
 from __future__ import annotations
@@ -11,16 +15,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from sklearn.metrics import (
-    accuracy_score,
-    average_precision_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_curve,
-    precision_score,
-    recall_score,
-    roc_auc_score,
-)
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +94,8 @@ def choose_threshold(labels: Sequence[int] | np.ndarray, scores: np.ndarray, *,
     _both_classes(y, "choosing a threshold")
     if target_precision is not None and not 0.0 < target_precision <= 1.0:
         raise ValueError(f"target_precision must be in (0, 1], got {target_precision!r}")
+    from sklearn.metrics import precision_recall_curve
+
     precision, recall, thresholds = precision_recall_curve(y, s)
     # The curve's last point (precision 1, recall 0) has no threshold of its own.
     precision, recall = precision[:-1], recall[:-1]
@@ -137,6 +133,16 @@ def classification_metrics(labels: Sequence[int] | np.ndarray, scores: np.ndarra
     if not math.isfinite(threshold):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     predicted = (s >= threshold).astype(np.int64)
+    from sklearn.metrics import (
+        accuracy_score,
+        average_precision_score,
+        confusion_matrix,
+        f1_score,
+        precision_score,
+        recall_score,
+        roc_auc_score,
+    )
+
     tn, fp, fn, tp = (int(v) for v in confusion_matrix(y, predicted, labels=[0, 1]).ravel())
     one_class = y.min() == y.max()
     return {
