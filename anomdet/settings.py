@@ -66,8 +66,11 @@ class TrainingSettings(BaseModel):
     min_steps: int = Field(400, ge=1)
     max_steps: int | None = Field(1200, ge=1)
     batch_size: int = Field(16, ge=2, le=1024)
-    # Six-layer MiniLM-sized encoders fine-tune best around 1e-4; 5e-5 suits BERT-base.
-    learning_rate: float = Field(1e-4, gt=0, lt=1)
+    # The head starts fitted (see `probe_head`), so fine-tuning only adjusts the encoder.
+    # At 1e-4 it lost the probe's validation ranking within 70 steps on log lines (PR-AUC
+    # 1.0 -> 0.62); 3e-5 kept it, and scored higher on unseen log texts (mean F1 0.64
+    # against 0.60 over three splits) and on 1,300 SMS with 50 spam (0.88 against 0.79).
+    learning_rate: float = Field(3e-5, gt=0, lt=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0, lt=1)
     max_grad_norm: float = Field(1.0, gt=0)
