@@ -14,7 +14,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from scipy.stats import ks_2samp
 
 from anomdet.data import normalise_text
 
@@ -79,15 +78,18 @@ def profile(frame: pd.DataFrame, vocab: set[str] | frozenset[str], *, seed: int 
 
 @dataclass(frozen=True)
 class DriftBounds:
-    """Limits on drift; crossing one fails the gate or only warns, as configured."""
+    """Limits on drift; crossing one fails the gate or only warns, as configured.
+
+    Built by `anomdet.settings.DriftSettings.bounds()`, which holds the defaults.
+    """
 
     # The KS statistic (largest gap between the two length CDFs) rather than its
     # p-value: with thousands of rows any tiny shift is "significant".
-    max_length_ks: float = 0.25
-    max_oov_increase: float = 0.10
-    max_label_rate_change: float = 0.15
-    max_unseen_share: float = 1.0
-    on_breach: Literal["fail", "warn"] = "warn"
+    max_length_ks: float
+    max_oov_increase: float
+    max_label_rate_change: float
+    max_unseen_share: float
+    on_breach: Literal["fail", "warn"]
 
     def __post_init__(self) -> None:
         if self.on_breach not in ("fail", "warn"):
@@ -123,6 +125,10 @@ def compare(
                                "oov_rate": current.oov_rate, "reference": None}
     if reference is None:
         return DriftReport(figures=figures, breaches=(), on_breach=bounds.on_breach)
+    # Imported here: the settings check the bounds at every command's start, and SciPy's
+    # statistics take longer to import than the rest of that check.
+    from scipy.stats import ks_2samp
+
     ks = ks_2samp(np.asarray(reference.lengths), np.asarray(current.lengths))
     unseen = float(np.mean([h not in reference.text_hashes for h in current.text_hashes]))
     figures.update(

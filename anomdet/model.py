@@ -13,7 +13,7 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -199,27 +199,28 @@ def load_base_model(
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Fine-tuning hyperparameters (defaults and reasons live in anomdet.settings).
+    """Fine-tuning hyperparameters, built by `anomdet.training.train_config` from the
+    training settings, which hold the defaults and their reasons.
 
     The schedule is counted in optimizer steps: `epochs` passes over the distinct
     training texts, but never fewer than `min_steps` nor more than `max_steps`.
     """
 
-    epochs: int = 3
-    batch_size: int = 16
-    learning_rate: float = 1e-4
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    max_length: int = 128
-    patience: int = 3
-    seed: int = 42
-    eval_batch_size: int = 64
-    min_steps: int = 400
-    max_steps: int | None = 1200
-    evaluations: int = 6
-    anomaly_share: float = 0.25
-    probe_head: bool = True
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    warmup_ratio: float
+    weight_decay: float
+    max_grad_norm: float
+    max_length: int
+    patience: int
+    seed: int
+    eval_batch_size: int
+    min_steps: int
+    max_steps: int | None
+    evaluations: int
+    anomaly_share: float
+    probe_head: bool
 
     def total_steps(self, train_rows: int) -> int:
         """Optimizer steps for `train_rows` distinct training texts."""
@@ -509,6 +510,18 @@ class _Best:
         return True
 
 
+#: Fine-tuning logs its progress at least this often, so that a run's logs show it is
+#: alive and when it should end: validation checks log too, but can be minutes apart.
+PROGRESS_LOG_SECONDS = 30.0
+
+
+def _log_progress(step: int, steps: int, loss: float, epochs: float, rate: float,
+                  seconds_left: float) -> None:
+    minutes, seconds = divmod(int(seconds_left), 60)
+    logger.info("step %d/%d (%.1f epochs): train loss %.4f, %.0f samples/s, about %dm%02ds "
+                "left", step, steps, epochs, loss, rate, minutes, seconds)
+
+
 def fine_tune(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     train_texts: Sequence[str], train_labels: Sequence[int],
@@ -553,6 +566,7 @@ def fine_tune(
     optimizer = _optimizer(model, config)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(config.warmup_ratio * steps), steps)
     started, train_seconds, seen = time.perf_counter(), 0.0, 0
+    loop_started = logged = time.perf_counter()
     model.train()
     for step in range(1, steps + 1):
         tick = time.perf_counter()
@@ -564,6 +578,10 @@ def fine_tune(
         seen += len(index)
         if progress:
             progress(seen, steps * config.batch_size)
+        if time.perf_counter() - logged >= PROGRESS_LOG_SECONDS:
+            logged = time.perf_counter()
+            _log_progress(step, steps, float(np.mean(losses)), seen / len(ids),
+                          seen / train_seconds, (logged - loop_started) / step * (steps - step))
         if step not in checks:
             continue
         scores = _scores_from_ids(model, tokenizer, val_ids, config.eval_batch_size)
@@ -700,8 +718,3 @@ def load_artifact(directory: Path, *, expected_sha256: str | None = None,
     except ValueError as exc:
         raise ValueError(f"model artifact at {directory}: {exc}") from exc
     return loaded
-
-
-def train_config_dict(config: TrainConfig) -> dict[str, Any]:
-    """Hyperparameters as a plain dict, for the database and artifacts."""
-    return asdict(config)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -52,17 +52,6 @@ _SLACK = 1e-9
 RESAMPLE_CELLS_PER_CHUNK = 2_000_000
 
 Bounds = tuple[float | None, float | None]
-
-
-def _default_floors() -> Mapping[str, Bounds]:
-    # None by default: on hard data (noisy labels, hard negatives) the best model there
-    # is may sit below any fixed figure, and the baseline is the fairer bar.
-    return MappingProxyType({})
-
-
-def _default_guards() -> Mapping[str, float]:
-    # Ranking quality and recall are what an F1 gain can quietly trade away.
-    return MappingProxyType({"pr_auc": 0.02, "recall": 0.05})
 
 
 # eq=False: the fields hold numpy arrays, whose == is elementwise, so the generated
@@ -125,18 +114,21 @@ class PromotionPolicy:
     must_beat_baseline: the baseline check binds later runs too.
     bootstrap_resamples: paired resamples of the test split; 0 disables the check.
     confidence: two-sided level of the bootstrap interval whose lower end must be > 0.
+
+    Every field is required: the defaults live in `anomdet.settings.PromotionSettings`,
+    whose `policy()` builds this object.
     """
 
-    primary_metric: str = "f1"
-    floors: Mapping[str, Bounds] = field(default_factory=_default_floors)
-    min_absolute_improvement: float = 0.0
-    min_relative_improvement: float = 0.0
-    guard_metrics: Mapping[str, float] = field(default_factory=_default_guards)
-    first_run: FirstRunPolicy = "beat_baseline"
-    must_beat_baseline: bool = False
-    bootstrap_resamples: int = 1000
-    confidence: float = 0.95
-    seed: int = 0
+    primary_metric: str
+    floors: Mapping[str, Bounds]
+    min_absolute_improvement: float
+    min_relative_improvement: float
+    guard_metrics: Mapping[str, float]
+    first_run: FirstRunPolicy
+    must_beat_baseline: bool
+    bootstrap_resamples: int
+    confidence: float
+    seed: int
 
     def __post_init__(self) -> None:
         _known([self.primary_metric], "primary_metric")

@@ -13,13 +13,20 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from db.engine import DEFAULT_CONNECT_TIMEOUT, get_engine
-from db.records import RecordsMapping
+from db.records import RecordsMapping, check_identifier
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -41,8 +48,30 @@ class RecordsSettings(BaseModel):
 
     def mapping(self) -> RecordsMapping:
         """The checked mapping (raises ValueError on an unsafe or duplicated name)."""
-        return RecordsMapping(self.table, self.id_column, self.text_column, self.label_column,
-                              self.timestamp_column, self.schema_name)
+        return RecordsMapping(table=self.table, id_column=self.id_column,
+                              text_column=self.text_column, label_column=self.label_column,
+                              timestamp_column=self.timestamp_column, schema=self.schema_name)
+
+    @field_validator("table", "schema_name")
+    @classmethod
+    def _plain_name(cls, value: str | None, info: ValidationInfo) -> str | None:
+        what = "records table" if info.field_name == "table" else "records schema"
+        return value if value is None else check_identifier(value, what)
+
+    @field_validator("id_column", "text_column", "label_column", "timestamp_column")
+    @classmethod
+    def _own_column(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Checked per field, so that a refusal names the variable to change. An empty
+        # timestamp column means the table has none.
+        if not value:
+            return value
+        check_identifier(value, f"{str(info.field_name).removesuffix('_column')} column")
+        taken = [name for name in ("id_column", "text_column", "label_column")
+                 if name != info.field_name and info.data.get(name) == value]
+        if taken:
+            raise ValueError(f"column {value!r} is mapped already as {taken[0]}; the id, text, "
+                             "label and timestamp need a column each")
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> RecordsSettings:
@@ -118,6 +147,7 @@ class PromotionSettings(BaseModel):
     pr_auc_floor: float | None = Field(None, ge=0, le=1)
     min_absolute_improvement: float = Field(0.0, ge=0)
     min_relative_improvement: float = Field(0.0, ge=0)
+    # Ranking quality and recall are what an F1 gain can quietly trade away.
     guard_pr_auc_tolerance: float = Field(0.02, ge=0)
     guard_recall_tolerance: float = Field(0.05, ge=0)
     # A first challenger becomes champion when it reaches the TF-IDF + logistic-regression
@@ -130,10 +160,19 @@ class PromotionSettings(BaseModel):
     confidence: float = Field(0.95, gt=0.5, lt=1)
     seed: int = 0
 
+    @field_validator("primary_metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        # An unknown primary metric would otherwise surface only after training.
+        from anomdet.metrics import QUALITY_METRICS
+
+        if value not in QUALITY_METRICS:
+            raise ValueError(f"unknown metric {value!r}; use one of {', '.join(QUALITY_METRICS)}")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> PromotionSettings:
-        # An unknown primary metric would otherwise surface only after training.
-        self.policy()
+        self.policy()  # the rule's own checks, before any run
         return self
 
     def policy(self) -> PromotionPolicy:
@@ -157,24 +196,37 @@ class PromotionSettings(BaseModel):
 class ValidationSettings(BaseModel):
     """Bounds of the data gate (see `anomdet.validation.ValidationConfig`)."""
 
+    min_rows: int = Field(100, ge=1)
+    min_rows_per_class: int = Field(10, ge=1)
+    # Characters, after stripping whitespace, so that blank text fails.
+    text_min_length: int = Field(1, ge=1)
+    # The maxima are checked against the minima even when left at their default.
+    text_max_length: int = Field(20_000, ge=1, validate_default=True)
+    anomaly_rate_min: float = Field(0.001, ge=0, le=1)
+    anomaly_rate_max: float = Field(0.5, ge=0, le=1, validate_default=True)
+    max_duplicate_text_ratio: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("text_max_length", "anomaly_rate_max")
+    @classmethod
+    def _not_below_minimum(cls, value: float, info: ValidationInfo) -> float:
+        # On the maximum, so that the refusal names a variable; both are named.
+        minimum = str(info.field_name).replace("max", "min")
+        low = info.data.get(minimum)
+        if low is not None and value < low:
+            raise ValueError(f"below {variable_name(('validation', minimum))}={low}; raise "
+                             "the maximum or lower the minimum")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> ValidationSettings:
+        self.config()  # the gate's own checks, before any run
+        return self
+
     def config(self) -> ValidationConfig:
         """The validation module's config object."""
         from anomdet.validation import ValidationConfig
 
         return ValidationConfig(**self.model_dump())
-
-    min_rows: int = Field(100, ge=1)
-    min_rows_per_class: int = Field(10, ge=1)
-    text_min_length: int = Field(1, ge=1)
-    text_max_length: int = Field(20_000, ge=1)
-    anomaly_rate_min: float = Field(0.001, ge=0, le=1)
-    anomaly_rate_max: float = Field(0.5, ge=0, le=1)
-    max_duplicate_text_ratio: float = Field(0.5, ge=0, le=1)
-
-    @model_validator(mode="after")
-    def _check(self) -> ValidationSettings:
-        self.config()  # bounds that contradict each other are refused before any run
-        return self
 
 
 class DriftSettings(BaseModel):
@@ -186,6 +238,11 @@ class DriftSettings(BaseModel):
     max_unseen_share: float = Field(1.0, ge=0, le=1)
     # Drift is reported on every run; by default crossing a bound only warns.
     on_breach: Literal["fail", "warn"] = "warn"
+
+    @model_validator(mode="after")
+    def _check(self) -> DriftSettings:
+        self.bounds()  # the drift module's own checks, before any run
+        return self
 
     def bounds(self) -> DriftBounds:
         """The drift module's bounds object."""
@@ -263,6 +320,38 @@ class Settings(BaseSettings):
 #: ANOMDET_ variables that are not settings: the CLI's traceback switch and the
 #: PostgreSQL database the test suite uses.
 NON_SETTING_VARIABLES = frozenset({"DEBUG", "TEST_POSTGRES_URL"})
+
+
+def variable_name(location: tuple[int | str, ...]) -> str:
+    """The ANOMDET_ variable of a setting, from its place in `Settings`."""
+    return "ANOMDET_" + "__".join(str(part) for part in location).upper()
+
+
+def describe_invalid(error: ValidationError) -> str:
+    """One line naming each refused variable and why, without pydantic's input dump.
+
+    A value is echoed back only when it is a plain number or a short word: the database
+    URL may hold a password.
+    """
+    problems = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        location = tuple(item["loc"])
+        if not location:  # the environment as a whole (unknown variables)
+            problems.append(message)
+            continue
+        fields = Settings.model_fields
+        group = fields.get(str(location[0]))
+        grouped = group is not None and isinstance(group.annotation, type) \
+            and issubclass(group.annotation, BaseModel)
+        name = variable_name(location) + ("__*" if grouped and len(location) == 1 else "")
+        value = item.get("input")
+        shown = (location != ("database_url",) and isinstance(value, str | int | float)
+                 and len(str(value)) <= 40)
+        # Messages of our own validators may name the variable already.
+        named = message if message.startswith(name) else f"{name}: {message}"
+        problems.append(named.replace(name, f"{name}={value}", 1) if shown else named)
+    return "; ".join(problems)
 
 
 def debug_requested(environ: Mapping[str, str] | None = None) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -40,16 +40,9 @@ def base_vocab(spec: str) -> frozenset[str]:
 
 
 def train_config(settings: TrainingSettings) -> TrainConfig:
-    """The model layer's config from the user's training settings."""
-    return TrainConfig(
-        epochs=settings.epochs, batch_size=settings.batch_size,
-        learning_rate=settings.learning_rate, warmup_ratio=settings.warmup_ratio,
-        weight_decay=settings.weight_decay, max_grad_norm=settings.max_grad_norm,
-        max_length=settings.max_length, patience=settings.patience, seed=settings.seed,
-        eval_batch_size=settings.eval_batch_size, min_steps=settings.min_steps,
-        max_steps=settings.max_steps, evaluations=settings.evaluations,
-        anomaly_share=settings.anomaly_share, probe_head=settings.probe_head,
-    )
+    """The model layer's config from the user's training settings: every field of
+    `TrainConfig` is a training setting of the same name."""
+    return TrainConfig(**{f.name: getattr(settings, f.name) for f in fields(TrainConfig)})
 
 
 @dataclass

@@ -74,15 +74,16 @@ _HINTS: dict[tuple[str, str | None], str] = {
 
 @dataclass(frozen=True)
 class ValidationConfig:
-    """Bounds of the data gate."""
+    """Bounds of the data gate, built by `anomdet.settings.ValidationSettings.config()`,
+    which holds the defaults."""
 
-    min_rows: int = 100
-    min_rows_per_class: int = 10
-    text_min_length: int = 1  # after stripping whitespace, so blank text fails
-    text_max_length: int = 20_000  # characters
-    anomaly_rate_min: float = 0.001
-    anomaly_rate_max: float = 0.5
-    max_duplicate_text_ratio: float = 0.5
+    min_rows: int
+    min_rows_per_class: int
+    text_min_length: int  # characters after stripping whitespace, so blank text fails
+    text_max_length: int  # characters
+    anomaly_rate_min: float
+    anomaly_rate_max: float
+    max_duplicate_text_ratio: float
 
     def __post_init__(self) -> None:
         counts = ("min_rows", "min_rows_per_class", "text_min_length", "text_max_length")
@@ -516,7 +517,7 @@ def _outcome(validation_result: Any, columns: set[str]) -> ExpectationOutcome:
 
 
 def validate_labelled(
-    frame: pd.DataFrame, config: ValidationConfig | None = None, *,
+    frame: pd.DataFrame, config: ValidationConfig, *,
     data_docs_dir: Path | None = None,
 ) -> ValidationReport:
     """Validate labelled records (columns id, text, label) with Great Expectations.
@@ -524,7 +525,6 @@ def validate_labelled(
     Bad data never raises: every problem becomes a failed outcome naming the offending
     ids. With `data_docs_dir`, GE's Data Docs site is built there as well.
     """
-    config = config or ValidationConfig()
     data = _prepare_frame(frame)
     with _quiet_great_expectations():
         suite = build_suite(config, rows=int(data[LABEL_VALUE].notna().sum()))

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from anomdet.drift import DataProfile, DriftBounds, compare, oov_rate, profile
+from anomdet.drift import DataProfile, compare, oov_rate, profile
+from tests.configs import drift_bounds
 
 VOCAB = frozenset({"user", "signed", "in", "from", "office", "payment", "settled"})
 
@@ -19,7 +20,7 @@ def _frame(texts: list[str], rate: float, seed: int = 0) -> pd.DataFrame:
 def test_same_data_shows_no_drift() -> None:
     texts = [f"user {i} signed in from office" for i in range(500)]
     ref = profile(_frame(texts, 0.1), VOCAB)
-    report = compare(ref, profile(_frame(texts, 0.1), VOCAB), DriftBounds(on_breach="fail"))
+    report = compare(ref, profile(_frame(texts, 0.1), VOCAB), drift_bounds(on_breach="fail"))
     assert report.figures["length_ks_statistic"] == 0.0
     assert report.figures["unseen_share"] == 0.0
     assert report.breaches == () and not report.blocks
@@ -29,19 +30,19 @@ def test_shifted_data_crosses_bounds_and_fail_mode_blocks() -> None:
     ref = profile(_frame([f"user {i} signed in from office" for i in range(500)], 0.05), VOCAB)
     long_foreign = [f"zzkx qqwv payment {i} " + "blorf " * 30 for i in range(500)]
     current = profile(_frame(long_foreign, 0.4, seed=1), VOCAB)
-    report = compare(ref, current, DriftBounds(on_breach="fail"))
+    report = compare(ref, current, drift_bounds(on_breach="fail"))
     assert report.figures["length_ks_statistic"] > 0.9
     assert report.figures["oov_rate_change"] > 0.5
     assert report.figures["unseen_share"] == 1.0
     names = " ".join(report.breaches)
     assert "text length" in names and "out-of-vocabulary" in names and "label rate" in names
     assert report.blocks
-    assert not compare(ref, current, DriftBounds(on_breach="warn")).blocks
+    assert not compare(ref, current, drift_bounds(on_breach="warn")).blocks
 
 
 def test_first_run_has_figures_but_no_reference() -> None:
     current = profile(_frame(["user signed in"] * 10, 0.2), VOCAB)
-    report = compare(None, current, DriftBounds())
+    report = compare(None, current, drift_bounds())
     assert report.figures["reference"] is None and report.figures["rows"] == 10
     assert report.summary()["breaches"] == []
 
@@ -58,6 +59,6 @@ def test_oov_rate_counts_words_missing_from_the_vocabulary() -> None:
 
 def test_bounds_are_checked() -> None:
     with pytest.raises(ValueError, match="on_breach"):
-        DriftBounds(on_breach="explode")  # type: ignore[arg-type]
+        drift_bounds(on_breach="explode")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_length_ks"):
-        DriftBounds(max_length_ks=2)
+        drift_bounds(max_length_ks=2)

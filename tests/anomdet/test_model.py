@@ -15,7 +15,6 @@ from anomdet.model import (
     TINY_RANDOM,
     BalancedBatches,
     MeanPooledBertForSequenceClassification,
-    TrainConfig,
     distinct_texts,
     encode,
     fine_tune,
@@ -28,6 +27,7 @@ from anomdet.model import (
     save_artifact,
     token_budget_batches,
 )
+from tests.configs import train_config
 
 
 def _toy(n: int = 400, seed: int = 0) -> tuple[list[str], np.ndarray]:
@@ -45,8 +45,8 @@ def _toy(n: int = 400, seed: int = 0) -> tuple[list[str], np.ndarray]:
 def trained() -> tuple:
     texts, labels = _toy()
     model, tok = load_base_model(TINY_RANDOM, seed=3)
-    config = TrainConfig(epochs=3, learning_rate=1e-3, max_length=32, seed=3, batch_size=16,
-                         min_steps=60)
+    config = train_config(epochs=3, learning_rate=1e-3, max_length=32, seed=3, batch_size=16,
+                          min_steps=60)
     result = fine_tune(model, tok, texts[:300], labels[:300], texts[300:], labels[300:], config)
     return model, tok, texts, labels, result
 
@@ -67,7 +67,7 @@ def test_training_is_repeatable_under_a_seed() -> None:
     runs = []
     for _ in range(2):
         model, tok = load_base_model(TINY_RANDOM, seed=9)
-        config = TrainConfig(epochs=1, learning_rate=1e-3, max_length=24, seed=9, min_steps=20)
+        config = train_config(epochs=1, learning_rate=1e-3, max_length=24, seed=9, min_steps=20)
         fine_tune(model, tok, texts[:80], labels[:80], texts[80:], labels[80:], config)
         runs.append(predict_scores(model, tok, texts[80:], max_length=24))
     np.testing.assert_allclose(runs[0], runs[1], rtol=0, atol=1e-6)
@@ -118,7 +118,7 @@ def test_training_sees_each_distinct_text_once_with_its_majority_label() -> None
 
 @pytest.mark.parametrize(("rows", "steps"), [(100, 40), (1600, 300), (100_000, 500)])
 def test_schedule_counts_steps_with_a_floor_and_a_cap(rows: int, steps: int) -> None:
-    config = TrainConfig(epochs=3, batch_size=16, min_steps=40, max_steps=500)
+    config = train_config(epochs=3, batch_size=16, min_steps=40, max_steps=500)
     assert config.total_steps(rows) == steps
 
 
@@ -138,7 +138,7 @@ def test_probed_head_gives_the_regressions_log_odds_and_ranks_before_any_step() 
     texts, labels = _toy(300, seed=4)
     model, tok = load_base_model(TINY_RANDOM, seed=4)
     ids, _ = encode(tok, texts[:200], 32)
-    assert probe_head(model, tok, ids, labels[:200], TrainConfig(), np.random.default_rng(0))
+    assert probe_head(model, tok, ids, labels[:200], train_config(), np.random.default_rng(0))
     model.eval()
     batch = tok(texts[200:], padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -156,8 +156,8 @@ def test_fine_tuning_keeps_the_probed_start_when_no_step_beats_it() -> None:
     texts, labels = _toy(300, seed=5)
     model, tok = load_base_model(TINY_RANDOM, seed=5)
     # A learning rate this high wrecks the encoder at once: no check can beat the start.
-    config = TrainConfig(learning_rate=0.5, max_length=32, seed=5, min_steps=12, max_steps=12,
-                         evaluations=3, patience=3, warmup_ratio=0.0)
+    config = train_config(learning_rate=0.5, max_length=32, seed=5, min_steps=12, max_steps=12,
+                          evaluations=3, patience=3, warmup_ratio=0.0)
     ids, _ = encode(tok, texts[:200], 32)
     probed, _ = load_base_model(TINY_RANDOM, seed=5)
     probe_head(probed, tok, ids, labels[:200], config, np.random.default_rng(config.seed))
@@ -172,7 +172,7 @@ def test_a_random_head_is_kept_when_probing_is_off() -> None:
     texts, labels = _toy(200, seed=6)
     model, tok = load_base_model(TINY_RANDOM, seed=6)
     start = model.classifier.weight.detach().clone()
-    config = TrainConfig(probe_head=False, max_length=32, min_steps=1, max_steps=1, evaluations=1)
+    config = train_config(probe_head=False, max_length=32, min_steps=1, max_steps=1, evaluations=1)
     result = fine_tune(model, tok, texts[:150], labels[:150], texts[150:], labels[150:], config)
     assert result.best_epoch == 1
     assert not torch.equal(model.classifier.weight, start)  # one step moved it, no probe

@@ -20,15 +20,16 @@ from anomdet.promotion import (
     decide,
     paired_bootstrap,
 )
+from tests.configs import promotion_policy
 
 LABELS = np.array([0, 1] * 10)
 SCORES = np.linspace(0.05, 0.95, 20)
 GOOD = {"f1": 0.80, "pr_auc": 0.85, "recall": 0.75, "precision": 0.85}
 # Rule tests below judge the metric dictionaries alone; the bootstrap has its own tests.
 # The floors and first-run policy these tests were written for, stated explicitly.
-NO_BOOTSTRAP = PromotionPolicy(bootstrap_resamples=0,
-                               floors={"f1": (0.5, None), "pr_auc": (0.5, None)},
-                               first_run="promote_if_floors_pass")
+NO_BOOTSTRAP = promotion_policy(bootstrap_resamples=0,
+                                floors={"f1": (0.5, None), "pr_auc": (0.5, None)},
+                                first_run="promote_if_floors_pass")
 
 
 def _result(metrics: dict[str, Any], labels: np.ndarray = LABELS,
@@ -201,7 +202,7 @@ def test_bootstrap_lets_a_clearly_better_challenger_win() -> None:
     champion = _champion()
     rng = np.random.default_rng(1)
     challenger = _evaluated(champion.labels, champion.labels * 0.6 + rng.random(500) * 0.4)
-    decision = decide(challenger, champion, PromotionPolicy())
+    decision = decide(challenger, champion, promotion_policy())
     assert decision.promote, decision.reason
     boot = decision.bootstrap
     assert boot is not None and boot["ci_low"] > 0 and boot["p_value"] == 0.0
@@ -218,7 +219,7 @@ def test_bootstrap_rejects_a_challenger_that_is_the_champion_plus_noise() -> Non
         challenger = _evaluated(champion.labels, _noisy(champion.scores, seed))
         if challenger.metrics["f1"] > champion.metrics["f1"]:
             break
-    relaxed = PromotionPolicy(floors={}, guard_metrics={})
+    relaxed = promotion_policy(floors={}, guard_metrics={})
     decision = decide(challenger, champion, relaxed)
     assert not decision.promote
     assert _failed(decision) == ["bootstrap:f1"]
@@ -276,8 +277,8 @@ def test_bootstrap_on_a_ranking_primary_metric() -> None:
     champion = _champion()
     better = _evaluated(champion.labels,
                         champion.labels * 0.6 + np.random.default_rng(1).random(500) * 0.4)
-    decision = decide(better, champion, PromotionPolicy(primary_metric="pr_auc",
-                                                        bootstrap_resamples=300))
+    decision = decide(better, champion, promotion_policy(primary_metric="pr_auc",
+                                                         bootstrap_resamples=300))
     assert decision.promote and decision.bootstrap is not None
     assert decision.bootstrap["metric"] == "pr_auc" and decision.bootstrap["ci_low"] > 0
 
@@ -300,30 +301,37 @@ def test_bootstrap_on_a_ranking_primary_metric() -> None:
 ])
 def test_policy_rejects_bad_settings(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        PromotionPolicy(**kwargs)
+        promotion_policy(**kwargs)
 
 
 def test_policy_is_frozen_hashable_and_picklable() -> None:
-    policy = PromotionPolicy(floors={"f1": [0.6, None]})
+    policy = promotion_policy(floors={"f1": [0.6, None]})
     assert policy.floors["f1"] == (0.6, None)
     with pytest.raises(dataclasses.FrozenInstanceError):
         policy.seed = 3  # type: ignore[misc]
     with pytest.raises(TypeError):
         policy.floors["recall"] = (0.1, None)  # type: ignore[index]
-    assert hash(policy) == hash(PromotionPolicy(floors={"f1": (0.6, None)}))
+    assert hash(policy) == hash(promotion_policy(floors={"f1": (0.6, None)}))
     assert pickle.loads(pickle.dumps(policy)) == policy
 
 
-def test_settings_build_a_valid_policy() -> None:
+def test_the_settings_are_the_policys_only_defaults() -> None:
     from anomdet.settings import PromotionSettings
 
-    policy = PromotionSettings().policy()
-    assert policy == PromotionPolicy()
+    with pytest.raises(TypeError):
+        PromotionPolicy()  # type: ignore[call-arg]
+    settings = PromotionSettings(primary_metric="pr_auc", f1_floor=0.4,
+                                 guard_recall_tolerance=0.1, first_run="always")
+    policy = settings.policy()
+    assert policy.primary_metric == "pr_auc" and policy.first_run == "always"
+    assert dict(policy.floors) == {"f1": (0.4, None)}
+    assert dict(policy.guard_metrics) == {"pr_auc": settings.guard_pr_auc_tolerance,
+                                          "recall": 0.1}
 
 
 # --- the TF-IDF baseline as the first run's bar -------------------------------------------
 
-BASELINE_POLICY = PromotionPolicy(bootstrap_resamples=200, first_run="beat_baseline")
+BASELINE_POLICY = promotion_policy(bootstrap_resamples=200, first_run="beat_baseline")
 
 
 def _scored(labels: np.ndarray, flagged: np.ndarray) -> EvalResult:

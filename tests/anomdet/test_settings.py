@@ -3,6 +3,7 @@ refused with the variable's name, and variables that set nothing are refused."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 
@@ -10,9 +11,13 @@ import pytest
 from pydantic import ValidationError
 
 from anomdet.settings import (
+    DriftSettings,
     Settings,
+    TrainingSettings,
+    ValidationSettings,
     check_environment,
     debug_requested,
+    describe_invalid,
     setting_variables,
 )
 
@@ -109,3 +114,57 @@ def test_every_setting_has_a_variable_and_the_others_are_named() -> None:
                                            ("", False), ("off", False)])
 def test_debug_switch(value: str, on: bool) -> None:
     assert debug_requested({"ANOMDET_DEBUG": value}) is on
+
+
+def test_the_domains_config_objects_have_no_defaults_of_their_own() -> None:
+    from anomdet.drift import DriftBounds
+    from anomdet.model import TrainConfig
+    from anomdet.promotion import PromotionPolicy
+    from anomdet.validation import ValidationConfig
+
+    for config in (TrainConfig, PromotionPolicy, ValidationConfig, DriftBounds):
+        defaulted = [f.name for f in dataclasses.fields(config)
+                     if f.default is not dataclasses.MISSING
+                     or f.default_factory is not dataclasses.MISSING]
+        assert defaulted == [], f"{config.__name__} defaults {defaulted}"
+
+
+def test_the_configs_are_built_from_the_settings() -> None:
+    from anomdet.training import train_config
+
+    training = TrainingSettings(learning_rate=2e-5, max_steps=None, probe_head=False)
+    config = train_config(training)
+    assert (config.learning_rate, config.max_steps, config.probe_head) == (2e-5, None, False)
+    assert config.min_steps == training.min_steps and config.seed == training.seed
+    assert ValidationSettings(min_rows=7).config().min_rows == 7
+    assert DriftSettings(on_breach="fail").bounds().on_breach == "fail"
+
+
+@pytest.mark.parametrize(("variable", "value", "named"), [
+    ("ANOMDET_PROMOTION__PRIMARY_METRIC", "f2", "ANOMDET_PROMOTION__PRIMARY_METRIC=f2: unknown"),
+    ("ANOMDET_PROMOTION__F1_FLOOR", "1.5", "ANOMDET_PROMOTION__F1_FLOOR=1.5: "),
+    ("ANOMDET_VALIDATION__ANOMALY_RATE_MIN", "0.9",
+     "ANOMDET_VALIDATION__ANOMALY_RATE_MAX=0.5: below ANOMDET_VALIDATION__ANOMALY_RATE_MIN=0.9"),
+    ("ANOMDET_VALIDATION__TEXT_MAX_LENGTH", "0", "ANOMDET_VALIDATION__TEXT_MAX_LENGTH=0: "),
+    ("ANOMDET_VALIDATION__TEXT_MIN_LENGTH", "30000",
+     "ANOMDET_VALIDATION__TEXT_MAX_LENGTH=20000: below ANOMDET_VALIDATION__TEXT_MIN_LENGTH"),
+    ("ANOMDET_DRIFT__MAX_LENGTH_KS", "2", "ANOMDET_DRIFT__MAX_LENGTH_KS=2: "),
+    ("ANOMDET_RECORDS__LABEL_COLUMN", "text",
+     "ANOMDET_RECORDS__LABEL_COLUMN=text: column 'text' is mapped already"),
+    ("ANOMDET_RECORDS__TABLE", "a b", "ANOMDET_RECORDS__TABLE=a b: records table 'a b' is not"),
+])
+def test_a_refused_setting_is_named_by_its_variable(
+        monkeypatch: pytest.MonkeyPatch, variable: str, value: str, named: str) -> None:
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    line = describe_invalid(caught.value)
+    assert line.startswith(named) and "\n" not in line
+
+
+def test_a_refused_database_url_is_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANOMDET_DATABASE_URL", "mysql://u:hunter2@h/db")
+    with pytest.raises(ValidationError) as caught:
+        Settings()
+    line = describe_invalid(caught.value)
+    assert line.startswith("ANOMDET_DATABASE_URL must be") and "hunter2" not in line

@@ -17,11 +17,11 @@ import pytest
 from anomdet.errors import DataValidationError
 from anomdet.validation import (
     ExpectationOutcome,
-    ValidationConfig,
     ValidationReport,
     build_suite,
     validate_labelled,
 )
+from tests.configs import validation_config
 
 NOT_NULL = "expect_column_values_to_not_be_null"
 IN_SET = "expect_column_values_to_be_in_set"
@@ -51,7 +51,7 @@ def failed(report: ValidationReport) -> set[tuple[str, str | None]]:
 
 def test_clean_records_pass_and_docs_are_built(tmp_path: Path) -> None:
     frame = records().assign(created_at=pd.Timestamp("2026-01-01"))
-    report = validate_labelled(frame, data_docs_dir=tmp_path / "docs")
+    report = validate_labelled(frame, validation_config(), data_docs_dir=tmp_path / "docs")
 
     assert report.success and report.failures() == () and report.rows == 120
     checked = {(o.expectation, o.column) for o in report.outcomes}
@@ -88,7 +88,7 @@ def test_record_level_problems_fail_naming_their_ids() -> None:
     # The same text (up to case and spacing) once anomalous and once normal.
     frame.loc[frame["id"] == 12, ["text", "label"]] = ["Card  declined twice", 1]
     frame.loc[frame["id"] == 20, ["text", "label"]] = ["card declined TWICE", 0]
-    report = validate_labelled(frame, ValidationConfig(text_max_length=1000))
+    report = validate_labelled(frame, validation_config(text_max_length=1000))
 
     assert not report.success and report.data_docs_index is None
     assert failed(report) == {
@@ -128,7 +128,7 @@ def test_record_level_problems_fail_naming_their_ids() -> None:
 def test_outcomes_are_sorted_failed_first_then_by_name_and_column() -> None:
     frame = records()
     frame.loc[0, "text"] = " "
-    report = validate_labelled(frame)
+    report = validate_labelled(frame, validation_config())
 
     keys = [(o.success, o.expectation, o.column or "") for o in report.outcomes]
     assert keys == sorted(keys)
@@ -168,7 +168,7 @@ def _duplicates() -> pd.DataFrame:
 def test_batch_level_problems_fail_the_right_expectation(
     make: Callable[[], pd.DataFrame], expected: set[tuple[str, str | None]]
 ) -> None:
-    report = validate_labelled(make())
+    report = validate_labelled(make(), validation_config())
 
     assert not report.success
     assert failed(report) == expected
@@ -176,7 +176,7 @@ def test_batch_level_problems_fail_the_right_expectation(
 
 
 def test_one_class_is_described_by_class_counts() -> None:
-    report = validate_labelled(records(120, anomalies=3), ValidationConfig(anomaly_rate_min=0))
+    report = validate_labelled(records(120, anomalies=3), validation_config(anomaly_rate_min=0))
 
     assert failed(report) == {(SUM, "label_value")}
     observed = outcome(report, SUM, "label_value").observed
@@ -188,7 +188,7 @@ def test_missing_columns_and_garbage_are_reported_not_raised() -> None:
         "id": [1, 2, 3, 4],
         "text": [["a", "list"], {"a": "dict"}, float("nan"), "fine"],
     })
-    report = validate_labelled(frame)
+    report = validate_labelled(frame, validation_config())
 
     assert not report.success
     assert outcome(report, "expect_column_to_exist", "label").observed == "missing"
@@ -200,7 +200,7 @@ def test_missing_columns_and_garbage_are_reported_not_raised() -> None:
 
 
 def test_build_suite_derives_the_per_class_bound_from_rows() -> None:
-    suite = build_suite(ValidationConfig(min_rows_per_class=10), rows=50)
+    suite = build_suite(validation_config(min_rows_per_class=10), rows=50)
 
     [per_class] = [e for e in suite.expectations
                    if e.expectation_type == SUM and e.column == "label_value"]
@@ -221,4 +221,4 @@ def test_build_suite_derives_the_per_class_bound_from_rows() -> None:
 )
 def test_config_rejects_impossible_bounds(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
-        ValidationConfig(**kwargs)
+        validation_config(**kwargs)
