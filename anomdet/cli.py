@@ -193,10 +193,10 @@ def _settings() -> Any:
     try:
         return Settings()
     except ValidationError as exc:
-        # One line per setting, without pydantic's input dump and documentation link.
-        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: "
-                             f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-        _fail(f"invalid configuration (ANOMDET_* environment variables): {problems}")
+        from anomdet.settings import describe_invalid
+
+        _fail("invalid configuration (ANOMDET_* environment variables): "
+              f"{describe_invalid(exc)}")
     except ValueError as exc:
         _fail(f"invalid configuration: {exc}")
 
@@ -298,6 +298,7 @@ def retrain(
     learning_rate: float = typer.Option(None, min=0, help="peak learning rate"),
 ) -> None:
     """Run the retraining flow once: exit 0 when it completes, promoted or not."""
+    _settings()  # every setting is checked before a model library loads
     _model_environment()
     _run_retrain(base_model, epochs, seed, max_train_rows, learning_rate)
 
@@ -317,8 +318,8 @@ def demo(
     Each demo run trains with another seed, as a nightly run on fresh data would
     produce another model, so the second run has a real challenger to judge.
     """
+    settings = _settings()  # every setting is checked before a model library loads
     _model_environment()
-    settings = _settings()
     from anomdet.demo import generate_demo_records
     from db.records import count_rows, upsert_records
 
@@ -376,8 +377,8 @@ def score(
     dask_workers: int = typer.Option(2, min=1, help="local Dask workers (with --task-runner dask)"),
 ) -> None:
     """Score unlabelled records that the champion has not scored yet."""
+    _settings()  # a bad setting is reported before a model library loads or a flow starts
     _model_environment()
-    _settings()  # a bad setting is reported before a flow run starts
     from flows.score import score as score_flow
     from flows.score import with_task_runner
 
@@ -512,6 +513,7 @@ def serve(
     timezone: str = typer.Option("UTC", help="time zone of both schedules"),
 ) -> None:
     """Serve the retraining and scoring deployments from this process (no worker needed)."""
+    _settings()  # a bad setting is reported now, not at the first scheduled run
     _model_environment()
     from flows.serve import serve_all
 

@@ -125,7 +125,7 @@ def test_a_database_url_that_is_not_one(command: list[str], tmp_path: Path,
     monkeypatch.setenv("ANOMDET_DATABASE_URL", "garbage")
     said = one_error(run(command, tmp_path))
     assert said == ("error: invalid configuration (ANOMDET_* environment variables): "
-                    "database_url: ANOMDET_DATABASE_URL is not a database URL; use e.g. "
+                    "ANOMDET_DATABASE_URL is not a database URL; use e.g. "
                     "sqlite:///anomdet.db or postgresql+psycopg://user@host/db"), said
 
 
