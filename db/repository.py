@@ -10,14 +10,15 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from dataclasses import dataclass, fields
+from typing import Any, Literal, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from db.models import Flag, ModelVersion, Run, Score, utcnow
+from db.models import RUN_DECISIONS, Flag, ModelVersion, Run, Score, utcnow
 from db.records import RecordsMapping, record_key, text_hash
 from db.records import _plain as plain_value
 
@@ -113,6 +114,54 @@ def finish_run(
     """Close a run with its final state, decision and reason in words."""
     return update_run(session=session, run_id=run_id, state=state, decision=decision,
                       reason=reason, ended_at=utcnow(), **fields)
+
+
+@dataclass(frozen=True)
+class RunProgress:
+    """What a running run has learnt so far. A field left None is not written, so each
+    step records only its own findings; `details` adds to what earlier steps recorded."""
+
+    data_fingerprint: str | None = None
+    validation: dict[str, Any] | None = None
+    drift: dict[str, Any] | None = None
+    test_rows: int | None = None
+    champion_version_id: int | None = None
+    challenger_metrics: dict[str, Any] | None = None
+    champion_metrics: dict[str, Any] | None = None
+    baseline_metrics: dict[str, Any] | None = None
+    details: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RunEnding:
+    """How a run ended: its final state, its decision and the reason in words."""
+
+    state: Literal["completed", "failed"]
+    decision: str
+    reason: str
+    challenger_version_id: int | None = None  # the version a promotion made
+
+    def __post_init__(self) -> None:
+        if self.state not in ("completed", "failed"):
+            raise ValueError(f"a run ends completed or failed, not {self.state!r}")
+        if self.decision not in RUN_DECISIONS:
+            raise ValueError(f"unknown run decision {self.decision!r}; "
+                             f"use one of {', '.join(RUN_DECISIONS)}")
+
+
+def record_progress(*, session: Session, run_id: int, progress: RunProgress) -> Run:
+    """Write what a running run has learnt; it stays `running`."""
+    found = {f.name: getattr(progress, f.name) for f in fields(progress)}
+    return update_run(session=session, run_id=run_id,
+                      **{name: value for name, value in found.items() if value is not None})
+
+
+def end_run(*, session: Session, run_id: int, ending: RunEnding) -> Run:
+    """Close a running run with how it ended."""
+    extra = ({} if ending.challenger_version_id is None
+             else {"challenger_version_id": ending.challenger_version_id})
+    return finish_run(session=session, run_id=run_id, state=ending.state,
+                      decision=ending.decision, reason=ending.reason, **extra)
 
 
 def close_abandoned_runs(

@@ -152,6 +152,35 @@ def test_runs_record_their_decisions(engine: sa.Engine) -> None:
             repo.update_run(session=session, run_id=run.id, nonsense=1)
 
 
+def test_a_run_records_progress_then_its_ending(engine: sa.Engine) -> None:
+    with session_scope(engine) as session:
+        run = repo.start_run(session=session, model_name="m")
+    with session_scope(engine) as session:
+        repo.record_progress(session=session, run_id=run.id, progress=repo.RunProgress(
+            test_rows=40, details={"checks": ["floor"]}))
+        # A later step adds its findings: what it leaves None keeps the earlier value.
+        repo.record_progress(session=session, run_id=run.id, progress=repo.RunProgress(
+            challenger_metrics={"f1": 0.7}, details={"training": [1]}))
+        during = repo.recent_runs(session=session, model_name="m")[0]
+        assert (during.state, during.ended_at, during.test_rows) == ("running", None, 40)
+        assert during.details == {"checks": ["floor"], "training": [1]}
+    with session_scope(engine) as session:
+        repo.end_run(session=session, run_id=run.id, ending=repo.RunEnding(
+            state="completed", decision="promoted", reason="better", challenger_version_id=3))
+        [ended] = repo.recent_runs(session=session, model_name="m")
+        assert (ended.state, ended.decision, ended.reason) == ("completed", "promoted", "better")
+        assert ended.challenger_version_id == 3 and ended.ended_at is not None
+        assert ended.challenger_metrics == {"f1": 0.7} and ended.test_rows == 40
+
+
+@pytest.mark.parametrize(("state", "decision", "message"), [
+    ("running", "promoted", "completed or failed"), ("completed", "maybe", "unknown run decision")])
+def test_a_run_ends_only_in_a_final_state_with_a_known_decision(
+        state: str, decision: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        repo.RunEnding(state=state, decision=decision, reason="x")  # type: ignore[arg-type]
+
+
 def test_records_are_read_by_mapping_in_chunks(engine: sa.Engine) -> None:
     with engine.connect() as conn:
         table = reflect_records_table(conn, MAPPING)
