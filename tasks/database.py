@@ -80,6 +80,27 @@ def record_run(settings: Settings, run_id: int, **fields: Any) -> None:
             repo.update_run(session=session, run_id=run_id, **fields)
 
 
+@task(name="record run progress", cache_policy=NO_CACHE, **IO_RETRIES)
+def record_progress(settings: Settings, run_id: int, progress: repo.RunProgress) -> None:
+    """Write what the run has learnt so far (validation, drift, metrics) to its row."""
+    with session_scope(get_engine(settings.database_url)) as session:
+        repo.record_progress(session=session, run_id=run_id, progress=progress)
+
+
+@task(name="end run", cache_policy=NO_CACHE, **IO_RETRIES)
+def end_run(settings: Settings, run_id: int, ending: repo.RunEnding) -> None:
+    """Close the run's row with its final state, its decision and the reason."""
+    with session_scope(get_engine(settings.database_url)) as session:
+        repo.end_run(session=session, run_id=run_id, ending=ending)
+
+
+@task(name="read top flagged records", cache_policy=NO_CACHE, **IO_RETRIES)
+def read_top_flagged(settings: Settings) -> list[dict[str, Any]]:
+    """The champion's highest-scoring flags with their text, from `anomdet_flagged`."""
+    with session_scope(get_engine(settings.database_url)) as session:
+        return repo.flagged_rows(session=session, limit=settings.top_flagged)
+
+
 @task(name="extract labelled records", cache_policy=NO_CACHE, **IO_RETRIES)
 def extract_labelled(settings: Settings) -> pd.DataFrame:
     """Read every labelled record, in chunks, under the standard column names."""

@@ -16,7 +16,7 @@ from anomdet.settings import Settings
 from db import repository as repo
 from db.engine import get_engine, migrate, session_scope
 from db.models import Run
-from db.records import RecordsMapping, ensure_records_table, upsert_records
+from db.records import RecordsMapping, ensure_records_table, text_hash, upsert_records
 from tests.tasks.conftest import Recorder
 
 
@@ -24,6 +24,9 @@ from tests.tasks.conftest import Recorder
     (td.prepare_database, "prepare database", 0),
     (td.start_run, "start run", 3),
     (td.record_run, "record run", 3),
+    (td.record_progress, "record run progress", 3),
+    (td.end_run, "end run", 3),
+    (td.read_top_flagged, "read top flagged records", 3),
     (td.extract_labelled, "extract labelled records", 3),
 ])
 def test_names_and_retries(task: object, name: str, retries: int) -> None:
@@ -97,3 +100,45 @@ def test_extract_reads_the_labelled_records_only(settings: Settings) -> None:
     labelled = td.extract_labelled.fn(settings)
     assert len(labelled) == 200 and {"id", "text", "label"} <= set(labelled.columns)
     assert sorted(labelled["id"]) == list(range(1, 201))
+
+
+def test_a_run_records_progress_then_ends(settings: Settings) -> None:
+    engine = get_engine(settings.database_url)
+    migrate(engine)
+    with session_scope(engine) as session:
+        run_id = repo.start_run(session=session, model_name=settings.model_name).id
+    td.record_progress.fn(settings, run_id, repo.RunProgress(test_rows=12))
+    with session_scope(engine) as session:
+        assert (session.get(Run, run_id).state, session.get(Run, run_id).test_rows) == (
+            "running", 12)
+    td.end_run.fn(settings, run_id, repo.RunEnding(state="failed", decision="failed_validation",
+                                                   reason="too few rows"))
+    with session_scope(engine) as session:
+        run = session.get(Run, run_id)
+        assert (run.state, run.decision, run.reason) == ("failed", "failed_validation",
+                                                         "too few rows")
+        assert run.test_rows == 12 and run.ended_at is not None
+
+
+def test_top_flagged_reads_the_view_highest_score_first(settings: Settings) -> None:
+    engine = get_engine(settings.database_url)
+    mapping = RecordsMapping()
+    table = ensure_records_table(engine, mapping)
+    frame = pd.DataFrame({"id": [1, 2, 3], "text": ["a", "b", "c"],
+                          "label": pd.array([None, None, None], dtype="Int64")})
+    with engine.begin() as conn:
+        upsert_records(conn, table, mapping, frame)
+    td.prepare_database.fn(settings)
+    with engine.connect() as conn:  # the hash the database gives each text
+        hashes = {i: conn.execute(sa.select(text_hash(sa.literal(t)))).scalar_one()
+                  for i, t in ((1, "a"), (2, "b"), (3, "c"))}
+    with session_scope(engine) as session:
+        repo.promote_new_version(
+            session=session, expected_champion_id=None, model_name=settings.model_name,
+            version=1, base_model="tiny-random", artifact_uri="/x", weights_sha256="0" * 64,
+            data_fingerprint="f" * 64, hyperparameters={}, metrics={}, threshold=0.5,
+            scores=[repo.ScoreRow(str(i), score, hashes[i])
+                    for i, score in ((1, 0.7), (2, 0.2), (3, 0.9))])
+    top = td.read_top_flagged.fn(settings.model_copy(update={"top_flagged": 1}))
+    assert [(str(r["record_id"]), r["text"]) for r in top] == [("3", "c")]
+
