@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from dataclasses import dataclass
 from typing import Any
 
 from anomdet.promotion import Decision
@@ -57,4 +58,179 @@ def decision_markdown(decision: Decision, challenger: dict[str, Any],
     for row in metrics_table(challenger, champion, baseline):
         lines.append(f"| {row['metric']} | {row['challenger']} | {row['champion']} | "
                      f"{row['difference']} | {row['baseline']} | {row['vs_baseline']} |")
+    return "\n".join(lines)
+
+
+# -- One line per run, for the run's state message and the terminal -------------------
+
+def _short(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def promoted_message(version: int, metric: str, challenger: dict[str, Any],
+                     champion: dict[str, Any] | None, champion_version: int | None,
+                     flagged: int) -> str:
+    """`promoted v4: f1 0.981 (+0.012 over v3), 312 records flagged`."""
+    value = challenger.get(metric)
+    figure = f"{metric} {_fmt3(value)}"
+    gain = _diff(value, champion.get(metric) if champion else None)
+    if champion_version is None:
+        figure += " (first champion)"
+    elif gain is not None:
+        figure += f" ({gain:+.3f} over v{champion_version})"
+    return f"promoted v{version}: {figure}, {flagged} records flagged"
+
+
+def rejected_message(decision: Decision, metric: str, challenger: dict[str, Any],
+                     champion: dict[str, Any] | None) -> str:
+    """`rejected: f1 gain +0.004 may be noise (95% interval [-0.010, +0.020])`, or the
+    first check that failed, in its own words."""
+    boot = decision.bootstrap
+    failed = decision.failed()
+    if failed and failed[0].name.startswith("bootstrap") and boot and champion:
+        gain = _diff(challenger.get(metric), champion.get(metric))
+        gain_text = f" {gain:+.3f}" if gain is not None else ""
+        return (f"rejected: {metric} gain{gain_text} may be noise ({boot['confidence']:.0%} "
+                f"interval [{boot['ci_low']:+.3f}, {boot['ci_high']:+.3f}])")
+    if failed:
+        return _short(f"rejected: {failed[0].name}: {failed[0].detail}")
+    return _short(f"rejected: {decision.reason}")
+
+
+def _fmt3(value: Any) -> str:
+    try:
+        return f"{float(value):.3f}"
+    except (TypeError, ValueError):
+        return "-"
+
+
+# -- The run's summary: what was trained, on what, and what changed --------------------
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Everything a retraining run's summary shows; `promoted_version` is None unless
+    the challenger became champion."""
+
+    model_name: str
+    run_id: int
+    settings: dict[str, Any]  # effective settings: base model, epochs, learning rate, ...
+    splits: dict[str, tuple[int, int]]  # split name -> (rows, anomalies)
+    training_seconds: float
+    history: list[dict[str, Any]]
+    challenger: dict[str, Any]
+    champion: dict[str, Any] | None
+    baseline: dict[str, Any] | None
+    champion_version: int | None
+    decision: Decision
+    message: str
+    promoted_version: int | None = None
+    flags_written: int | None = None
+    threshold: float | None = None
+    artifact_uri: str | None = None
+
+
+def summary_markdown(summary: RunSummary) -> str:
+    """The run in one page: verdict, settings, data, training, comparison, result."""
+    lines = [f"# Run {summary.run_id} of {_md(summary.model_name)}: {_md(summary.message)}", "",
+             "## Settings", "", "| setting | value |", "|---|---|"]
+    lines += [f"| {_md(k)} | {_md(_plain(v))} |" for k, v in summary.settings.items()]
+    lines += ["", "## Data", "", "| split | rows | anomalies |", "|---|---|---|"]
+    lines += [f"| {_md(name)} | {rows} | {anomalies} |"
+              for name, (rows, anomalies) in summary.splits.items()]
+    lines += ["", "## Training", "", f"Fine-tuning took {_duration(summary.training_seconds)}.",
+              ""] + _history_lines(summary.history)
+    against = (f"champion v{summary.champion_version}" if summary.champion_version is not None
+               else "no champion yet")
+    lines += ["", f"## Challenger against {against} and the TF-IDF baseline", "",
+              "| metric | challenger | champion | difference | TF-IDF baseline | vs baseline |",
+              "|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(row.values()) + " |"
+              for row in metrics_table(summary.challenger, summary.champion, summary.baseline)]
+    lines += ["", "## Decision", "", _md(summary.decision.reason), ""] + _result_lines(summary)
+    return "\n".join(lines)
+
+
+def _history_lines(history: list[dict[str, Any]]) -> list[str]:
+    if not history:
+        return ["No validation check ran."]
+    lines = ["| check | step | epochs | train loss | validation loss | validation PR-AUC | "
+             "samples/s |", "|---|---|---|---|---|---|---|"]
+    for row in history:
+        lines.append(f"| {row.get('epoch', '-')} | {row.get('step', '-')} | "
+                     f"{_plain(row.get('epochs_seen'))} | {_fmt(row.get('train_loss'))} | "
+                     f"{_fmt(row.get('val_loss'))} | {_fmt(row.get('val_pr_auc'))} | "
+                     f"{_rate(row.get('samples_per_s'))} |")
+    return lines
+
+
+def _result_lines(summary: RunSummary) -> list[str]:
+    if summary.promoted_version is None:
+        kept = (f"Champion v{summary.champion_version} stays; its flags are unchanged."
+                if summary.champion_version is not None else "There is still no champion.")
+        return [kept]
+    return [f"Version {summary.promoted_version} is champion now, at threshold "
+            f"{_fmt(summary.threshold)}; {summary.flags_written} records flagged.", "",
+            f"Model files: `{_md(summary.artifact_uri)}`", "",
+            f"Flagged records: {_code(flagged_sql(summary.model_name))}"]
+
+
+def flagged_sql(model_name: str) -> str:
+    """The query that lists the champion's flagged records, highest score first."""
+    quoted = model_name.replace("'", "''")
+    return f"SELECT * FROM anomdet_flagged WHERE model_name = '{quoted}' ORDER BY score DESC;"
+
+
+def _code(text: str) -> str:
+    # Inline code shows its text literally; a backtick inside would end it early.
+    return "`" + str(text).replace("`", "'") + "`"
+
+
+def _plain(value: Any, digits: int = 6) -> str:
+    """A setting or figure as people read it: floats without binary noise."""
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}"
+    return str(value)
+
+
+def _rate(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1f}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def drift_markdown(model_name: str, summary: dict[str, Any]) -> str:
+    """This batch against the champion's training data: figures, bounds broken, action."""
+    breaches = summary.get("breaches") or []
+    verdict = "within bounds" if not breaches else f"{len(breaches)} bound(s) exceeded"
+    lines = [f"# Drift of {_md(model_name)}'s records: {verdict}", "",
+             "| figure | this batch | champion's training data |", "|---|---|---|"]
+    reference = summary.get("reference") or {}
+    for name in ("rows", "label_rate", "oov_rate"):
+        lines.append(f"| {name} | {_md(_plain(summary.get(name), 4))} | "
+                     f"{_md(_plain(reference.get(name), 4))} |")
+    if not reference:
+        lines += ["", "No champion yet: nothing to compare against."]
+    lines += [""] + [f"- {_md(b)}" for b in breaches]
+    if breaches:
+        lines.append(f"\nOn breach: {_md(summary.get('on_breach', '-'))}.")
+    return "\n".join(lines)
+
+
+def scoring_markdown(model_name: str, version: int | None, threshold: float | None,
+                     summary: dict[str, Any]) -> str:
+    """A scoring run: what it scored, flagged and skipped, and where to read the flags."""
+    lines = [f"# Scoring with {_md(model_name)} v{version if version is not None else '-'}", "",
+             f"Threshold {_fmt(threshold)}: {summary.get('scored', 0)} records scored, "
+             f"{summary.get('flagged', 0)} flagged, {summary.get('skipped', 0)} skipped "
+             "(no text).", ""]
+    if summary.get("unkeyed"):
+        lines += [f"{summary['unkeyed']} records were not scored: their id is NULL or shared "
+                  "with another record.", ""]
+    lines.append(f"All flagged records: {_code(flagged_sql(model_name))}")
     return "\n".join(lines)
