@@ -24,7 +24,10 @@ def ui_progress(description: str, *, step_percent: float = 5.0) -> Callable[[int
         percent = 100.0 * done / max(1, total)
         if percent - last[0] >= step_percent or done >= total:
             last[0] = percent
-            update_progress_artifact(artifact_id=artifact_id, progress=min(100.0, percent))
+            # Whole percents, rounded down: the UI shows the figure as it is sent, and
+            # 100% only once the work is done.
+            update_progress_artifact(artifact_id=artifact_id,
+                                     progress=float(min(100, int(percent))))
         if done >= total:
             bar[0].close()
 
