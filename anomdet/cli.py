@@ -355,6 +355,7 @@ def import_csv(file: Path = typer.Argument(..., help="CSV with columns id,text a
     _environment()
     settings = _settings()
     from anomdet.csv_import import read_records_csv
+    from db.engine import migrate
     from db.records import target_id_column, upsert_records
 
     engine = settings.engine()
@@ -364,6 +365,8 @@ def import_csv(file: Path = typer.Argument(..., help="CSV with columns id,text a
         frame = read_records_csv(file, target_id_column(engine, mapping))
     except ValueError as exc:
         _fail(str(exc))
+    # After the file is accepted, so that a refused one leaves the database as it was.
+    migrate(engine)
     table = _records_table(engine, mapping)
     with engine.begin() as conn:
         written = upsert_records(conn, table, mapping, frame)

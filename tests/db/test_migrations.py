@@ -94,16 +94,20 @@ def test_alembic_command_line_refuses_a_bad_setting_in_one_line(sqlite_url: str)
     assert "ANOMDET_TRAINNG__EPOCHS" in result.stderr and "Traceback" not in result.stderr
 
 
-COMMANDS = [["status"], ["flagged"], ["models"], ["rollback", "1", "--reason", "test"]]
+COMMANDS = [["status"], ["flagged"], ["models"], ["rollback", "1", "--reason", "test"],
+            ["import-csv", "records.csv"]]
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: c[0])
 def test_every_command_leaves_the_migrated_schema(db_url: str, command: list[str],
+                                                  tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from anomdet.cli import app
 
+    csv = tmp_path / "records.csv"
+    csv.write_text("id,text,label\n1,a first record,0\n")
     monkeypatch.setenv("ANOMDET_DATABASE_URL", db_url)
-    CliRunner().invoke(app, command)
+    CliRunner().invoke(app, [str(csv) if arg == csv.name else arg for arg in command])
     engine = get_engine(db_url)
     assert _revision(engine) == HEAD
     assert _differences(engine) == []
