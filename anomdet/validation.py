@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import html
 import logging
-import math
 import numbers
 import os
 from collections.abc import Iterator
@@ -20,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pandas as pd
 
 from anomdet.data import normalise_text
+from db.records import plain
 
 if TYPE_CHECKING:
     import great_expectations as gx
@@ -208,14 +207,9 @@ def _md_cell(text: str) -> str:
     return html.escape(text).replace("|", "\\|").replace("\r", " ").replace("\n", " ")
 
 
-def _plain(value: Any) -> Any:
-    # numpy scalars print as np.int64(2) and are not JSON-serialisable; make them Python.
-    return value.item() if isinstance(value, np.generic) else value
-
-
 def _short(value: Any) -> str:
-    value = _plain(value)
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    value = plain(value)  # NaN too is None
+    if value is None:
         return "null"  # how a missing value reads in SQL, not pandas' nan
     text = repr(value)
     return text if len(text) <= _VALUE_CHARS else text[: _VALUE_CHARS - 3] + "..."
@@ -475,7 +469,7 @@ def _observed(config: Any, result: dict[str, Any], success: bool) -> str:
         if not success and result.get("partial_unexpected_list"):
             text += ", e.g. " + _distinct_examples(result["partial_unexpected_list"])
     else:
-        value = _plain(result.get("observed_value"))
+        value = plain(result.get("observed_value"))
         text = ("no values" if value is None
                 else f"{value:.4g}" if isinstance(value, float) else str(value))
     expected = _expected(kwargs)
@@ -486,7 +480,7 @@ def _example_ids(result: dict[str, Any]) -> tuple:
     ids: list[Any] = []
     for entry in result.get("unexpected_index_list") or []:
         if isinstance(entry, dict):
-            value = _plain(entry.get("id"))
+            value = plain(entry.get("id"))
         else:  # a row position: the frame has no id column
             value = f"row {entry}"
         if value not in ids:

@@ -11,15 +11,23 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.functions import FunctionElement
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas is imported by the functions that make frames: `status`, `flagged`, `models` and
+# `rollback` reach this module through the repository and make none, and would otherwise
+# pay half a second for it.
 
 logger = logging.getLogger(__name__)
 
@@ -171,6 +179,8 @@ def _standard_select(table: sa.Table, mapping: RecordsMapping) -> sa.Select:
 
 
 def _standardise(frame: pd.DataFrame) -> pd.DataFrame:
+    import pandas as pd
+
     if "created_at" not in frame.columns:
         frame["created_at"] = pd.NaT
     return frame[list(STANDARD_COLUMNS)]
@@ -184,6 +194,8 @@ def read_labelled(
     Labels are returned as stored, so validation can report bad values; only the texts
     '0' and '1' of a text-typed label column are read as the classes they name.
     """
+    import pandas as pd
+
     label = table.c[mapping.label_column]
     query = _standard_select(table, mapping).where(label.is_not(None))
     query = query.order_by(table.c[mapping.id_column])
@@ -335,6 +347,8 @@ def iter_unlabelled(
     Keyset pagination (id > last id) keeps each query cheap; ids are unique among the
     records it yields (see `_keyed`), so no record at a chunk's edge is skipped.
     """
+    import pandas as pd
+
     raw_id = _raw_id(table, mapping)
     base = _in_range(_work(table, mapping, version_id), raw_id, id_range)
     last: object | None = None
@@ -372,7 +386,7 @@ def id_ranges(
     numbered = sa.select(work.c.id, number.label("n")).subquery()
     starts = conn.execute(sa.select(numbered.c.id).where(numbered.c.n % size == 1 % size)
                           .order_by(numbered.c.n)).scalars().all()
-    bounds: list[object | None] = [None, *[_plain(b) for b in starts[1:]], None]
+    bounds: list[object | None] = [None, *[plain(b) for b in starts[1:]], None]
     return list(zip(bounds[:-1], bounds[1:], strict=True)), count
 
 
@@ -417,7 +431,7 @@ def upsert_records(
         raise ValueError(f"upsert is supported on SQLite and PostgreSQL, not {dialect}")
     names = {std: col for std, col in mapping.columns().items() if std in frame.columns}
     rows = [
-        {names[std]: _plain(value) for std, value in row.items() if std in names}
+        {names[std]: plain(value) for std, value in row.items() if std in names}
         for row in frame.to_dict(orient="records")
     ]
     stmt = insert(table)
@@ -428,14 +442,24 @@ def upsert_records(
     return len(rows)
 
 
-def _plain(value: object) -> object:
-    """pandas missing values and numpy scalars as plain Python values for the driver."""
-    if value is None or value is pd.NA or value is pd.NaT:
+def plain(value: object) -> object:
+    """`value` as the plain Python value that database drivers and JSON take: a numpy
+    scalar as the number (or string, bool) it holds, NaN and pandas' missing values as
+    None, a pandas timestamp as a datetime; anything else unchanged."""
+    # A numpy or pandas value exists only once its library is loaded, so the library is
+    # looked up rather than imported: callers that never hold one do not load it.
+    numpy = sys.modules.get("numpy")
+    if numpy is not None and isinstance(value, numpy.generic):
+        value = value.item()
+    if value is None or (isinstance(value, float) and value != value):
         return None
-    if isinstance(value, float) and value != value:
-        return None
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, pd.Timestamp):
-        return value.to_pydatetime()
+    pandas = sys.modules.get("pandas")
+    if pandas is not None:
+        if value is pandas.NA or value is pandas.NaT:
+            return None
+        if isinstance(value, pandas.Timestamp):
+            return value.to_pydatetime()
     return value
+
+
+_plain = plain  # the name db.repository imports
