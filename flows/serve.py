@@ -18,6 +18,7 @@ from prefect.schedules import Cron, Schedule
 from prefect.settings import get_current_settings
 
 from flows.retrain import retrain
+from flows.schedules import RETRAIN_CRON, SCORE_CRON, TIMEZONE
 from flows.score import score
 
 logger = logging.getLogger(__name__)
@@ -40,11 +41,12 @@ def _schedule(expression: str, timezone: str, what: str) -> Schedule:
         return Cron(expression, timezone=timezone)
     except ValueError as exc:
         raise ValueError(f"{what} {expression!r} is not a cron expression; give five "
-                         "fields, minute hour day month weekday, e.g. '0 2 * * *'") from exc
+                         f"fields, minute hour day month weekday, e.g. {RETRAIN_CRON!r}"
+                         ) from exc
 
 
-def served_deployments(retrain_cron: str = "0 2 * * *", score_cron: str = "15 * * * *",
-                       timezone: str = "UTC") -> list[RunnerDeployment]:
+def served_deployments(retrain_cron: str = RETRAIN_CRON, score_cron: str = SCORE_CRON,
+                       timezone: str = TIMEZONE) -> list[RunnerDeployment]:
     """The retraining and scoring deployments that `serve_all` serves, not yet registered."""
     retraining = retrain.to_deployment(
         name=RETRAIN_SERVED,
@@ -67,8 +69,8 @@ def served_deployments(retrain_cron: str = "0 2 * * *", score_cron: str = "15 * 
     return [retraining, scoring]
 
 
-def serve_all(retrain_cron: str = "0 2 * * *", score_cron: str = "15 * * * *",
-              timezone: str = "UTC", limit: int | None = 2) -> None:
+def serve_all(retrain_cron: str = RETRAIN_CRON, score_cron: str = SCORE_CRON,
+              timezone: str = TIMEZONE, limit: int | None = 2) -> None:
     """Register both deployments and run their flow runs here until interrupted.
 
     `retrain_cron` and `score_cron` are five-field cron expressions read in `timezone`
