@@ -133,10 +133,19 @@ class _NoFailureTracebacks(logging.Filter):
     keeps them, so the UI still shows the whole story."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith(("prefect", "anomdet", "db")):
+        if not record.name.startswith(("prefect", "anomdet", "db", "tasks")):
             return True
         failed = str(record.msg).startswith(("Finished in state Failed", "Encountered exception"))
         return record.levelno < logging.ERROR and not record.exc_info and not failed
+
+
+class _NoRoutineTaskEnds(logging.Filter):
+    """Drops each task's "Finished in state Completed()" on the terminal, where two dozen
+    of them would bury anomdet's own lines; the UI keeps them beside each task."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name == "prefect.task_runs"
+                    and str(record.msg).startswith("Finished in state Completed"))
 
 
 @contextmanager
@@ -146,20 +155,22 @@ def _flow_terminal() -> Iterator[None]:
     from prefect.logging.handlers import PrefectConsoleHandler
 
     handlers = [h for h in logging.getLogger().handlers if isinstance(h, PrefectConsoleHandler)]
-    quiet = None if _debug() else _NoFailureTracebacks()
+    filters: list[logging.Filter] = [_NoRoutineTaskEnds()]
+    if not _debug():
+        filters.append(_NoFailureTracebacks())
     # Set directly: setStream() would flush the old stream, which may be closed.
     streams = [(h, h.stream, h.console.file) for h in handlers]
     for handler in handlers:
         handler.stream = handler.console.file = sys.stderr
-        if quiet:
-            handler.addFilter(quiet)
+        for one in filters:
+            handler.addFilter(one)
     try:
         yield
     finally:
         for handler, stream, file in streams:
             handler.stream, handler.console.file = stream, file
-            if quiet:
-                handler.removeFilter(quiet)
+            for one in filters:
+                handler.removeFilter(one)
 
 
 # Prefect's temporary local API needs time to start on a small machine, and
@@ -168,7 +179,8 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "anomdet,db",
+    # anomdet's own loggers reach each run's logs in the UI (flows.logs sets their level).
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "anomdet,db,tasks",
 }
 
 
@@ -235,9 +247,17 @@ def _print_outcome(outcome: dict[str, Any]) -> None:
     out.print(f"decision: [bold]{outcome['decision']}[/] - {escape(str(outcome['reason']))}",
               highlight=False)
     if outcome["decision"] == "promoted":
+        from anomdet.report import flagged_sql
+
         out.print(f"version {outcome['promoted_version']} is now champion; "
                   f"{outcome['flags_written']} records flagged.")
-        out.print("query the flags with: SELECT * FROM anomdet_flagged ORDER BY score DESC;")
+        out.print(f"query the flags with: {flagged_sql(_settings().model_name)}", markup=False,
+                  highlight=False)
+    elif outcome.get("champion_version") is not None:
+        out.print(f"version {outcome['champion_version']} stays champion; its flags are "
+                  "unchanged.")
+    else:
+        out.print("there is still no champion, so nothing is flagged.")
 
 
 def _run_retrain(base_model: str | None, epochs: int | None, seed: int | None,

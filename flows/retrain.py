@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
 from prefect.transactions import transaction
 from pydantic import BaseModel, Field
 
@@ -13,9 +15,11 @@ from anomdet.artifact import MANIFEST_FILE, sha256_file
 from anomdet.data import fingerprint
 from anomdet.drift import DataProfile
 from anomdet.errors import DataValidationError, DriftError
+from anomdet.report import RunSummary, promoted_message, rejected_message
 from anomdet.settings import Settings
 from db.engine import get_engine, session_scope
 from db.repository import ChampionChanged, flagged_rows
+from flows.logs import show_domain_logs
 from tasks.database import extract_labelled, prepare_database, record_run, start_run
 from tasks.model import (
     evaluate_model,
@@ -29,9 +33,12 @@ from tasks.model import (
 from tasks.promotion import commit_promotion, decide_promotion, score_unlabelled, store_artifact
 from tasks.report import (
     publish_decision,
+    publish_drift,
     publish_flagged,
     publish_pr_curve,
+    publish_summary,
     publish_validation,
+    tag_run,
 )
 
 
@@ -53,9 +60,21 @@ def effective_settings(params: RetrainParams) -> Settings:
     return settings.model_copy(update={"training": type(training).model_validate(training)})
 
 
-@flow(name="retrain", log_prints=False)
-def retrain(params: RetrainParams | None = None) -> dict[str, Any]:
+def _run_name() -> str:
+    """`retrain-<model>-<date>-<time>`: the run list says what each run is."""
+    try:
+        model = Settings().model_name
+    except Exception:  # noqa: BLE001 - invalid settings fail the run itself, with the reason
+        model = "anomdet"
+    return f"retrain-{model}-{datetime.now(UTC):%Y-%m-%d-%H%M}"
+
+
+# The run ends in a state whose message says what happened (promoted v4: ..., rejected:
+# ...); calling the flow returns the outcome dict all the same.
+@flow(name="retrain", log_prints=False, flow_run_name=_run_name)
+def retrain(params: RetrainParams | None = None) -> State:
     """Retrain the detector and promote the challenger only if it beats the champion."""
+    show_domain_logs()
     params = params or RetrainParams()
     settings = effective_settings(params)
     prepare_database(settings)
@@ -65,42 +84,60 @@ def retrain(params: RetrainParams | None = None) -> dict[str, Any]:
     except DataValidationError as exc:
         record_run(settings, run_id, state="failed", decision="failed_validation",
                    reason=str(exc), validation=exc.report.summary())
-        raise
+        return _stopped_by_data(exc)
     except DriftError as exc:
         record_run(settings, run_id, state="failed", decision="failed_validation",
                    reason=str(exc), drift=exc.report.summary())
-        raise
+        return _stopped_by_data(exc)
     except Exception as exc:
         record_run(settings, run_id, state="failed", decision="failed",
                    reason=f"{type(exc).__name__}: {exc}")
         raise
 
 
-def _retrain(settings: Settings, run_id: int) -> dict[str, Any]:
+def _stopped_by_data(exc: ValueError) -> State:
+    """Failed, with the gate's own words as the message and no traceback: the data, not
+    the code, stopped the run. Calling the flow raises `exc`."""
+    tag_run("failed-validation")
+    return Failed(message=str(exc), data=exc)
+
+
+def _retrain(settings: Settings, run_id: int) -> State:
     logger = get_run_logger()
     frame = extract_labelled(settings)
     docs_dir = settings.artifact_root() / "validation" / f"run-{run_id}"
-    report = validate_records(frame, settings, docs_dir)
+    validated = validate_records(frame, settings, docs_dir, return_state=True)
+    try:
+        report = validated.result()
+    except DataValidationError as exc:  # the task failed: publish what failed, then stop
+        publish_validation(settings.model_name, exc.report)
+        raise
     publish_validation(settings.model_name, report)
     if not report.success:
         raise DataValidationError(report)
     champion = load_champion(settings)
     drift, data_profile = measure_drift(frame, champion[1] if champion else None, settings)
+    publish_drift(settings.model_name, drift.summary())
     record_run(settings, run_id, validation=report.summary(), drift=drift.summary(),
                data_fingerprint=fingerprint(frame))
     if drift.blocks:
         raise DriftError(drift)
     split = split_data(frame, settings)
+    logger.info("split: %s", ", ".join(f"{name} {rows} ({anomalies} anomalous)" for name,
+                                       (rows, anomalies) in _split_counts(split).items()))
     record_run(settings, run_id, test_rows=len(split.test))
     baseline = fit_baseline(split, settings)
     challenger = fine_tune_challenger(split, settings)
-    ch_eval = evaluate_model((challenger.scoring_model, challenger.tokenizer), split.test,
-                             challenger.threshold, challenger.config.max_length, settings)
+    ch_eval = evaluate_model.with_options(task_run_name="evaluate challenger")(
+        (challenger.scoring_model, challenger.tokenizer), split.test,
+        challenger.threshold, challenger.config.max_length, settings)
     champ_eval = None
     if champion is not None:
         row, loaded = champion
-        champ_eval = evaluate_model((loaded.model, loaded.tokenizer), split.test,
-                                    loaded.threshold, loaded.max_length, settings)
+        champ_eval = evaluate_model.with_options(
+            task_run_name=f"evaluate champion v{row.version}")(
+            (loaded.model, loaded.tokenizer), split.test, loaded.threshold, loaded.max_length,
+            settings)
     decision = decide_promotion(ch_eval, champ_eval, settings, baseline)
     champ_metrics = champ_eval.metrics if champ_eval else None
     publish_decision(settings.model_name, ch_eval.metrics, champ_metrics, decision,
@@ -120,30 +157,77 @@ def _retrain(settings: Settings, run_id: int) -> dict[str, Any]:
     }
     if not decision.promote:
         record_run(settings, run_id, state="completed", decision="rejected", reason=decision.reason)
-        logger.info("challenger not promoted: %s", decision.reason)
-        return {**outcome, "decision": "rejected", "reason": decision.reason}
+        message = rejected_message(decision, settings.promotion.primary_metric,
+                                   ch_eval.metrics, champ_metrics)
+        return _conclude(settings, {**outcome, "decision": "rejected", "reason": decision.reason},
+                         message, decision, challenger, split)
     try:
-        version_id, number, written = _promote(settings, run_id, challenger, ch_eval.metrics,
-                                               champion[0].id if champion else None,
-                                               fingerprint(split.train), data_profile)
+        version_id, number, written, artifact_uri = _promote(
+            settings, run_id, challenger, ch_eval.metrics, champion[0].id if champion else None,
+            fingerprint(split.train), data_profile)
     except ChampionChanged as exc:
         reason = f"{decision.reason} Promotion abandoned: {exc}."
         record_run(settings, run_id, state="completed", decision="rejected", reason=reason)
-        return {**outcome, "decision": "rejected", "reason": reason}
+        return _conclude(settings, {**outcome, "decision": "rejected", "reason": reason},
+                         f"rejected: promotion abandoned, {exc}", decision, challenger, split)
     record_run(settings, run_id, state="completed", decision="promoted", reason=decision.reason,
                challenger_version_id=version_id)
     with session_scope(get_engine(settings.database_url)) as session:
         top = flagged_rows(session=session, limit=settings.top_flagged)
     publish_flagged(settings.model_name, top)
-    return {**outcome, "decision": "promoted", "reason": decision.reason,
-            "promoted_version": number, "flags_written": written}
+    message = promoted_message(number, settings.promotion.primary_metric, ch_eval.metrics,
+                               champ_metrics, outcome["champion_version"], written)
+    return _conclude(settings, {**outcome, "decision": "promoted", "reason": decision.reason,
+                                "promoted_version": number, "flags_written": written},
+                     message, decision, challenger, split, artifact_uri)
+
+
+def _split_counts(split: Any) -> dict[str, tuple[int, int]]:
+    """Rows and anomalies of each side of the split."""
+    return {name: (len(frame), int(frame["label"].sum()))
+            for name, frame in (("train", split.train), ("validation", split.val),
+                                ("test", split.test))}
+
+
+def _conclude(settings: Settings, outcome: dict[str, Any], message: str, decision: Any,
+              challenger: Any, split: Any, artifact_uri: str | None = None) -> State:
+    """Publish the run's summary, tag the run with its decision, and end it with a state
+    whose message says what happened; the outcome is the state's result."""
+    promoted = outcome["decision"] == "promoted"
+    publish_summary(RunSummary(
+        model_name=settings.model_name, run_id=outcome["run_id"],
+        settings=_settings_shown(settings, challenger), splits=_split_counts(split),
+        training_seconds=challenger.result.seconds, history=challenger.result.history,
+        challenger=outcome["challenger"], champion=outcome["champion"],
+        baseline=outcome["baseline"], champion_version=outcome["champion_version"],
+        decision=decision, message=message,
+        promoted_version=outcome.get("promoted_version") if promoted else None,
+        flags_written=outcome.get("flags_written"), threshold=challenger.threshold,
+        artifact_uri=artifact_uri))
+    tag_run(outcome["decision"])
+    get_run_logger().info(message)
+    return Completed(message=message, data={**outcome, "message": message})
+
+
+def _settings_shown(settings: Settings, challenger: Any) -> dict[str, Any]:
+    """The settings that made this challenger, as it was trained and will score."""
+    t = settings.training
+    return {"base model": challenger.base_model, "epochs": t.epochs,
+            "optimizer steps": challenger.result.steps, "learning rate": t.learning_rate,
+            "batch size": t.batch_size, "seed": t.seed, "split seed": t.split_seed,
+            "max length": challenger.config.max_length, "precision": challenger.precision,
+            "threshold": round(float(challenger.threshold), 4),
+            "max train rows": t.max_train_rows}
 
 
 def _promote(settings: Settings, run_id: int, challenger: Any, metrics: dict[str, Any],
              expected_champion_id: int | None, data_fingerprint: str,
-             data_profile: DataProfile) -> tuple[int, int, int]:
+             data_profile: DataProfile) -> tuple[int, int, int, str]:
     """Store, insert, move and flag as one unit: on any failure the artifact is removed
-    (Prefect transaction rollback) and the database transaction leaves no row."""
+    (Prefect transaction rollback) and the database transaction leaves no row.
+
+    Returns the version's id and number, the records flagged, and the model's folder.
+    """
     meta = {"threshold": challenger.threshold, "metrics": metrics,
             "data_profile": data_profile.to_dict(),
             "base_model": challenger.base_model, "max_length": challenger.config.max_length,
@@ -164,4 +248,4 @@ def _promote(settings: Settings, run_id: int, challenger: Any, metrics: dict[str
             },
             scores=scores,
         )
-    return version_id, number, summary.flagged
+    return version_id, number, summary.flagged, str(directory)

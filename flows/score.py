@@ -10,25 +10,56 @@ simply run again and picks up what is left.
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import UTC, datetime
 
 from prefect import Flow, flow, get_run_logger, unmapped
+from prefect.runtime import task_run
+from prefect.states import Completed, State
 
 from anomdet.settings import Settings
+from flows.logs import show_domain_logs
 from tasks.database import prepare_database
+from tasks.report import new_flags, publish_scoring
 from tasks.scoring import finish_scoring, plan_scoring, score_range
 
 
-@flow(name="score", log_prints=False)
-def score(chunks: int = 4) -> dict[str, Any]:
-    """Score the unlabelled records the champion has not scored yet and write their flags."""
+def _run_name() -> str:
+    """`score-<model>-<date>-<time>`: the run list says what each run is."""
+    try:
+        model = Settings().model_name
+    except Exception:  # noqa: BLE001 - invalid settings fail the run itself, with the reason
+        model = "anomdet"
+    return f"score-{model}-{datetime.now(UTC):%Y-%m-%d-%H%M}"
+
+
+def _range_name() -> str:
+    """`score ids 1-5000`: each mapped task says which records it scores."""
+    low, high = task_run.parameters["id_range"]
+    return f"score ids {'start' if low is None else low}-{'end' if high is None else high}"
+
+
+@flow(name="score", log_prints=False, flow_run_name=_run_name)
+def score(chunks: int = 4) -> State:
+    """Score the unlabelled records the champion has not scored yet and write their flags.
+
+    The run ends Completed with a message that says what it did; calling the flow returns
+    the summary dict. No champion yet is an expected state, not a failure.
+    """
+    show_domain_logs()
+    started = datetime.now(UTC)
     settings = Settings()
     prepare_database(settings)
     plan = plan_scoring(settings, chunks)
     if plan is None:
-        raise ValueError("there is no champion yet: run `anomdet retrain` first")
+        message = (f"nothing scored: {settings.model_name!r} has no champion yet; "
+                   "`anomdet retrain` makes one")
+        get_run_logger().info(message)
+        return Completed(message=message, data={"model_version_id": None, "records": 0,
+                                                "scored": 0, "flagged": 0, "skipped": 0,
+                                                "message": message})
     # Settings is a pydantic model, which is iterable: mark it (and the plan) unmapped.
-    futures = score_range.map(unmapped(settings), unmapped(plan), plan.ranges)
+    futures = score_range.with_options(task_run_name=_range_name).map(
+        unmapped(settings), unmapped(plan), plan.ranges)
     summaries = [f.result() for f in futures]
     summary = finish_scoring(settings, plan, summaries)
     logger = get_run_logger()
@@ -38,7 +69,15 @@ def score(chunks: int = 4) -> dict[str, Any]:
         logger.warning("%d unlabelled records were not scored: their id is NULL or held by "
                        "another record too (e.g. %s); give each record an id of its own",
                        summary["unkeyed"], ", ".join(summary["unkeyed_example_ids"][:5]))
-    return summary
+    version, flags = new_flags(settings, plan.version_id, started)
+    publish_scoring(settings.model_name, version, dict(plan.recorded).get("threshold"), summary,
+                    flags)
+    message = (f"v{version}: {summary['scored']} records scored, {summary['flagged']} flagged"
+               if summary["scored"] or summary["skipped"]
+               else f"nothing new to score: v{version} has scored every unlabelled record")
+    logger.info(message)
+    return Completed(message=message, data={**summary, "message": message})
+
 
 
 def with_task_runner(flow_fn: Flow, name: str, workers: int = 2) -> Flow:

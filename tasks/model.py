@@ -7,10 +7,12 @@ from pathlib import Path
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
 
 from anomdet.baseline import evaluate_baseline
 from anomdet.data import Split, split_records
 from anomdet.drift import DataProfile, DriftReport, compare, profile
+from anomdet.errors import DataValidationError
 from anomdet.model import LoadedModel, load_artifact, recorded_scoring
 from anomdet.promotion import EvalResult
 from anomdet.settings import Settings
@@ -24,9 +26,16 @@ from tasks.progress import ui_progress
 
 @task(name="validate records", cache_policy=NO_CACHE)
 def validate_records(frame: pd.DataFrame, settings: Settings,
-                     data_docs_dir: Path | None = None) -> ValidationReport:
-    """Run the Great Expectations suite over the labelled records."""
-    return validate_labelled(frame, settings.validation.config(), data_docs_dir=data_docs_dir)
+                     data_docs_dir: Path | None = None) -> ValidationReport | State:
+    """Run the Great Expectations suite over the labelled records; a failed suite fails
+    this task, with what failed as its message (calling it raises DataValidationError)."""
+    report = validate_labelled(frame, settings.validation.config(), data_docs_dir=data_docs_dir)
+    if report.success:
+        return report
+    # Returned, not raised: the failure is the data's, so the UI shows its message
+    # rather than a traceback.
+    error = DataValidationError(report)
+    return Failed(message=str(error), data=error)
 
 
 @task(name="measure drift", cache_policy=NO_CACHE)

@@ -48,8 +48,8 @@ def test_scoring_without_champion_says_so(anomdet_env: str) -> None:
     from flows.score import score
 
     seed_records(anomdet_env, toy_records(200))
-    with pytest.raises(ValueError, match="no champion"):
-        score()
+    summary = score()  # an expected state, not a failure
+    assert summary["scored"] == 0 and "no champion yet" in summary["message"]
     with session_scope(get_engine(anomdet_env)) as session:
         assert repo.count_flags(session=session) == 0
 
