@@ -523,10 +523,33 @@ def rollback(
             target, run = repo.rollback_champion(
                 session=session, model_name=settings.model_name, version=version, reason=reason,
                 verify=lambda v: verify_artifact(Path(v.artifact_uri), v.weights_sha256))
+            previous = (session.get(type(target), run.champion_version_id)
+                        if run.champion_version_id is not None else None)
     except (ValueError, repo.ChampionChanged) as exc:
         _fail(str(exc))
+    _emit_rolled_back(settings.model_name, target.version,
+                      previous.version if previous else None, reason, run.id)
     out.print(f"version {target.version} is champion again (recorded as run {run.id}). "
               "Run `anomdet score` to flag records it has not scored yet.")
+
+
+def _emit_rolled_back(model_name: str, version: int, previous: int | None, reason: str,
+                      run_id: int) -> None:
+    """Tell a Prefect server about the rollback (its triggers may score, notify)."""
+    from prefect.settings import PREFECT_API_URL
+
+    # Without a configured server Prefect would start a temporary one for this event
+    # alone: tens of seconds for an event no automation can see, so none is sent.
+    if not PREFECT_API_URL.value():
+        return
+    from prefect.events.worker import EventsWorker
+
+    from tasks.events import emit_rolled_back
+
+    emit_rolled_back(model_name, version, previous_version=previous, reason=reason,
+                     run_id=run_id)
+    # Sent before the command returns, not at interpreter exit.
+    EventsWorker.instance().drain()
 
 
 @app.command()

@@ -21,6 +21,13 @@ from db.engine import get_engine, session_scope
 from db.repository import ChampionChanged, flagged_rows
 from flows.logs import show_domain_logs
 from tasks.database import extract_labelled, prepare_database, record_run, start_run
+from tasks.events import (
+    emit_flags_written,
+    emit_promoted,
+    emit_rejected,
+    emit_validation_failed,
+    on_run_failed,
+)
 from tasks.model import (
     evaluate_model,
     fine_tune_challenger,
@@ -69,9 +76,11 @@ def _run_name() -> str:
     return f"retrain-{model}-{datetime.now(UTC):%Y-%m-%d-%H%M}"
 
 
+# A failed or crashed run emits anomdet.run.failed, which automations can notify on.
 # The run ends in a state whose message says what happened (promoted v4: ..., rejected:
 # ...); calling the flow returns the outcome dict all the same.
-@flow(name="retrain", log_prints=False, flow_run_name=_run_name)
+@flow(name="retrain", log_prints=False, on_failure=[on_run_failed],
+      on_crashed=[on_run_failed], flow_run_name=_run_name)
 def retrain(params: RetrainParams | None = None) -> State:
     """Retrain the detector and promote the challenger only if it beats the champion."""
     show_domain_logs()
@@ -84,10 +93,14 @@ def retrain(params: RetrainParams | None = None) -> State:
     except DataValidationError as exc:
         record_run(settings, run_id, state="failed", decision="failed_validation",
                    reason=str(exc), validation=exc.report.summary())
+        emit_validation_failed(settings.model_name, run_id=run_id, reason=str(exc),
+                               summary=exc.report.summary())
         return _stopped_by_data(exc)
     except DriftError as exc:
         record_run(settings, run_id, state="failed", decision="failed_validation",
                    reason=str(exc), drift=exc.report.summary())
+        emit_validation_failed(settings.model_name, run_id=run_id, reason=str(exc),
+                               summary=exc.report.summary())
         return _stopped_by_data(exc)
     except Exception as exc:
         record_run(settings, run_id, state="failed", decision="failed",
@@ -157,21 +170,34 @@ def _retrain(settings: Settings, run_id: int) -> State:
     }
     if not decision.promote:
         record_run(settings, run_id, state="completed", decision="rejected", reason=decision.reason)
+        emit_rejected(settings.model_name, champion_version=outcome["champion_version"],
+                      metrics=ch_eval.metrics, champion_metrics=champ_metrics, run_id=run_id,
+                      reason=decision.reason)
         message = rejected_message(decision, settings.promotion.primary_metric,
                                    ch_eval.metrics, champ_metrics)
         return _conclude(settings, {**outcome, "decision": "rejected", "reason": decision.reason},
                          message, decision, challenger, split)
     try:
-        version_id, number, written, artifact_uri = _promote(
+        version_id, number, written, scored, artifact_uri = _promote(
             settings, run_id, challenger, ch_eval.metrics, champion[0].id if champion else None,
             fingerprint(split.train), data_profile)
     except ChampionChanged as exc:
         reason = f"{decision.reason} Promotion abandoned: {exc}."
         record_run(settings, run_id, state="completed", decision="rejected", reason=reason)
+        emit_rejected(settings.model_name, champion_version=outcome["champion_version"],
+                      metrics=ch_eval.metrics, champion_metrics=champ_metrics, run_id=run_id,
+                      reason=reason)
         return _conclude(settings, {**outcome, "decision": "rejected", "reason": reason},
                          f"rejected: promotion abandoned, {exc}", decision, challenger, split)
     record_run(settings, run_id, state="completed", decision="promoted", reason=decision.reason,
                challenger_version_id=version_id)
+    emit_promoted(settings.model_name, number, previous_version=outcome["champion_version"],
+                  metrics=ch_eval.metrics, champion_metrics=champ_metrics,
+                  threshold=challenger.threshold, flags_written=written,
+                  artifact_uri=artifact_uri, run_id=run_id, reason=decision.reason)
+    emit_flags_written(settings.model_name, version=number, version_id=version_id,
+                       flagged=written, scored=scored, threshold=challenger.threshold,
+                       run_id=run_id)
     with session_scope(get_engine(settings.database_url)) as session:
         top = flagged_rows(session=session, limit=settings.top_flagged)
     publish_flagged(settings.model_name, top)
@@ -222,11 +248,11 @@ def _settings_shown(settings: Settings, challenger: Any) -> dict[str, Any]:
 
 def _promote(settings: Settings, run_id: int, challenger: Any, metrics: dict[str, Any],
              expected_champion_id: int | None, data_fingerprint: str,
-             data_profile: DataProfile) -> tuple[int, int, int, str]:
+             data_profile: DataProfile) -> tuple[int, int, int, int, str]:
     """Store, insert, move and flag as one unit: on any failure the artifact is removed
     (Prefect transaction rollback) and the database transaction leaves no row.
 
-    Returns the version's id and number, the records flagged, and the model's folder.
+    Returns the version's id and number, the records flagged and scored, and its folder.
     """
     meta = {"threshold": challenger.threshold, "metrics": metrics,
             "data_profile": data_profile.to_dict(),
@@ -248,4 +274,4 @@ def _promote(settings: Settings, run_id: int, challenger: Any, metrics: dict[str
             },
             scores=scores,
         )
-    return version_id, number, summary.flagged, str(directory)
+    return version_id, number, summary.flagged, summary.scored, str(directory)

@@ -19,6 +19,7 @@ from prefect.states import Completed, State
 from anomdet.settings import Settings
 from flows.logs import show_domain_logs
 from tasks.database import prepare_database
+from tasks.events import emit_flags_written, on_run_failed
 from tasks.report import new_flags, publish_scoring
 from tasks.scoring import finish_scoring, plan_scoring, score_range
 
@@ -38,7 +39,9 @@ def _range_name() -> str:
     return f"score ids {'start' if low is None else low}-{'end' if high is None else high}"
 
 
-@flow(name="score", log_prints=False, flow_run_name=_run_name)
+# A failed or crashed run emits anomdet.run.failed, which automations can notify on.
+@flow(name="score", log_prints=False, on_failure=[on_run_failed],
+      on_crashed=[on_run_failed], flow_run_name=_run_name)
 def score(chunks: int = 4) -> State:
     """Score the unlabelled records the champion has not scored yet and write their flags.
 
@@ -62,6 +65,9 @@ def score(chunks: int = 4) -> State:
         unmapped(settings), unmapped(plan), plan.ranges)
     summaries = [f.result() for f in futures]
     summary = finish_scoring(settings, plan, summaries)
+    emit_flags_written(settings.model_name, version=plan.version, version_id=plan.version_id,
+                       threshold=dict(plan.recorded).get("threshold"),
+                       flagged=summary["flagged"], scored=summary["scored"])
     logger = get_run_logger()
     logger.info("scored %d records in %d chunks, %d flagged, %d skipped",
                 summary["scored"], len(plan.ranges), summary["flagged"], summary["skipped"])
@@ -77,7 +83,6 @@ def score(chunks: int = 4) -> State:
                else f"nothing new to score: v{version} has scored every unlabelled record")
     logger.info(message)
     return Completed(message=message, data={**summary, "message": message})
-
 
 
 def with_task_runner(flow_fn: Flow, name: str, workers: int = 2) -> Flow:

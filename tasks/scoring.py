@@ -34,6 +34,7 @@ class ScoringPlan:
     unkeyed_ids: tuple[str, ...] = ()
     # Threshold, max length and precision as the database records them.
     recorded: tuple[tuple[str, Any], ...] = ()
+    version: int | None = None  # the champion's version number, as users see it
 
     @property
     def range_size(self) -> int:
@@ -57,7 +58,8 @@ def plan_scoring(settings: Settings, chunks: int) -> ScoringPlan | None:
     return ScoringPlan(champion.id, champion.artifact_uri, champion.weights_sha256,
                        tuple(ranges), count, unkeyed, tuple(examples),
                        tuple(recorded_scoring(champion.threshold,
-                                              champion.hyperparameters).items()))
+                                              champion.hyperparameters).items()),
+                       version=champion.version)
 
 
 @lru_cache(maxsize=2)
