@@ -462,4 +462,3 @@ def plain(value: object) -> object:
     return value
 
 
-_plain = plain  # the name db.repository imports

@@ -19,8 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import RUN_DECISIONS, Flag, ModelVersion, Run, Score, utcnow
-from db.records import RecordsMapping, record_key, text_hash
-from db.records import _plain as plain_value
+from db.records import RecordsMapping, plain, record_key, text_hash
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +33,7 @@ def json_safe(value: Any) -> Any:
         return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [json_safe(v) for v in value]
-    value = plain_value(value)
+    value = plain(value)
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
