@@ -97,4 +97,8 @@ def anomdet_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     # A tiny random BERT rarely reaches the TF-IDF baseline; tests that need a champion
     # get one whatever it scores, and the baseline rule has tests of its own.
     monkeypatch.setenv("ANOMDET_PROMOTION__FIRST_RUN", "always")
+    # Flow tests make a deliberately weak champion by training it at a tiny learning rate,
+    # so that a normal challenger beats it. A probed head would be strong before any step;
+    # the probe has tests of its own (tests/anomdet/test_model.py).
+    monkeypatch.setenv("ANOMDET_TRAINING__PROBE_HEAD", "false")
     return db_url
