@@ -229,8 +229,10 @@ def test_a_mistyped_variable(db: Database, name: str, nearest: str,
 
 
 @pytest.mark.parametrize(("variable", "value", "phrase"), [
-    ("ANOMDET_PROMOTION__PRIMARY_METRIC", "f2", "primary_metric names unknown metric(s) f2"),
-    ("ANOMDET_VALIDATION__ANOMALY_RATE_MIN", "0.6", "anomaly_rate_min (0.6) exceeds"),
+    ("ANOMDET_PROMOTION__PRIMARY_METRIC", "f2",
+     "ANOMDET_PROMOTION__PRIMARY_METRIC=f2: unknown metric 'f2'"),
+    ("ANOMDET_VALIDATION__ANOMALY_RATE_MIN", "0.6",
+     "below ANOMDET_VALIDATION__ANOMALY_RATE_MIN=0.6"),
     ("ANOMDET_ARTIFACTS_DIR", "{file}/artifacts", "is not writable"),
 ])
 def test_settings_refused_before_training(db: Database, variable: str, value: str, phrase: str,

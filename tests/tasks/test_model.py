@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -52,9 +53,10 @@ def test_split_uses_the_split_seed_not_the_training_seed(monkeypatch: pytest.Mon
 
 def test_validation_runs_the_configured_suite(monkeypatch: pytest.MonkeyPatch,
                                               tmp_path: Path) -> None:
-    validate = Recorder("report")
+    report = SimpleNamespace(success=True)
+    validate = Recorder(report)
     monkeypatch.setattr(tm, "validate_labelled", validate)
-    assert tm.validate_records.fn(FRAME, SETTINGS, data_docs_dir=tmp_path) == "report"
+    assert tm.validate_records.fn(FRAME, SETTINGS, data_docs_dir=tmp_path) is report
     (frame, config), kwargs = validate.call
     assert frame is FRAME and kwargs == {"data_docs_dir": tmp_path}
     assert config == SETTINGS.validation.config()

@@ -60,10 +60,12 @@ def test_pr_curve_draws_both_models(published: dict[str, Recorder],
 
 def test_flagged_rows_are_cut_and_an_empty_list_says_so(published: dict[str, Recorder]
                                                         ) -> None:
-    tr.publish_flagged.fn("anomdet", [{"record_id": 7, "score": 0.912345, "text": "x" * 300}])
+    tr.publish_flagged.fn("anomdet", [{"record_id": 7, "score": 0.912345, "text": "x" * 300,
+                                       "threshold": 0.51234, "model_version": 3}])
     tr.publish_flagged.fn("anomdet", [])
     first, empty = (kwargs["table"] for _, kwargs in published["table"].calls)
-    assert first == [{"record_id": 7, "score": 0.9123, "text": "x" * 200}]
+    assert first == [{"record_id": "7", "score": 0.9123, "threshold": 0.5123, "version": 3,
+                      "text": "x" * 200}]
     assert empty[0]["text"] == "no flags"
 
 
