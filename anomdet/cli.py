@@ -21,9 +21,12 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
+from flows.schedules import RETRAIN_CRON, SCORE_CRON, TIMEZONE
+
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
+    from anomdet.outcome import RetrainOutcome
     from db.records import RecordsMapping
 
 # What a command needs is imported inside it: torch, transformers and scikit-learn take
@@ -230,31 +233,30 @@ def _cell(value: Any, limit: int | None = None) -> Text:
     return Text(text[:limit] if limit else text)
 
 
-def _print_outcome(outcome: dict[str, Any]) -> None:
+def _print_outcome(outcome: RetrainOutcome) -> None:
     from anomdet.report import metrics_table
 
-    table = Table(title=f"run {outcome['run_id']}: challenger, champion and TF-IDF baseline "
+    table = Table(title=f"run {outcome.run_id}: challenger, champion and TF-IDF baseline "
                         "on the same test split")
     for col in ("metric", "challenger", "champion", "difference", "baseline", "vs baseline"):
         table.add_column(col, justify="left" if col == "metric" else "right")
-    for row in metrics_table(outcome["challenger"], outcome["champion"],
-                             outcome.get("baseline")):
+    for row in metrics_table(outcome.challenger, outcome.champion, outcome.baseline):
         table.add_row(*map(_cell, row.values()))
     out.print(table)
-    for name, passed, detail in outcome.get("checks", []):
+    for name, passed, detail in outcome.checks:
         out.print(f"  {'[green]pass[/]' if passed else '[red]FAIL[/]'} {escape(name)}: "
                   f"{escape(str(detail))}", highlight=False)
-    out.print(f"decision: [bold]{outcome['decision']}[/] - {escape(str(outcome['reason']))}",
+    out.print(f"decision: [bold]{outcome.decision}[/] - {escape(outcome.reason)}",
               highlight=False)
-    if outcome["decision"] == "promoted":
+    if outcome.promoted:
         from anomdet.report import flagged_sql
 
-        out.print(f"version {outcome['promoted_version']} is now champion; "
-                  f"{outcome['flags_written']} records flagged.")
+        out.print(f"version {outcome.promoted_version} is now champion; "
+                  f"{outcome.flags_written} records flagged.")
         out.print(f"query the flags with: {flagged_sql(_settings().model_name)}", markup=False,
                   highlight=False)
-    elif outcome.get("champion_version") is not None:
-        out.print(f"version {outcome['champion_version']} stays champion; its flags are "
+    elif outcome.champion_version is not None:
+        out.print(f"version {outcome.champion_version} stays champion; its flags are "
                   "unchanged.")
     else:
         out.print("there is still no champion, so nothing is flagged.")
@@ -554,9 +556,9 @@ def _emit_rolled_back(model_name: str, version: int, previous: int | None, reaso
 
 @app.command()
 def serve(
-    retrain_cron: str = typer.Option("0 2 * * *", help="when to retrain (cron, in --timezone)"),
-    score_cron: str = typer.Option("15 * * * *", help="when to score new records (cron)"),
-    timezone: str = typer.Option("UTC", help="time zone of both schedules"),
+    retrain_cron: str = typer.Option(RETRAIN_CRON, help="when to retrain (cron, in --timezone)"),
+    score_cron: str = typer.Option(SCORE_CRON, help="when to score new records (cron)"),
+    timezone: str = typer.Option(TIMEZONE, help="time zone of both schedules"),
 ) -> None:
     """Serve the retraining and scoring deployments from this process (no worker needed)."""
     _settings()  # a bad setting is reported now, not at the first scheduled run

@@ -11,16 +11,23 @@ from prefect.states import Completed, Failed, State
 from prefect.transactions import transaction
 from pydantic import BaseModel, Field
 
-from anomdet.artifact import MANIFEST_FILE, sha256_file
 from anomdet.data import fingerprint
 from anomdet.drift import DataProfile
 from anomdet.errors import DataValidationError, DriftError
+from anomdet.outcome import RetrainOutcome
+from anomdet.promotion import Decision, EvalResult
 from anomdet.report import RunSummary, promoted_message, rejected_message
 from anomdet.settings import Settings
-from db.engine import get_engine, session_scope
-from db.repository import ChampionChanged, flagged_rows
+from db.repository import ChampionChanged, RunEnding, RunProgress
 from flows.logs import show_domain_logs
-from tasks.database import extract_labelled, prepare_database, record_run, start_run
+from tasks.database import (
+    end_run,
+    extract_labelled,
+    prepare_database,
+    read_top_flagged,
+    record_progress,
+    start_run,
+)
 from tasks.events import (
     emit_flags_written,
     emit_promoted,
@@ -78,7 +85,7 @@ def _run_name() -> str:
 
 # A failed or crashed run emits anomdet.run.failed, which automations can notify on.
 # The run ends in a state whose message says what happened (promoted v4: ..., rejected:
-# ...); calling the flow returns the outcome dict all the same.
+# ...); calling the flow returns its `RetrainOutcome` all the same.
 @flow(name="retrain", log_prints=False, on_failure=[on_run_failed],
       on_crashed=[on_run_failed], flow_run_name=_run_name)
 def retrain(params: RetrainParams | None = None) -> State:
@@ -91,20 +98,22 @@ def retrain(params: RetrainParams | None = None) -> State:
     try:
         return _retrain(settings, run_id)
     except DataValidationError as exc:
-        record_run(settings, run_id, state="failed", decision="failed_validation",
-                   reason=str(exc), validation=exc.report.summary())
+        record_progress(settings, run_id, RunProgress(validation=exc.report.summary()))
+        end_run(settings, run_id, RunEnding(state="failed", decision="failed_validation",
+                                            reason=str(exc)))
         emit_validation_failed(settings.model_name, run_id=run_id, reason=str(exc),
                                summary=exc.report.summary())
         return _stopped_by_data(exc)
     except DriftError as exc:
-        record_run(settings, run_id, state="failed", decision="failed_validation",
-                   reason=str(exc), drift=exc.report.summary())
+        record_progress(settings, run_id, RunProgress(drift=exc.report.summary()))
+        end_run(settings, run_id, RunEnding(state="failed", decision="failed_validation",
+                                            reason=str(exc)))
         emit_validation_failed(settings.model_name, run_id=run_id, reason=str(exc),
                                summary=exc.report.summary())
         return _stopped_by_data(exc)
     except Exception as exc:
-        record_run(settings, run_id, state="failed", decision="failed",
-                   reason=f"{type(exc).__name__}: {exc}")
+        end_run(settings, run_id, RunEnding(state="failed", decision="failed",
+                                            reason=f"{type(exc).__name__}: {exc}"))
         raise
 
 
@@ -131,14 +140,14 @@ def _retrain(settings: Settings, run_id: int) -> State:
     champion = load_champion(settings)
     drift, data_profile = measure_drift(frame, champion[1] if champion else None, settings)
     publish_drift(settings.model_name, drift.summary())
-    record_run(settings, run_id, validation=report.summary(), drift=drift.summary(),
-               data_fingerprint=fingerprint(frame))
+    record_progress(settings, run_id, RunProgress(
+        validation=report.summary(), drift=drift.summary(), data_fingerprint=fingerprint(frame)))
     if drift.blocks:
         raise DriftError(drift)
     split = split_data(frame, settings)
     logger.info("split: %s", ", ".join(f"{name} {rows} ({anomalies} anomalous)" for name,
                                        (rows, anomalies) in _split_counts(split).items()))
-    record_run(settings, run_id, test_rows=len(split.test))
+    record_progress(settings, run_id, RunProgress(test_rows=len(split.test)))
     baseline = fit_baseline(split, settings)
     challenger = fine_tune_challenger(split, settings)
     ch_eval = evaluate_model.with_options(task_run_name="evaluate challenger")(
@@ -156,56 +165,69 @@ def _retrain(settings: Settings, run_id: int) -> State:
     publish_decision(settings.model_name, ch_eval.metrics, champ_metrics, decision,
                      baseline.metrics)
     publish_pr_curve(settings.model_name, ch_eval, champ_eval)
-    record_run(settings, run_id, challenger_metrics=ch_eval.metrics, champion_metrics=champ_metrics,
-               baseline_metrics=baseline.metrics,
-               champion_version_id=champion[0].id if champion else None,
-               details={"checks": [c.__dict__ for c in decision.checks],
-                        "bootstrap": decision.bootstrap, "uncertainty": decision.uncertainty,
-                        "training": challenger.result.history})
-    outcome: dict[str, Any] = {
-        "run_id": run_id, "challenger": ch_eval.metrics, "champion": champ_metrics,
-        "baseline": baseline.metrics, "uncertainty": decision.uncertainty,
-        "champion_version": champion[0].version if champion else None,
-        "checks": [(c.name, c.passed, c.detail) for c in decision.checks],
-    }
+    record_progress(settings, run_id, RunProgress(
+        challenger_metrics=ch_eval.metrics, champion_metrics=champ_metrics,
+        baseline_metrics=baseline.metrics,
+        champion_version_id=champion[0].id if champion else None,
+        details={"checks": [c.__dict__ for c in decision.checks],
+                 "bootstrap": decision.bootstrap, "uncertainty": decision.uncertainty,
+                 "training": challenger.result.history}))
+    champion_version = champion[0].version if champion else None
     if not decision.promote:
-        record_run(settings, run_id, state="completed", decision="rejected", reason=decision.reason)
-        emit_rejected(settings.model_name, champion_version=outcome["champion_version"],
+        end_run(settings, run_id, RunEnding(state="completed", decision="rejected",
+                                            reason=decision.reason))
+        emit_rejected(settings.model_name, champion_version=champion_version,
                       metrics=ch_eval.metrics, champion_metrics=champ_metrics, run_id=run_id,
                       reason=decision.reason)
-        message = rejected_message(decision, settings.promotion.primary_metric,
-                                   ch_eval.metrics, champ_metrics)
-        return _conclude(settings, {**outcome, "decision": "rejected", "reason": decision.reason},
-                         message, decision, challenger, split)
+        rejected = _outcome(run_id, ch_eval, champ_eval, baseline, decision, champion_version,
+                            message=rejected_message(decision, settings.promotion.primary_metric,
+                                                     ch_eval.metrics, champ_metrics))
+        return _conclude(settings, rejected, decision, challenger, split)
     try:
         version_id, number, written, scored, artifact_uri = _promote(
             settings, run_id, challenger, ch_eval.metrics, champion[0].id if champion else None,
             fingerprint(split.train), data_profile)
     except ChampionChanged as exc:
         reason = f"{decision.reason} Promotion abandoned: {exc}."
-        record_run(settings, run_id, state="completed", decision="rejected", reason=reason)
-        emit_rejected(settings.model_name, champion_version=outcome["champion_version"],
+        end_run(settings, run_id, RunEnding(state="completed", decision="rejected", reason=reason))
+        emit_rejected(settings.model_name, champion_version=champion_version,
                       metrics=ch_eval.metrics, champion_metrics=champ_metrics, run_id=run_id,
                       reason=reason)
-        return _conclude(settings, {**outcome, "decision": "rejected", "reason": reason},
-                         f"rejected: promotion abandoned, {exc}", decision, challenger, split)
-    record_run(settings, run_id, state="completed", decision="promoted", reason=decision.reason,
-               challenger_version_id=version_id)
-    emit_promoted(settings.model_name, number, previous_version=outcome["champion_version"],
+        abandoned = _outcome(run_id, ch_eval, champ_eval, baseline, decision, champion_version,
+                             reason=reason, message=f"rejected: promotion abandoned, {exc}")
+        return _conclude(settings, abandoned, decision, challenger, split)
+    end_run(settings, run_id, RunEnding(state="completed", decision="promoted",
+                                        reason=decision.reason, challenger_version_id=version_id))
+    emit_promoted(settings.model_name, number, previous_version=champion_version,
                   metrics=ch_eval.metrics, champion_metrics=champ_metrics,
                   threshold=challenger.threshold, flags_written=written,
                   artifact_uri=artifact_uri, run_id=run_id, reason=decision.reason)
     emit_flags_written(settings.model_name, version=number, version_id=version_id,
                        flagged=written, scored=scored, threshold=challenger.threshold,
                        run_id=run_id)
-    with session_scope(get_engine(settings.database_url)) as session:
-        top = flagged_rows(session=session, limit=settings.top_flagged)
-    publish_flagged(settings.model_name, top)
-    message = promoted_message(number, settings.promotion.primary_metric, ch_eval.metrics,
-                               champ_metrics, outcome["champion_version"], written)
-    return _conclude(settings, {**outcome, "decision": "promoted", "reason": decision.reason,
-                                "promoted_version": number, "flags_written": written},
-                     message, decision, challenger, split, artifact_uri)
+    publish_flagged(settings.model_name, read_top_flagged(settings))
+    promoted = _outcome(run_id, ch_eval, champ_eval, baseline, decision, champion_version,
+                        promoted_version=number, flags_written=written,
+                        message=promoted_message(number, settings.promotion.primary_metric,
+                                                 ch_eval.metrics, champ_metrics,
+                                                 champion_version, written))
+    return _conclude(settings, promoted, decision, challenger, split, artifact_uri)
+
+
+def _outcome(run_id: int, challenger: EvalResult, champion: EvalResult | None,
+             baseline: EvalResult, decision: Decision, champion_version: int | None, *,
+             message: str, reason: str | None = None, promoted_version: int | None = None,
+             flags_written: int | None = None) -> RetrainOutcome:
+    """The run's outcome: the models' test metrics and the rule's checks. It is a
+    promotion when it names the new version, and gives the rule's reason unless told
+    another."""
+    return RetrainOutcome(
+        run_id=run_id, decision="promoted" if promoted_version is not None else "rejected",
+        reason=reason or decision.reason, message=message, challenger=challenger.metrics,
+        champion=champion.metrics if champion else None, baseline=baseline.metrics,
+        uncertainty=decision.uncertainty, champion_version=champion_version,
+        checks=tuple((c.name, c.passed, c.detail) for c in decision.checks),
+        promoted_version=promoted_version, flags_written=flags_written)
 
 
 def _split_counts(split: Any) -> dict[str, tuple[int, int]]:
@@ -215,24 +237,22 @@ def _split_counts(split: Any) -> dict[str, tuple[int, int]]:
                                 ("test", split.test))}
 
 
-def _conclude(settings: Settings, outcome: dict[str, Any], message: str, decision: Any,
-              challenger: Any, split: Any, artifact_uri: str | None = None) -> State:
+def _conclude(settings: Settings, outcome: RetrainOutcome, decision: Any, challenger: Any,
+              split: Any, artifact_uri: str | None = None) -> State:
     """Publish the run's summary, tag the run with its decision, and end it with a state
     whose message says what happened; the outcome is the state's result."""
-    promoted = outcome["decision"] == "promoted"
     publish_summary(RunSummary(
-        model_name=settings.model_name, run_id=outcome["run_id"],
+        model_name=settings.model_name, run_id=outcome.run_id,
         settings=_settings_shown(settings, challenger), splits=_split_counts(split),
         training_seconds=challenger.result.seconds, history=challenger.result.history,
-        challenger=outcome["challenger"], champion=outcome["champion"],
-        baseline=outcome["baseline"], champion_version=outcome["champion_version"],
-        decision=decision, message=message,
-        promoted_version=outcome.get("promoted_version") if promoted else None,
-        flags_written=outcome.get("flags_written"), threshold=challenger.threshold,
-        artifact_uri=artifact_uri))
-    tag_run(outcome["decision"])
-    get_run_logger().info(message)
-    return Completed(message=message, data={**outcome, "message": message})
+        challenger=outcome.challenger, champion=outcome.champion,
+        baseline=outcome.baseline, champion_version=outcome.champion_version,
+        decision=decision, message=outcome.message,
+        promoted_version=outcome.promoted_version, flags_written=outcome.flags_written,
+        threshold=challenger.threshold, artifact_uri=artifact_uri))
+    tag_run(outcome.decision)
+    get_run_logger().info(outcome.message)
+    return Completed(message=outcome.message, data=outcome)
 
 
 def _settings_shown(settings: Settings, challenger: Any) -> dict[str, Any]:
@@ -260,13 +280,13 @@ def _promote(settings: Settings, run_id: int, challenger: Any, metrics: dict[str
             "precision": challenger.precision,
             "hyperparameters": challenger.hyperparameters(), "run_id": run_id}
     with transaction():
-        directory = store_artifact(challenger, settings, meta)
+        stored = store_artifact(challenger, settings, meta)
         scores, summary = score_unlabelled(challenger, settings, run_id)
         version_id, number = commit_promotion(
             settings, expected_champion_id=expected_champion_id,
             version_fields={
-                "base_model": challenger.base_model, "artifact_uri": str(directory),
-                "weights_sha256": sha256_file(directory / MANIFEST_FILE),
+                "base_model": challenger.base_model, "artifact_uri": str(stored.path),
+                "weights_sha256": stored.checksum,
                 "data_fingerprint": data_fingerprint,
                 "hyperparameters": challenger.hyperparameters(), "metrics": metrics,
                 "threshold": challenger.threshold, "flow_run_id": flow_run.get_id(),
@@ -274,4 +294,4 @@ def _promote(settings: Settings, run_id: int, challenger: Any, metrics: dict[str
             },
             scores=scores,
         )
-    return version_id, number, summary.flagged, summary.scored, str(directory)
+    return version_id, number, summary.flagged, summary.scored, str(stored.path)

@@ -70,16 +70,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-@task(name="record run", cache_policy=NO_CACHE, **IO_RETRIES)
-def record_run(settings: Settings, run_id: int, **fields: Any) -> None:
-    """Write what the run has learnt so far (validation, metrics, decision) to its row."""
-    with session_scope(get_engine(settings.database_url)) as session:
-        if "state" in fields and fields["state"] != "running":
-            repo.finish_run(session=session, run_id=run_id, **fields)
-        else:
-            repo.update_run(session=session, run_id=run_id, **fields)
-
-
 @task(name="record run progress", cache_policy=NO_CACHE, **IO_RETRIES)
 def record_progress(settings: Settings, run_id: int, progress: repo.RunProgress) -> None:
     """Write what the run has learnt so far (validation, drift, metrics) to its row."""

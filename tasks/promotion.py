@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,14 @@ from tasks.progress import ui_progress
 ARTIFACT_KEY = "artifact_dir"
 
 
+@dataclass(frozen=True)
+class StoredArtifact:
+    """A saved model: its folder and the digest the database keeps to verify it."""
+
+    path: Path
+    checksum: str  # SHA-256 of the artifact's manifest, which holds every file's SHA-256
+
+
 @task(name="decide promotion", cache_policy=NO_CACHE)
 def decide_promotion(challenger: EvalResult, champion: EvalResult | None,
                      settings: Settings, baseline: EvalResult | None = None) -> Decision:
@@ -39,16 +48,16 @@ def decide_promotion(challenger: EvalResult, champion: EvalResult | None,
 
 
 @task(name="store artifact", cache_policy=NO_CACHE)
-def store_artifact(challenger: Challenger, settings: Settings, meta: dict[str, Any]) -> Path:
+def store_artifact(challenger: Challenger, settings: Settings,
+                   meta: dict[str, Any]) -> StoredArtifact:
     """Save the challenger's weights, tokenizer and metadata under the artifacts folder."""
     directory = settings.artifact_root() / settings.model_name / uuid.uuid4().hex
     txn = get_transaction()
     if txn is not None:
+        # Known before the save: whatever fails after it, the rollback removes the folder.
         txn.set(ARTIFACT_KEY, str(directory))
     checksum = save_artifact(challenger.model, challenger.tokenizer, directory, meta)
-    if txn is not None:
-        txn.set("weights_sha256", checksum)
-    return directory
+    return StoredArtifact(path=directory, checksum=checksum)
 
 
 @store_artifact.on_rollback

@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from anomdet.outcome import RetrainOutcome
 from db import repository as repo
 from db.engine import get_engine, session_scope
 from tests.flows.test_retrain import seed_records, snapshot, toy_records
@@ -35,7 +36,7 @@ def weak_champion(anomdet_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     seed_records(anomdet_env, toy_records(400))
     monkeypatch.setenv("ANOMDET_PROMOTION__FIRST_RUN", "always")
     monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.0000001")
-    assert retrain(RetrainParams(epochs=1))["decision"] == "promoted"
+    assert retrain(RetrainParams(epochs=1)).decision == "promoted"
     monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.001")
     monkeypatch.delenv("ANOMDET_PROMOTION__FIRST_RUN")
     return tmp_path / "artifacts"
@@ -104,7 +105,7 @@ def test_without_faults_the_same_challenger_is_promoted(
     from flows.retrain import retrain
 
     outcome = retrain()
-    assert outcome["decision"] == "promoted", outcome["reason"]
+    assert outcome.decision == "promoted", outcome.reason
     assert len(_artifacts(weak_champion)) == 2
 
 
@@ -124,16 +125,16 @@ def test_two_runs_racing_to_promote_end_with_one_champion(
         return original(**kwargs)
 
     monkeypatch.setattr(repo, "promote_new_version", both_at_once)
-    outcomes: list[dict] = []
+    outcomes: list[RetrainOutcome] = []
     threads = [threading.Thread(target=lambda s=s: outcomes.append(retrain(RetrainParams(seed=s))))
                for s in (1, 2)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=1200)
-    assert sorted(o["decision"] for o in outcomes) == ["promoted", "rejected"]
-    loser = next(o for o in outcomes if o["decision"] == "rejected")
-    assert "Promotion abandoned" in loser["reason"]
+    assert sorted(o.decision for o in outcomes) == ["promoted", "rejected"]
+    loser = next(o for o in outcomes if o.decision == "rejected")
+    assert "Promotion abandoned" in loser.reason
     engine = get_engine(anomdet_env)
     with session_scope(engine) as session:
         versions = repo.list_versions(session=session, model_name="anomdet")
@@ -161,7 +162,7 @@ def test_sigkill_leaves_champion_and_flags_and_the_next_run_completes(
     seed_records(anomdet_env, toy_records(300))
     # A barely trained champion, so that the killed run has a winner to write flags for.
     monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.0000001")
-    assert retrain()["decision"] == "promoted"
+    assert retrain().decision == "promoted"
     monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.001")
     # More records: labelled ones make training last, unlabelled ones the scoring and write.
     extra = toy_records(2500, seed=9).iloc[300:]
@@ -189,7 +190,7 @@ def test_sigkill_leaves_champion_and_flags_and_the_next_run_completes(
     with session_scope(get_engine(anomdet_env)) as session:
         killed = repo.recent_runs(session=session, model_name="anomdet")[1]
     assert killed.state == "failed" and killed.reason.startswith("abandoned: process")
-    assert outcome["decision"] in ("promoted", "rejected")
+    assert outcome.decision in ("promoted", "rejected")
     with session_scope(get_engine(anomdet_env)) as session:
         assert len([v for v in repo.list_versions(session=session, model_name="anomdet")
                     if v.status == "champion"]) == 1

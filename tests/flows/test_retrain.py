@@ -58,8 +58,8 @@ def test_first_run_promotes_and_flags(anomdet_env: str) -> None:
 
     seed_records(anomdet_env, toy_records())
     outcome = retrain()
-    assert outcome["decision"] == "promoted", outcome["reason"]
-    assert outcome["champion"] is None and outcome["promoted_version"] == 1
+    assert outcome.decision == "promoted", outcome.reason
+    assert outcome.champion is None and outcome.promoted_version == 1
     engine = get_engine(anomdet_env)
     with session_scope(engine) as session:
         champion = repo.get_champion(session=session, model_name="anomdet")
@@ -67,9 +67,9 @@ def test_first_run_promotes_and_flags(anomdet_env: str) -> None:
         flagged = repo.flagged_rows(session=session, limit=1000)
     assert champion.version == 1 and Path(champion.artifact_uri).is_dir()
     assert run.decision == "promoted" and run.state == "completed"
-    assert run.challenger_metrics["f1"] == pytest.approx(outcome["challenger"]["f1"])
+    assert run.challenger_metrics["f1"] == pytest.approx(outcome.challenger["f1"])
     assert run.validation["success"] is True
-    assert len(flagged) == outcome["flags_written"] > 0
+    assert len(flagged) == outcome.flags_written > 0
     # Flags are unlabelled records only, each with its text from the records table.
     records = toy_records().set_index("id")
     for row in flagged:
@@ -85,13 +85,13 @@ def test_losing_challenger_leaves_champion_and_flags_untouched(
     from flows.retrain import RetrainParams, retrain
 
     seed_records(anomdet_env, toy_records())
-    assert retrain()["decision"] == "promoted"
+    assert retrain().decision == "promoted"
     before = snapshot(anomdet_env)
     # One epoch at a learning rate far too small: a challenger that cannot win.
     monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.0000001")
     outcome = retrain(RetrainParams(epochs=1, seed=5))
-    assert outcome["decision"] == "rejected"
-    assert outcome["champion"] is not None, "both models must be evaluated"
+    assert outcome.decision == "rejected"
+    assert outcome.champion is not None, "both models must be evaluated"
     assert snapshot(anomdet_env) == before
     with session_scope(get_engine(anomdet_env)) as session:
         latest = repo.recent_runs(session=session, model_name="anomdet")[0]
@@ -137,17 +137,17 @@ def test_every_run_records_the_baseline_and_the_first_run_is_judged_against_it(
     monkeypatch.setenv("ANOMDET_PROMOTION__FIRST_RUN", "beat_baseline")
     seed_records(anomdet_env, toy_records())
     outcome = retrain()
-    baseline, challenger = outcome["baseline"], outcome["challenger"]
+    baseline, challenger = outcome.baseline, outcome.challenger
     # Same test split: the same examples and anomalies behind both figures.
     assert baseline["n"] == challenger["n"] and baseline["positives"] == challenger["positives"]
-    checks = {name: passed for name, passed, _ in outcome["checks"]}
+    checks = {name: passed for name, passed, _ in outcome.checks}
     if challenger["f1"] >= baseline["f1"]:
         assert checks["baseline"]
-    elif outcome["uncertainty"] is None:  # enough anomalies to take the figures as they are
+    elif outcome.uncertainty is None:  # enough anomalies to take the figures as they are
         assert not checks["baseline"]
-    assert (outcome["decision"] == "promoted") == checks["first_run"]
+    assert (outcome.decision == "promoted") == checks["first_run"]
     with session_scope(get_engine(anomdet_env)) as session:
         [run] = repo.recent_runs(session=session, model_name="anomdet")
     assert run.baseline_metrics["f1"] == pytest.approx(baseline["f1"])
-    if outcome["decision"] == "rejected":
+    if outcome.decision == "rejected":
         assert "ANOMDET_PROMOTION__FIRST_RUN=always" in run.reason

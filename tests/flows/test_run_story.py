@@ -76,21 +76,21 @@ def test_promoted_and_rejected_runs_say_so_in_name_message_tags_and_artifacts(
     finally:
         logging.getLogger("anomdet.model").removeHandler(lines)
     outcome = state.result()
-    assert state.is_completed() and outcome["decision"] == "promoted"
+    assert state.is_completed() and outcome.decision == "promoted"
     progress = lines.lines
     assert any(re.fullmatch(r"step \d+/\d+ \(\d+\.\d epochs\): train loss \d\.\d{4}, \d+ "
                             r"samples/s, about \d+m\d\ds left", m) for m in progress), progress
     first = _run(state)
     message = first["run"].state.message
-    assert message == state.message == outcome["message"]
-    assert re.fullmatch(rf"promoted v1: f1 {outcome['challenger']['f1']:.3f} \(first "
-                        rf"champion\), {outcome['flags_written']} records flagged", message)
+    assert message == state.message == outcome.message
+    assert re.fullmatch(rf"promoted v1: f1 {outcome.challenger['f1']:.3f} \(first "
+                        rf"champion\), {outcome.flags_written} records flagged", message)
     assert "promoted" in first["run"].tags
     assert first["run"].name.startswith("retrain-anomdet-")
     assert "evaluate challenger" in first["tasks"]
     assert not any(name.startswith("evaluate champion") for name in first["tasks"])
     summary = first["artifacts"]["anomdet-summary"]
-    assert summary.description == f"Run {outcome['run_id']}: {message}"
+    assert summary.description == f"Run {outcome.run_id}: {message}"
     assert "Version 1 is champion now" in summary.data and "Model files: `" in summary.data
     assert first["artifacts"]["anomdet-decision"].description.startswith("**promoted**")
     assert first["artifacts"]["anomdet-drift"].description.endswith("**within bounds**")
@@ -102,7 +102,7 @@ def test_promoted_and_rejected_runs_say_so_in_name_message_tags_and_artifacts(
     monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.0000001")
     state = retrain(RetrainParams(epochs=1, seed=5), return_state=True)
     outcome = state.result()
-    assert state.is_completed() and outcome["decision"] == "rejected"
+    assert state.is_completed() and outcome.decision == "rejected"
     second = _run(state)
     assert second["run"].state.message.startswith("rejected: ")
     assert "rejected" in second["run"].tags and "promoted" not in second["run"].tags
@@ -161,7 +161,7 @@ def test_scoring_runs_name_their_ranges_and_publish_what_they_flagged(anomdet_en
     from flows.score import score
 
     seed_records(anomdet_env, toy_records(300))
-    assert retrain()["decision"] == "promoted"
+    assert retrain().decision == "promoted"
     nothing = score(return_state=True)
     assert nothing.is_completed() and nothing.message.startswith("nothing new to score: v1 ")
     extra = toy_records(500, seed=5).iloc[300:].assign(label=pd.NA).astype({"label": "Int64"})

@@ -24,7 +24,7 @@ def test_scoring_new_records_is_incremental_and_idempotent(anomdet_env: str) -> 
     from flows.score import score
 
     seed_records(anomdet_env, toy_records(400))
-    assert retrain()["decision"] == "promoted"
+    assert retrain().decision == "promoted"
     flags_after_promotion = _flags(anomdet_env)
     nothing_new = score()
     assert nothing_new["scored"] == 0 and _flags(anomdet_env) == flags_after_promotion
@@ -59,7 +59,7 @@ def test_dask_runner_writes_exactly_the_default_runners_flags(anomdet_env: str) 
     from flows.score import score, with_task_runner
 
     seed_records(anomdet_env, toy_records(300))
-    assert retrain()["decision"] == "promoted"
+    assert retrain().decision == "promoted"
     extra = toy_records(700, seed=5).iloc[300:].assign(label=pd.NA).astype({"label": "Int64"})
     seed_records(anomdet_env, extra)
     engine = get_engine(anomdet_env)

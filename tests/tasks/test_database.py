@@ -23,7 +23,6 @@ from tests.tasks.conftest import Recorder
 @pytest.mark.parametrize(("task", "name", "retries"), [
     (td.prepare_database, "prepare database", 0),
     (td.start_run, "start run", 3),
-    (td.record_run, "record run", 3),
     (td.record_progress, "record run progress", 3),
     (td.end_run, "end run", 3),
     (td.read_top_flagged, "read top flagged records", 3),

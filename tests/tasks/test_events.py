@@ -89,11 +89,11 @@ def test_promotion_rejection_and_rollback_emit_their_events(
 
     seed_records(anomdet_env, toy_records())
     first = retrain()
-    assert first["decision"] == "promoted", first["reason"]
+    assert first.decision == "promoted", first.reason
     # One epoch at a learning rate far too small: a challenger that cannot win.
     monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.0000001")
     second = retrain(RetrainParams(epochs=1, seed=5))
-    assert second["decision"] == "rejected"
+    assert second.decision == "rejected"
     _promote_copy_of_champion(anomdet_env)
     back = CliRunner().invoke(app, ["rollback", "1", "--reason", "v2 misses fraud"])
     assert back.exit_code == 0, back.output
@@ -106,23 +106,23 @@ def test_promotion_rejection_and_rollback_emit_their_events(
     assert _roles(promoted)["model-version"] == "anomdet.model.anomdet.v1"
     payload = promoted.payload
     assert payload["version"] == 1 and payload["previous_version"] is None
-    assert payload["run_id"] == first["run_id"]
-    assert payload["metrics"]["f1"] == pytest.approx(first["challenger"]["f1"], abs=1e-6)
-    assert payload["flags_written"] == first["flags_written"]
+    assert payload["run_id"] == first.run_id
+    assert payload["metrics"]["f1"] == pytest.approx(first.challenger["f1"], abs=1e-6)
+    assert payload["flags_written"] == first.flags_written
     assert 0 < payload["threshold"] < 1 and payload["artifact_uri"]
     # Prefect adds the run the event came from.
     assert "flow-run" in _roles(promoted)
 
     flags = _one(sent, events.FLAGS_WRITTEN)
-    assert flags.payload["flagged"] == first["flags_written"]
+    assert flags.payload["flagged"] == first.flags_written
     assert flags.payload["scored"] >= flags.payload["flagged"]
 
     rejected = _one(sent, events.REJECTED)
     assert rejected.resource.id == "anomdet.model.anomdet"
     assert rejected.resource["anomdet.version"] == "1"  # the champion that stays
-    assert rejected.payload["reason"] == second["reason"]
+    assert rejected.payload["reason"] == second.reason
     assert rejected.payload["champion_metrics"]["f1"] == pytest.approx(
-        second["champion"]["f1"], abs=1e-6)
+        second.champion["f1"], abs=1e-6)
 
     rolled = _one(sent, events.ROLLED_BACK)
     assert rolled.payload["version"] == 1 and rolled.payload["previous_version"] == 2

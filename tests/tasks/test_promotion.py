@@ -49,6 +49,22 @@ def test_a_failed_promotion_removes_its_artifact(tmp_path: Path) -> None:
     assert not directory.exists()
 
 
+def test_a_stored_artifact_gives_its_folder_and_the_checksum_that_verifies_it(
+        tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from anomdet.artifact import MANIFEST_FILE, sha256_file, verify_artifact
+    from anomdet.model import TINY_RANDOM, load_base_model
+
+    model, tokenizer = load_base_model(TINY_RANDOM, seed=0)
+    settings = Settings(artifacts_dir=tmp_path)
+    stored = tp.store_artifact.fn(SimpleNamespace(model=model, tokenizer=tokenizer), settings,
+                                  {"threshold": 0.5})
+    assert stored.path.parent == tmp_path.resolve() / settings.model_name
+    assert stored.checksum == sha256_file(stored.path / MANIFEST_FILE)
+    verify_artifact(stored.path, stored.checksum)
+
+
 def _fields(**over: object) -> dict:
     return {"base_model": "tiny-random", "artifact_uri": "/models/x", "weights_sha256": "0" * 64,
             "data_fingerprint": "f" * 64, "hyperparameters": {}, "metrics": {"f1": 0.5},
