@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -19,7 +18,7 @@ from anomdet.promotion import Decision, EvalResult
 from anomdet.report import RunSummary, promoted_message, rejected_message
 from anomdet.settings import Settings
 from db.repository import ChampionChanged, RunEnding, RunProgress
-from flows.logs import show_domain_logs
+from flows.logs import run_namer, show_domain_logs
 from tasks.database import (
     end_run,
     extract_labelled,
@@ -74,20 +73,11 @@ def effective_settings(params: RetrainParams) -> Settings:
     return settings.model_copy(update={"training": type(training).model_validate(training)})
 
 
-def _run_name() -> str:
-    """`retrain-<model>-<date>-<time>`: the run list says what each run is."""
-    try:
-        model = Settings().model_name
-    except Exception:  # noqa: BLE001 - invalid settings fail the run itself, with the reason
-        model = "anomdet"
-    return f"retrain-{model}-{datetime.now(UTC):%Y-%m-%d-%H%M}"
-
-
 # A failed or crashed run emits anomdet.run.failed, which automations can notify on.
 # The run ends in a state whose message says what happened (promoted v4: ..., rejected:
 # ...); calling the flow returns its `RetrainOutcome` all the same.
 @flow(name="retrain", log_prints=False, on_failure=[on_run_failed],
-      on_crashed=[on_run_failed], flow_run_name=_run_name)
+      on_crashed=[on_run_failed], flow_run_name=run_namer("retrain"))
 def retrain(params: RetrainParams | None = None) -> State:
     """Retrain the detector and promote the challenger only if it beats the champion."""
     show_domain_logs()
@@ -97,15 +87,10 @@ def retrain(params: RetrainParams | None = None) -> State:
     run_id = start_run(settings, flow_run.get_id(), params.model_dump())
     try:
         return _retrain(settings, run_id)
-    except DataValidationError as exc:
-        record_progress(settings, run_id, RunProgress(validation=exc.report.summary()))
-        end_run(settings, run_id, RunEnding(state="failed", decision="failed_validation",
-                                            reason=str(exc)))
-        emit_validation_failed(settings.model_name, run_id=run_id, reason=str(exc),
-                               summary=exc.report.summary())
-        return _stopped_by_data(exc)
-    except DriftError as exc:
-        record_progress(settings, run_id, RunProgress(drift=exc.report.summary()))
+    except (DataValidationError, DriftError) as exc:
+        # A gate stopped the run: its report goes where the run keeps the gate's figures.
+        gate = "validation" if isinstance(exc, DataValidationError) else "drift"
+        record_progress(settings, run_id, RunProgress(**{gate: exc.report.summary()}))
         end_run(settings, run_id, RunEnding(state="failed", decision="failed_validation",
                                             reason=str(exc)))
         emit_validation_failed(settings.model_name, run_id=run_id, reason=str(exc),

@@ -17,20 +17,11 @@ from prefect.runtime import task_run
 from prefect.states import Completed, State
 
 from anomdet.settings import Settings
-from flows.logs import show_domain_logs
+from flows.logs import run_namer, show_domain_logs
 from tasks.database import prepare_database
 from tasks.events import emit_flags_written, on_run_failed
 from tasks.report import new_flags, publish_scoring
 from tasks.scoring import finish_scoring, plan_scoring, score_range
-
-
-def _run_name() -> str:
-    """`score-<model>-<date>-<time>`: the run list says what each run is."""
-    try:
-        model = Settings().model_name
-    except Exception:  # noqa: BLE001 - invalid settings fail the run itself, with the reason
-        model = "anomdet"
-    return f"score-{model}-{datetime.now(UTC):%Y-%m-%d-%H%M}"
 
 
 def _range_name() -> str:
@@ -41,7 +32,7 @@ def _range_name() -> str:
 
 # A failed or crashed run emits anomdet.run.failed, which automations can notify on.
 @flow(name="score", log_prints=False, on_failure=[on_run_failed],
-      on_crashed=[on_run_failed], flow_run_name=_run_name)
+      on_crashed=[on_run_failed], flow_run_name=run_namer("score"))
 def score(chunks: int = 4) -> State:
     """Score the unlabelled records the champion has not scored yet and write their flags.
 
