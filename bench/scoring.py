@@ -53,6 +53,7 @@ from anomdet.model import (
     quiet_transformers,
 )
 from anomdet.scoring import Scorer, ScoreSummary, score_id_range
+from anomdet.settings import RecordsSettings
 from db import repository as repo
 from db.engine import get_engine, migrate, session_scope
 from db.models import Flag, ModelVersion, Score, utcnow
@@ -388,7 +389,7 @@ def bench_scoring(url: str, config: ScoreBenchConfig) -> ScoringFigures:
     scorer = _load_scorer(config, config.base_model)
     frame = unlabelled_demo_frame(config.score_rows, seed=config.seed)
     texts = frame["text"].tolist()
-    mapping = RecordsMapping()
+    mapping = RecordsSettings().mapping()
     engine = prepared_engine(url)
     seed_records(engine, mapping, frame)
     # A few untimed batches warm the model; the first timed pass then places the threshold.
@@ -477,7 +478,7 @@ def memory_probe(rows: int, *, base_model: str, chunk_size: int, seed: int,
     sample = unlabelled_demo_frame(min(rows, THRESHOLD_SAMPLE), seed=seed)["text"].tolist()
     scores, _ = _model_only(scorer, sample)
     scorer = replace(scorer, threshold=flag_threshold(scores, config.flag_share))
-    mapping, engine = RecordsMapping(), prepared_engine(url)
+    mapping, engine = RecordsSettings().mapping(), prepared_engine(url)
     start = time.perf_counter()
     _seed_in_batches(engine, mapping, rows, seed)
     seed_seconds = time.perf_counter() - start

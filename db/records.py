@@ -51,14 +51,17 @@ def check_identifier(name: str, what: str) -> str:
 
 @dataclass(frozen=True)
 class RecordsMapping:
-    """Where the records live: a table and the columns holding id, text, label and time."""
+    """Where the records live: a table and the columns holding id, text, label and time.
 
-    table: str = "records"
-    id_column: str = "id"
-    text_column: str = "text"
-    label_column: str = "label"
-    timestamp_column: str | None = "created_at"
-    schema: str | None = None
+    Built by `anomdet.settings.RecordsSettings.mapping`, which holds the defaults.
+    """
+
+    table: str
+    id_column: str
+    text_column: str
+    label_column: str
+    timestamp_column: str | None
+    schema: str | None
 
     def __post_init__(self) -> None:
         check_identifier(self.table, "records table")

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from anomdet.settings import (
     DriftSettings,
     PromotionSettings,
+    RecordsSettings,
     TrainingSettings,
     ValidationSettings,
 )
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from anomdet.model import TrainConfig
     from anomdet.promotion import PromotionPolicy
     from anomdet.validation import ValidationConfig
+    from db.records import RecordsMapping
 
 
 def train_config(**changes: Any) -> TrainConfig:
@@ -44,3 +46,8 @@ def validation_config(**changes: Any) -> ValidationConfig:
 def drift_bounds(**changes: Any) -> DriftBounds:
     """The default drift settings' bounds, with `changes` (checked by the bounds)."""
     return replace(DriftSettings().bounds(), **changes)
+
+
+def records_mapping(**changes: Any) -> RecordsMapping:
+    """The default records settings' mapping, with `changes` (checked by the mapping)."""
+    return replace(RecordsSettings().mapping(), **changes)

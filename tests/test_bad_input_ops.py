@@ -23,6 +23,7 @@ from click.testing import Result
 
 from anomdet.artifact import MANIFEST_FILE
 from db.engine import get_engine
+from tests.configs import records_mapping
 from tests.conftest import POSTGRES_URL, _postgres_admin
 from tests.flows.test_retrain import seed_records
 from tests.test_bad_input import (  # noqa: F401 - fixtures requested by name
@@ -396,7 +397,6 @@ def _view_sql(conn: sa.Connection) -> tuple:
 
 def test_the_view_is_replaced_only_when_its_definition_changes(db_url: str) -> None:
     from db.engine import migrate
-    from db.records import RecordsMapping
     from db.repository import ensure_flagged_view
 
     engine = get_engine(db_url)
@@ -404,7 +404,7 @@ def test_the_view_is_replaced_only_when_its_definition_changes(db_url: str) -> N
     execute(db_url, sa.text("CREATE TABLE events (id INTEGER PRIMARY KEY, text TEXT, "
                             "body TEXT, title VARCHAR(50), label INTEGER)"))
     events = sa.Table("events", sa.MetaData(), autoload_with=engine)
-    mapping = RecordsMapping("events", timestamp_column=None)
+    mapping = records_mapping(table="events", timestamp_column=None)
     with engine.begin() as conn:
         ensure_flagged_view(conn, events, mapping)
     execute(db_url, sa.text("CREATE VIEW my_flags AS SELECT record_id FROM anomdet_flagged"))
@@ -413,7 +413,7 @@ def test_the_view_is_replaced_only_when_its_definition_changes(db_url: str) -> N
         ensure_flagged_view(conn, events, mapping)  # unchanged: left alone
         assert _view_sql(conn) == first
         # Another text column of the same type: replaced in place, the user's view kept.
-        ensure_flagged_view(conn, events, RecordsMapping("events", text_column="body",
+        ensure_flagged_view(conn, events, records_mapping(table="events", text_column="body",
                                                           timestamp_column=None))
         assert _view_sql(conn) != first
         conn.execute(sa.text("SELECT * FROM my_flags")).all()
@@ -423,7 +423,7 @@ def test_the_view_is_replaced_only_when_its_definition_changes(db_url: str) -> N
     with pytest.raises(ValueError, match="anomdet_flagged must change its columns, but other "
                                          "objects depend on it .*drop your views on"), \
             engine.begin() as conn:
-        ensure_flagged_view(conn, events, RecordsMapping("events", text_column="title",
+        ensure_flagged_view(conn, events, records_mapping(table="events", text_column="title",
                                                           timestamp_column=None))
 
 

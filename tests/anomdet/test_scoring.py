@@ -12,7 +12,8 @@ from anomdet.model import TINY_RANDOM, load_base_model, predict_scores
 from anomdet.scoring import Scorer, ScoreSummary, scorable, score_all, score_id_range, score_rows
 from db import repository as repo
 from db.engine import get_engine, migrate, session_scope
-from db.records import RecordsMapping, ensure_records_table, upsert_records
+from db.records import ensure_records_table, upsert_records
+from tests.configs import records_mapping
 
 THRESHOLD = 0.5
 
@@ -67,7 +68,7 @@ def test_score_all_streams_chunks_and_reports_progress(scorer: Scorer) -> None:
 def records(sqlite_url: str) -> tuple:
     engine = get_engine(sqlite_url)
     migrate(engine)
-    mapping = RecordsMapping()
+    mapping = records_mapping()
     table = ensure_records_table(engine, mapping)
     texts = [f"{'odd' if i % 4 == 0 else 'fine'} event {i}" for i in range(1, 41)]
     texts[4] = ""  # id 5: nothing to score

@@ -34,7 +34,7 @@ from bench.scoring import (
 from db import repository as repo
 from db.engine import session_scope
 from db.models import Flag, ModelVersion
-from db.records import RecordsMapping
+from tests.configs import records_mapping
 
 FLAG_KEYS = ("backend", "bulk_rows", "bulk_seconds", "orm_rows", "orm_seconds",
              "bulk_rows_per_s", "orm_rows_per_s", "speedup")
@@ -108,7 +108,7 @@ def test_end_to_end_scoring_flags_scores_at_or_above_threshold(sqlite_url: str) 
     model, tokenizer = load_base_model("tiny-random", seed=3)
     frame = unlabelled_demo_frame(250, seed=3)
     frame.loc[frame.index[:4], "text"] = ["", "   ", None, ""]
-    engine, mapping = prepared_engine(sqlite_url), RecordsMapping()
+    engine, mapping = prepared_engine(sqlite_url), records_mapping()
     seed_records(engine, mapping, frame)
     texts = frame["text"].iloc[4:].tolist()
     scores = predict_scores(model, tokenizer, texts, max_length=64)

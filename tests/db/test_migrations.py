@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from db import repository as repo
 from db.engine import MIGRATION_OPTIONS, get_engine, migrate, migrations_dir
 from db.models import Base
-from db.records import RecordsMapping, ensure_records_table
+from db.records import ensure_records_table
+from tests.configs import records_mapping
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAD = ScriptDirectory(str(migrations_dir())).get_current_head()
@@ -41,7 +42,7 @@ def test_the_models_are_what_the_migrations_build(db_url: str) -> None:
     engine = get_engine(db_url)
     migrate(engine)
     # The user's table and the view share the database; neither is anomdet's to migrate.
-    mapping = RecordsMapping()
+    mapping = records_mapping()
     table = ensure_records_table(engine, mapping)
     with engine.begin() as conn:
         repo.ensure_flagged_view(conn, table, mapping)
@@ -52,7 +53,7 @@ def test_the_models_are_what_the_migrations_build(db_url: str) -> None:
 def test_the_comparison_finds_what_the_migrations_lack(sqlite_url: str) -> None:
     engine = get_engine(sqlite_url)
     migrate(engine)
-    ensure_records_table(engine, RecordsMapping())
+    ensure_records_table(engine, records_mapping())
     wider = sa.MetaData()
     for table in Base.metadata.tables.values():
         table.to_metadata(wider)

@@ -3,6 +3,8 @@ compare-and-set, idempotent flags, the view, and the records mapping."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -11,7 +13,6 @@ from sqlalchemy.exc import IntegrityError
 from db import repository as repo
 from db.engine import get_engine, migrate, session_scope
 from db.records import (
-    RecordsMapping,
     ensure_records_table,
     iter_unlabelled,
     read_labelled,
@@ -20,8 +21,9 @@ from db.records import (
     text_hash,
     upsert_records,
 )
+from tests.configs import records_mapping
 
-MAPPING = RecordsMapping()
+MAPPING = records_mapping()
 
 
 def _version(**over: object) -> dict:
@@ -200,23 +202,23 @@ def test_a_custom_mapping_is_checked_against_the_schema(engine: sa.Engine) -> No
         conn.execute(sa.text("CREATE TABLE events (event_id INTEGER PRIMARY KEY, body TEXT, "
                              "is_bad INTEGER)"))
         conn.execute(sa.text("INSERT INTO events VALUES (1, 'a', 0), (2, 'b', NULL)"))
-    mapping = RecordsMapping("events", "event_id", "body", "is_bad", None)
+    mapping = records_mapping(table="events", id_column="event_id", text_column="body",
+                              label_column="is_bad", timestamp_column=None)
     with engine.connect() as conn:
         table = reflect_records_table(conn, mapping)
         assert read_labelled(conn, table, mapping)["text"].tolist() == ["a"]
         with pytest.raises(ValueError, match="lacks the mapped text column 'message'"):
-            reflect_records_table(conn, RecordsMapping("events", "event_id", "message",
-                                                       "is_bad", None))
+            reflect_records_table(conn, replace(mapping, text_column="message"))
         with pytest.raises(ValueError, match="'nope' does not exist"):
-            reflect_records_table(conn, RecordsMapping(table="nope"))
+            reflect_records_table(conn, records_mapping(table="nope"))
 
 
 @pytest.mark.parametrize("name", ["records; DROP TABLE x", "a b", "1abc", "x\"y", ""])
 def test_unsafe_names_are_refused_before_any_sql(name: str) -> None:
     with pytest.raises(ValueError, match="not a plain SQL identifier"):
-        RecordsMapping(table=name)
+        records_mapping(table=name)
     with pytest.raises(ValueError, match="not a plain SQL identifier"):
-        RecordsMapping(text_column=name)
+        records_mapping(text_column=name)
 
 
 def test_json_fields_store_nan_as_null(engine: sa.Engine) -> None:

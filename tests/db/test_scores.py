@@ -13,7 +13,6 @@ from alembic.config import Config
 from db import repository as repo
 from db.engine import get_engine, migrate, migrations_dir, session_scope
 from db.records import (
-    RecordsMapping,
     id_ranges,
     iter_unlabelled,
     record_key,
@@ -21,8 +20,9 @@ from db.records import (
     text_hash,
     unkeyed_unlabelled,
 )
+from tests.configs import records_mapping
 
-EVENTS = RecordsMapping("events", "id", "text", "label", None)
+EVENTS = records_mapping(table="events", timestamp_column=None)
 
 
 def _version(engine: sa.Engine, number: int = 1, status: str = "champion",
@@ -203,7 +203,7 @@ def _upgrade_to(engine: sa.Engine, revision: str) -> None:
 def test_upgrade_from_0002_keeps_the_view_its_grants_and_the_flags(db_url: str) -> None:
     engine = get_engine(db_url)
     _upgrade_to(engine, "0002")
-    mapping = RecordsMapping()
+    mapping = records_mapping()
     with engine.begin() as conn:
         conn.execute(sa.text("CREATE TABLE records (id BIGINT PRIMARY KEY, text TEXT, "
                              "label SMALLINT, created_at TIMESTAMP)"))

@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from anomdet.errors import DataValidationError
 from db import repository as repo
 from db.engine import get_engine, session_scope
-from db.records import RecordsMapping, ensure_records_table, upsert_records
+from db.records import ensure_records_table, upsert_records
+from tests.configs import records_mapping
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -33,7 +34,7 @@ def toy_records(n: int = 500, seed: int = 0) -> pd.DataFrame:
 
 def seed_records(url: str, frame: pd.DataFrame) -> None:
     engine = get_engine(url)
-    mapping = RecordsMapping()
+    mapping = records_mapping()
     table = ensure_records_table(engine, mapping)
     with engine.begin() as conn:
         upsert_records(conn, table, mapping, frame)

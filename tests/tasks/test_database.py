@@ -16,7 +16,8 @@ from anomdet.settings import Settings
 from db import repository as repo
 from db.engine import get_engine, migrate, session_scope
 from db.models import Run
-from db.records import RecordsMapping, ensure_records_table, text_hash, upsert_records
+from db.records import ensure_records_table, text_hash, upsert_records
+from tests.configs import records_mapping
 from tests.tasks.conftest import Recorder
 
 
@@ -55,7 +56,7 @@ def settings(sqlite_url: str) -> Settings:
 
 def test_prepare_migrates_and_creates_the_view(settings: Settings) -> None:
     engine = get_engine(settings.database_url)
-    ensure_records_table(engine, RecordsMapping())
+    ensure_records_table(engine, records_mapping())
     td.prepare_database.fn(settings)
     inspector = sa.inspect(engine)
     assert "anomdet_runs" in inspector.get_table_names()
@@ -89,7 +90,7 @@ def test_start_run_records_this_process_and_closes_dead_ones(
 
 def test_extract_reads_the_labelled_records_only(settings: Settings) -> None:
     engine = get_engine(settings.database_url)
-    mapping = RecordsMapping()
+    mapping = records_mapping()
     table = ensure_records_table(engine, mapping)
     frame = pd.DataFrame({"id": range(1, 251), "text": [f"t{i}" for i in range(1, 251)],
                           "label": pd.array([i % 2 if i <= 200 else None
@@ -121,7 +122,7 @@ def test_a_run_records_progress_then_ends(settings: Settings) -> None:
 
 def test_top_flagged_reads_the_view_highest_score_first(settings: Settings) -> None:
     engine = get_engine(settings.database_url)
-    mapping = RecordsMapping()
+    mapping = records_mapping()
     table = ensure_records_table(engine, mapping)
     frame = pd.DataFrame({"id": [1, 2, 3], "text": ["a", "b", "c"],
                           "label": pd.array([None, None, None], dtype="Int64")})
