@@ -93,7 +93,7 @@ class TrainingSettings(BaseModel):
     # a 20k-row set to about 20k samples, 5-10 minutes on two CPU cores.
     epochs: int = Field(3, ge=1, le=100)
     min_steps: int = Field(400, ge=1)
-    max_steps: int | None = Field(1200, ge=1)
+    max_steps: int | None = Field(1200, ge=1, validate_default=True)
     batch_size: int = Field(16, ge=2, le=1024)
     # The head starts fitted (see `probe_head`), so fine-tuning only adjusts the encoder.
     # At 1e-4 it lost the probe's validation ranking within 70 steps on log lines (PR-AUC
@@ -135,6 +135,15 @@ class TrainingSettings(BaseModel):
     # the decision is about the model as it will score. Use fp32 on GPUs.
     inference_precision: Literal["auto", "int8", "fp32"] = "auto"
     int8_tolerance: float = Field(0.002, ge=0, le=1)
+
+    @field_validator("max_steps")
+    @classmethod
+    def _not_below_min_steps(cls, value: int | None, info: ValidationInfo) -> int | None:
+        low = info.data.get("min_steps")
+        if value is not None and low is not None and value < low:
+            raise ValueError(f"below {variable_name(('training', 'min_steps'))}={low}; raise "
+                             "the maximum or lower the minimum")
+        return value
 
 
 class PromotionSettings(BaseModel):

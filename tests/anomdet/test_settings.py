@@ -121,8 +121,9 @@ def test_the_domains_config_objects_have_no_defaults_of_their_own() -> None:
     from anomdet.model import TrainConfig
     from anomdet.promotion import PromotionPolicy
     from anomdet.validation import ValidationConfig
+    from db.records import RecordsMapping
 
-    for config in (TrainConfig, PromotionPolicy, ValidationConfig, DriftBounds):
+    for config in (TrainConfig, PromotionPolicy, ValidationConfig, DriftBounds, RecordsMapping):
         defaulted = [f.name for f in dataclasses.fields(config)
                      if f.default is not dataclasses.MISSING
                      or f.default_factory is not dataclasses.MISSING]
@@ -149,6 +150,8 @@ def test_the_configs_are_built_from_the_settings() -> None:
     ("ANOMDET_VALIDATION__TEXT_MIN_LENGTH", "30000",
      "ANOMDET_VALIDATION__TEXT_MAX_LENGTH=20000: below ANOMDET_VALIDATION__TEXT_MIN_LENGTH"),
     ("ANOMDET_DRIFT__MAX_LENGTH_KS", "2", "ANOMDET_DRIFT__MAX_LENGTH_KS=2: "),
+    ("ANOMDET_TRAINING__MIN_STEPS", "5000",
+     "ANOMDET_TRAINING__MAX_STEPS=1200: below ANOMDET_TRAINING__MIN_STEPS=5000"),
     ("ANOMDET_RECORDS__LABEL_COLUMN", "text",
      "ANOMDET_RECORDS__LABEL_COLUMN=text: column 'text' is mapped already"),
     ("ANOMDET_RECORDS__TABLE", "a b", "ANOMDET_RECORDS__TABLE=a b: records table 'a b' is not"),
