@@ -90,10 +90,17 @@ MIGRATION_OPTIONS: dict[str, object] = {"render_as_batch": True,
 
 
 def lock_migrations(connection: Connection) -> None:
-    """Serialise migrations of one PostgreSQL database until the transaction ends:
-    two first runs at once would both try to create the tables."""
+    """Serialise migrations of one database until the transaction ends: two first runs
+    at once would both try to create the tables."""
     if connection.dialect.name == "postgresql":
         connection.execute(sa.text("SELECT pg_advisory_xact_lock(815202)"))
+    elif connection.dialect.name == "sqlite":
+        # Python's sqlite3 opens a transaction only before a data change, so the
+        # migration's reads and DDL would run unlocked: take the write lock first (the
+        # busy timeout makes a second run wait for it, then find the tables made).
+        dbapi = connection.connection.dbapi_connection
+        if dbapi is not None and not dbapi.in_transaction:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def migrate(engine: Engine) -> None:

@@ -123,3 +123,24 @@ def test_flagged_on_a_new_database_says_there_is_no_champion_yet(
     assert result.exit_code == 0, result.output
     assert result.output.strip() == ("no champion of 'anomdet' yet: nothing is flagged "
                                       "until `anomdet retrain` promotes one")
+
+
+def _migrate_after(url: str, barrier: object) -> None:
+    barrier.wait()  # type: ignore[attr-defined]
+    migrate(get_engine(url))
+
+
+def test_first_runs_racing_on_a_new_database_all_migrate(db_url: str) -> None:
+    # Each process is a run that finds no tables yet: without the lock, the losers
+    # failed with "table ... already exists" on SQLite.
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    barrier = context.Barrier(4)
+    racers = [context.Process(target=_migrate_after, args=(db_url, barrier)) for _ in range(4)]
+    for racer in racers:
+        racer.start()
+    for racer in racers:
+        racer.join(timeout=120)
+    assert [racer.exitcode for racer in racers] == [0, 0, 0, 0]
+    assert _revision(get_engine(db_url)) == HEAD
