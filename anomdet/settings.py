@@ -284,6 +284,13 @@ class Settings(BaseSettings):
     chunk_size: int = Field(5_000, ge=100, description="rows per database read")
     score_batch_size: int = Field(64, ge=1)
     top_flagged: int = Field(20, ge=1)
+    # A hung run must not hold its model's retrain slot for ever. On two CPU cores the
+    # bundled model fine-tuned 1,300 to 25,000 rows in 2 to 7 minutes (README,
+    # Benchmarks), and a promotion scores about 400 records/s: two hours of fine-tuning
+    # and four for the whole run (waiting for the slot included) leave room for slower
+    # machines and tables of millions of rows, and still free the 02:00 slot by morning.
+    fine_tune_timeout_minutes: float = Field(120, gt=0)
+    retrain_timeout_minutes: float = Field(240, gt=0)
     records: RecordsSettings = RecordsSettings()
     training: TrainingSettings = TrainingSettings()
     promotion: PromotionSettings = PromotionSettings()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -63,6 +64,8 @@ class Challenger:
     scoring_model: PreTrainedModel
     val_scores: np.ndarray  # the scoring model's, on which the threshold was chosen
     val_pr_auc_int8: float | None = None
+    # Where the challenger is kept until its run decides (see anomdet.checkpoint).
+    checkpoint: Path | None = None
 
     def hyperparameters(self) -> dict[str, Any]:
         return {**self.config.__dict__, "base_model": self.base_model,

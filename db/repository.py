@@ -51,6 +51,14 @@ def get_champion(*, session: Session, model_name: str) -> ModelVersion | None:
     return session.scalars(query).one_or_none()
 
 
+def version_of_run(*, session: Session, model_name: str, run_id: int) -> ModelVersion | None:
+    """The version that run `run_id` promoted, if it promoted one."""
+    query = sa.select(ModelVersion).where(
+        ModelVersion.model_name == model_name, ModelVersion.run_id == run_id
+    )
+    return session.scalars(query).one_or_none()
+
+
 def get_version(*, session: Session, model_name: str, version: int) -> ModelVersion | None:
     """One version of `model_name` by its number."""
     query = sa.select(ModelVersion).where(

@@ -8,7 +8,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.transactions import transaction
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from anomdet.data import fingerprint
 from anomdet.drift import DataProfile
@@ -19,6 +19,7 @@ from anomdet.report import RunSummary, promoted_message, rejected_message
 from anomdet.settings import Settings
 from db.repository import ChampionChanged, RunEnding, RunProgress
 from flows.logs import run_namer, show_domain_logs
+from flows.slots import retrain_slot
 from tasks.database import (
     end_run,
     extract_labelled,
@@ -35,6 +36,7 @@ from tasks.events import (
     on_run_failed,
 )
 from tasks.model import (
+    discard_challenger,
     evaluate_model,
     fine_tune_challenger,
     fit_baseline,
@@ -73,16 +75,34 @@ def effective_settings(params: RetrainParams) -> Settings:
     return settings.model_copy(update={"training": type(training).model_validate(training)})
 
 
+def _retrain_timeout() -> float | None:
+    """ANOMDET_RETRAIN_TIMEOUT_MINUTES in seconds, read when the flow is defined (Prefect
+    takes it in the decorator); None when the settings are invalid, which the run then
+    reports by variable name."""
+    try:
+        return Settings().retrain_timeout_minutes * 60
+    except ValidationError:
+        return None
+
+
 # A failed or crashed run emits anomdet.run.failed, which automations can notify on.
 # The run ends in a state whose message says what happened (promoted v4: ..., rejected:
-# ...); calling the flow returns its `RetrainOutcome` all the same.
+# ...); calling the flow returns its `RetrainOutcome` all the same. A run that passes
+# ANOMDET_RETRAIN_TIMEOUT_MINUTES, waiting for its slot included, ends TimedOut (Failed).
 @flow(name="retrain", log_prints=False, on_failure=[on_run_failed],
-      on_crashed=[on_run_failed], flow_run_name=run_namer("retrain"))
+      on_crashed=[on_run_failed], flow_run_name=run_namer("retrain"),
+      timeout_seconds=_retrain_timeout())
 def retrain(params: RetrainParams | None = None) -> State:
     """Retrain the detector and promote the challenger only if it beats the champion."""
     show_domain_logs()
     params = params or RetrainParams()
     settings = effective_settings(params)
+    with retrain_slot(settings.model_name, settings.artifact_root() / settings.model_name):
+        return _run(settings, params)
+
+
+def _run(settings: Settings, params: RetrainParams) -> State:
+    """The run, once it holds its model's retraining slot."""
     prepare_database(settings)
     run_id = start_run(settings, flow_run.get_id(), params.model_dump())
     try:
@@ -134,7 +154,8 @@ def _retrain(settings: Settings, run_id: int) -> State:
                                        (rows, anomalies) in _split_counts(split).items()))
     record_progress(settings, run_id, RunProgress(test_rows=len(split.test)))
     baseline = fit_baseline(split, settings)
-    challenger = fine_tune_challenger(split, settings)
+    challenger = fine_tune_challenger.with_options(
+        timeout_seconds=settings.fine_tune_timeout_minutes * 60)(split, settings)
     ch_eval = evaluate_model.with_options(task_run_name="evaluate challenger")(
         (challenger.scoring_model, challenger.tokenizer), split.test,
         challenger.threshold, challenger.config.max_length, settings)
@@ -236,6 +257,7 @@ def _conclude(settings: Settings, outcome: RetrainOutcome, decision: Any, challe
         promoted_version=outcome.promoted_version, flags_written=outcome.flags_written,
         threshold=challenger.threshold, artifact_uri=artifact_uri))
     tag_run(outcome.decision)
+    discard_challenger(challenger)
     get_run_logger().info(outcome.message)
     return Completed(message=outcome.message, data=outcome)
 

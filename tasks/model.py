@@ -10,6 +10,13 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
 from anomdet.baseline import evaluate_baseline
+from anomdet.checkpoint import (
+    challenger_key,
+    checkpoint_dir,
+    discard_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from anomdet.data import Split, split_records
 from anomdet.drift import DataProfile, DriftReport, compare, profile
 from anomdet.errors import DataValidationError
@@ -74,11 +81,27 @@ def load_champion(settings: Settings) -> tuple[ModelVersion, LoadedModel] | None
     return champion, loaded
 
 
+# The flow sets the timeout (ANOMDET_FINE_TUNE_TIMEOUT_MINUTES). No retries: a retry of
+# the whole run reuses the kept challenger instead (see anomdet.checkpoint).
 @task(name="fine-tune challenger", cache_policy=NO_CACHE)
 def fine_tune_challenger(split: Split, settings: Settings) -> Challenger:
-    """Fine-tune the base model on the train split and pick its threshold on validation."""
-    progress = ui_progress("fine-tuning the challenger")
-    return train_challenger(split, settings.training, progress=progress)
+    """Fine-tune the base model on the train split and pick its threshold on validation,
+    or take the challenger that an earlier run trained on the same rows and settings."""
+    directory = checkpoint_dir(settings.artifact_root() / settings.model_name,
+                               challenger_key(split, settings.training))
+    challenger = load_checkpoint(directory)
+    if challenger is None:
+        progress = ui_progress("fine-tuning the challenger")
+        challenger = train_challenger(split, settings.training, progress=progress)
+        save_checkpoint(challenger, directory)
+    challenger.checkpoint = directory
+    return challenger
+
+
+@task(name="discard kept challenger", cache_policy=NO_CACHE)
+def discard_challenger(challenger: Challenger) -> None:
+    """The run has decided: its challenger need not wait for a retry any more."""
+    discard_checkpoint(challenger.checkpoint)
 
 
 @task(name="fit TF-IDF baseline", cache_policy=NO_CACHE)

@@ -27,6 +27,7 @@ from db.records import (
     reflect_records_table,
     unkeyed_unlabelled,
 )
+from tasks.database import IO_RETRIES
 from tasks.progress import ui_progress
 
 ARTIFACT_KEY = "artifact_dir"
@@ -47,7 +48,9 @@ def decide_promotion(challenger: EvalResult, champion: EvalResult | None,
     return decide(challenger, champion, settings.promotion.policy(), baseline)
 
 
-@task(name="store artifact", cache_policy=NO_CACHE)
+# A failed try leaves nothing (the save renames a finished folder into place), so a
+# retry writes a new folder; the rollback hook removes whichever folder was saved.
+@task(name="store artifact", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
 def store_artifact(challenger: Challenger, settings: Settings,
                    meta: dict[str, Any]) -> StoredArtifact:
     """Save the challenger's weights, tokenizer and metadata under the artifacts folder."""
@@ -68,7 +71,7 @@ def _remove_artifact(transaction: Transaction) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@task(name="score unlabelled records", cache_policy=NO_CACHE)
+@task(name="score unlabelled records", cache_policy=NO_CACHE, **IO_RETRIES)
 def score_unlabelled(challenger: Challenger, settings: Settings,
                      run_id: int) -> tuple[list[repo.ScoreRow], ScoreSummary]:
     """Score every unlabelled record with the challenger; return its scores, not yet written."""
@@ -92,7 +95,10 @@ def score_unlabelled(challenger: Challenger, settings: Settings,
     return rows, summary
 
 
-@task(name="commit promotion", cache_policy=NO_CACHE)
+# Retried when the connection fails. A try whose commit went through but whose answer
+# was lost is found by its run id: the retry returns that version rather than meeting
+# its own champion in the compare-and-set (which would abandon, and remove, its files).
+@task(name="commit promotion", cache_policy=NO_CACHE, **IO_RETRIES)
 def commit_promotion(settings: Settings, *, expected_champion_id: int | None,
                      version_fields: dict[str, Any],
                      scores: list[repo.ScoreRow]) -> tuple[int, int]:
@@ -104,6 +110,11 @@ def commit_promotion(settings: Settings, *, expected_champion_id: int | None,
     """
     engine = get_engine(settings.database_url)
     with session_scope(engine) as session:
+        run_id = version_fields.get("run_id")
+        done = run_id and repo.version_of_run(session=session, model_name=settings.model_name,
+                                              run_id=run_id)
+        if done:
+            return done.id, done.version
         number = repo.next_version_number(session=session, model_name=settings.model_name)
         version = repo.promote_new_version(
             session=session, expected_champion_id=expected_champion_id, scores=scores,

@@ -25,6 +25,7 @@ TASKS = {
     tm.fine_tune_challenger: "fine-tune challenger",
     tm.fit_baseline: "fit TF-IDF baseline",
     tm.evaluate_model: "evaluate on test split",
+    tm.discard_challenger: "discard kept challenger",
 }
 
 SETTINGS = Settings(training={"seed": 99, "split_seed": 7, "val_fraction": 0.1,
@@ -63,13 +64,20 @@ def test_validation_runs_the_configured_suite(monkeypatch: pytest.MonkeyPatch,
 
 
 def test_fine_tuning_gets_the_training_settings_and_a_progress_bar(
-        monkeypatch: pytest.MonkeyPatch, no_progress: Recorder) -> None:
-    train = Recorder("challenger")
+        monkeypatch: pytest.MonkeyPatch, no_progress: Recorder, tmp_path: Path) -> None:
+    challenger = SimpleNamespace(checkpoint=None)
+    train, keep = Recorder(challenger), Recorder()
     monkeypatch.setattr(tm, "train_challenger", train)
-    assert tm.fine_tune_challenger.fn(SPLIT, SETTINGS) == "challenger"
+    monkeypatch.setattr(tm, "save_checkpoint", keep)
+    settings = SETTINGS.model_copy(update={"artifacts_dir": tmp_path})
+    assert tm.fine_tune_challenger.fn(SPLIT, settings) is challenger
     (split, training), kwargs = train.call
-    assert split is SPLIT and training is SETTINGS.training
+    assert split is SPLIT and training is settings.training
     assert kwargs["progress"] is no_progress.result
+    # Kept for a retry under the model's folder, named by the data and the settings.
+    key = tm.challenger_key(SPLIT, settings.training)
+    assert keep.call == ((challenger, tmp_path / "anomdet" / "checkpoints" / key), {})
+    assert challenger.checkpoint == tmp_path / "anomdet" / "checkpoints" / key
 
 
 def test_baseline_uses_the_training_seed_and_target_precision(
@@ -124,7 +132,8 @@ def test_load_champion_verifies_the_recorded_artifact(sqlite_url: str,
     assert kwargs["recorded"]["threshold"] == pytest.approx(0.625)
 
 
-def test_fine_tune_task_trains_the_tiny_model_end_to_end(no_progress: Recorder) -> None:
+def test_fine_tune_task_trains_the_tiny_model_end_to_end(no_progress: Recorder,
+                                                         tmp_path: Path) -> None:
     """The one real call: the tiny random BERT through the task, threshold in (0, 1]."""
     rng = np.random.default_rng(0)
     labels = (rng.random(120) < 0.3).astype(int)
@@ -134,7 +143,8 @@ def test_fine_tune_task_trains_the_tiny_model_end_to_end(no_progress: Recorder) 
     split = Split(frame.iloc[:80], frame.iloc[80:], frame.iloc[80:])
     settings = Settings(training={"base_model": "tiny-random", "epochs": 1, "min_steps": 5,
                                   "max_steps": 5, "max_length": 16, "probe_head": False,
-                                  "inference_precision": "fp32"})
+                                  "inference_precision": "fp32"}, artifacts_dir=tmp_path)
     challenger = tm.fine_tune_challenger.fn(split, settings)
     assert 0 < challenger.threshold <= 1
     assert challenger.result.steps == 5 and challenger.precision == "fp32"
+    assert challenger.checkpoint.is_dir()

@@ -15,14 +15,34 @@ from db.engine import get_engine, migrate, session_scope
 from tests.tasks.conftest import Recorder
 
 
-@pytest.mark.parametrize(("task", "name"), [
-    (tp.decide_promotion, "decide promotion"), (tp.store_artifact, "store artifact"),
-    (tp.score_unlabelled, "score unlabelled records"),
-    (tp.commit_promotion, "commit promotion"),
+@pytest.mark.parametrize(("task", "name", "retries"), [
+    (tp.decide_promotion, "decide promotion", 0), (tp.store_artifact, "store artifact", 2),
+    (tp.score_unlabelled, "score unlabelled records", 3),
+    (tp.commit_promotion, "commit promotion", 3),
 ])
-def test_names_no_cache_and_no_retries(task: object, name: str) -> None:
-    # A retried commit could promote twice; a retried save could leave two artifacts.
-    assert (task.name, task.cache_policy, task.retries) == (name, NO_CACHE, 0)
+def test_names_no_cache_and_retries_where_a_retry_is_safe(task: object, name: str,
+                                                          retries: int) -> None:
+    # The commit is retried only on a lost connection, and finds a try that went through
+    # (below); a retried save writes a new folder, and the rollback removes the saved one.
+    assert (task.name, task.cache_policy, task.retries) == (name, NO_CACHE, retries)
+
+
+def test_a_retried_commit_returns_the_version_its_first_try_committed(sqlite_url: str) -> None:
+    settings = Settings(database_url=sqlite_url)
+    engine = get_engine(sqlite_url)
+    migrate(engine)
+    with session_scope(engine) as session:
+        run_id = repo.start_run(session=session, model_name="anomdet").id
+    fields = _fields(run_id=run_id)
+    first = tp.commit_promotion.fn(settings, expected_champion_id=None, version_fields=fields,
+                                   scores=[repo.ScoreRow("1", 0.9, "h1")])
+    # The answer to the first try was lost: the retry still expects "no champion".
+    again = tp.commit_promotion.fn(settings, expected_champion_id=None, version_fields=fields,
+                                   scores=[repo.ScoreRow("1", 0.9, "h1")])
+    assert again == first
+    with session_scope(engine) as session:
+        assert len(repo.list_versions(session=session, model_name="anomdet")) == 1
+        assert repo.count_flags(session=session, model_version_id=first[0]) == 1
 
 
 def test_decision_uses_the_configured_policy(monkeypatch: pytest.MonkeyPatch) -> None:
