@@ -117,8 +117,13 @@ def _run(settings: Settings, params: RetrainParams) -> State:
                                summary=exc.report.summary())
         return _stopped_by_data(exc)
     except Exception as exc:
-        end_run(settings, run_id, RunEnding(state="failed", decision="failed",
-                                            reason=f"{type(exc).__name__}: {exc}"))
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, TimeoutError):
+            reason += (f" (limits: fine-tuning {settings.fine_tune_timeout_minutes:g} min, "
+                       f"the run {settings.retrain_timeout_minutes:g} min; raise "
+                       "ANOMDET_FINE_TUNE_TIMEOUT_MINUTES or ANOMDET_RETRAIN_TIMEOUT_MINUTES, "
+                       "or train on fewer rows with ANOMDET_TRAINING__MAX_TRAIN_ROWS)")
+        end_run(settings, run_id, RunEnding(state="failed", decision="failed", reason=reason))
         raise
 
 

@@ -15,9 +15,11 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
+from anomdet.checkpoint import CHECKPOINTS
 from anomdet.outcome import RetrainOutcome
 from db import repository as repo
 from db.engine import get_engine, session_scope
+from tests.flows.conftest import free_retrain_slot, retrain_slots
 from tests.flows.test_retrain import seed_records, snapshot, toy_records
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -25,7 +27,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _artifacts(root: Path) -> set[str]:
-    return {p.name for p in (root / "anomdet").glob("*")} if (root / "anomdet").exists() else set()
+    """The model's stored versions (not the challenger kept for a retry, nor the lock)."""
+    folder = root / "anomdet"
+    return {p.name for p in folder.glob("*") if p.name != CHECKPOINTS
+            and not p.name.startswith(".")} if folder.exists() else set()
 
 
 @pytest.fixture
@@ -125,6 +130,8 @@ def test_two_runs_racing_to_promote_end_with_one_champion(
         return original(**kwargs)
 
     monkeypatch.setattr(repo, "promote_new_version", both_at_once)
+    # Two slots, as a user may allow, so that the runs race rather than take turns.
+    retrain_slots(2)
     outcomes: list[RetrainOutcome] = []
     threads = [threading.Thread(target=lambda s=s: outcomes.append(retrain(RetrainParams(seed=s))))
                for s in (1, 2)]
@@ -184,6 +191,7 @@ def test_sigkill_leaves_champion_and_flags_and_the_next_run_completes(
     finally:
         if proc.poll() is None:
             proc.kill()
+    free_retrain_slot()
     after = snapshot(anomdet_env)
     assert after == before
     outcome = retrain()

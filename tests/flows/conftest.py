@@ -1,0 +1,48 @@
+"""The retraining slot (flows.slots) as the flow tests need it: each test starts with the
+default limit, and a test may widen it or free a slot that a killed run held."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from flows.slots import slot_name
+
+
+def _client():  # noqa: ANN202 - Prefect's sync client
+    from prefect.client.orchestration import get_client
+
+    return get_client(sync_client=True)
+
+
+def _api_configured() -> bool:
+    from prefect.settings import get_current_settings
+
+    return bool(get_current_settings().api.url)
+
+
+def free_retrain_slot(model_name: str = "anomdet") -> None:
+    """Drop the model's limit, and so the slot a killed run still holds. A real server's
+    repossessor frees a dead holder's slot when its lease expires (5 minutes); the test
+    harness's server runs no such service. The next run creates the limit again."""
+    from prefect.exceptions import ObjectNotFound
+
+    with _client() as client:
+        try:
+            client.delete_global_concurrency_limit_by_name(slot_name(model_name))
+        except ObjectNotFound:
+            pass
+
+
+def retrain_slots(limit: int, model_name: str = "anomdet") -> None:
+    """Let `limit` retraining runs of the model go at once, as a user may."""
+    with _client() as client:
+        client.upsert_global_concurrency_limit_by_name(slot_name(model_name), limit)
+
+
+@pytest.fixture(autouse=True)
+def _default_retrain_slot() -> Iterator[None]:
+    yield
+    if _api_configured():
+        free_retrain_slot()
