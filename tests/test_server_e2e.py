@@ -263,6 +263,10 @@ def test_deployed_retraining_runs_on_a_worker_and_publishes_artifacts(
             deployment.id, parameters={"params": {"base_model": "tiny-random", "epochs": 2}})
         final = _final_state(client, run.id, [worker_log, server.logs], timeout=420)
         assert final.state.is_completed(), f"{final.state}\n{_tail(worker_log)}"
+        # The outcome at a glance: the state message and the decision's tag.
+        assert final.state.message.startswith("promoted v1: f1 "), final.state.message
+        assert "records flagged" in final.state.message
+        assert "promoted" in final.tags and final.name.startswith("retrain-anomdet-")
         # The promotion's event reaches the server, and the score deployment's trigger
         # answers it with a scoring run, which this worker executes.
         promoted = _wait_for("the anomdet.model.promoted event",
@@ -319,5 +323,33 @@ def test_serve_registers_both_flows_and_runs_them_in_process(
         # serving process and complete, saying that there is nothing to score it with.
         run = client.create_flow_run_from_deployment(score.id)
         final = _final_state(client, run.id, [log, server.logs], timeout=240)
-    assert final.state.is_completed(), f"{final.state}\n{_tail(log)}"
-    assert "no champion" in (final.state.message or ""), final.state.message
+        assert final.state.is_completed(), f"{final.state}\n{_tail(log)}"
+        assert "no champion" in (final.state.message or ""), final.state.message
+        _check_one_retrain_at_a_time(server, client, retrain, env, tmp_path, [log])
+
+
+def _check_one_retrain_at_a_time(server: Server, client: Any, served: Any, env: dict[str, str],
+                                 work: Path, logs: list[Path]) -> None:
+    """A served retraining run and an `anomdet retrain` against the same server, started
+    together, hold the model's one slot in turn (flows.slots)."""
+    seed_records(env["ANOMDET_DATABASE_URL"], toy_records(300))  # enough labels to train
+    params = {"base_model": "tiny-random", "epochs": 2}
+    cli_log = work / "cli.log"
+    args = [sys.executable, "-m", "anomdet.cli", "retrain", "--base-model", "tiny-random",
+            "--epochs", "2"]
+    with _process(args, {**env, "ANOMDET_PROMOTION__FIRST_RUN": "always"}, REPO,
+                  cli_log) as cli:
+        run = client.create_flow_run_from_deployment(served.id, parameters={"params": params})
+        final = _final_state(client, run.id, [*logs, cli_log, server.logs], timeout=420)
+        _wait_for("the command-line retrain", lambda: cli.poll() is not None, 420,
+                  [cli_log, *logs])
+    assert cli.returncode == 0, _tail(cli_log)
+    assert final.state.is_completed(), f"{final.state}\n{_tail(logs[0])}"
+    limit = client.read_global_concurrency_limit_by_name("anomdet-retrain-anomdet")
+    assert limit.limit == 1 and limit.active_slots == 0
+    with session_scope(get_engine(env["ANOMDET_DATABASE_URL"])) as session:
+        runs = sorted(repo.recent_runs(session=session, model_name="anomdet"),
+                      key=lambda r: r.started_at)
+    assert [r.state for r in runs] == ["completed", "completed"], [r.reason for r in runs]
+    assert runs[0].ended_at <= runs[1].started_at, [(r.started_at, r.ended_at) for r in runs]
+    assert {r.flow_run_id for r in runs} >= {str(run.id)}
