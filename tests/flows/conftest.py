@@ -3,7 +3,9 @@ default limit, and a test may widen it or free a slot that a killed run held."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -46,3 +48,18 @@ def _default_retrain_slot() -> Iterator[None]:
     yield
     if _api_configured():
         free_retrain_slot()
+
+
+def retrain_at_once(*seeds: int, timeout: float = 1200) -> list[Any]:
+    """Start one retraining run per training seed together, in threads; their outcomes
+    in the order they ended."""
+    from flows.retrain import RetrainParams, retrain
+
+    outcomes: list[Any] = []
+    threads = [threading.Thread(target=lambda s=s: outcomes.append(retrain(RetrainParams(seed=s))))
+               for s in seeds]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout)
+    return outcomes

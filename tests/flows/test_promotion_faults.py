@@ -16,10 +16,9 @@ import pytest
 import sqlalchemy as sa
 
 from anomdet.checkpoint import CHECKPOINTS
-from anomdet.outcome import RetrainOutcome
 from db import repository as repo
 from db.engine import get_engine, session_scope
-from tests.flows.conftest import free_retrain_slot, retrain_slots
+from tests.flows.conftest import free_retrain_slot, retrain_at_once, retrain_slots
 from tests.flows.test_retrain import seed_records, snapshot, toy_records
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -119,7 +118,6 @@ def test_two_runs_racing_to_promote_end_with_one_champion(
 ) -> None:
     """Both runs evaluate against 'no champion'; a barrier makes both reach the promotion
     at once. The database lets exactly one through; the other records why it did not."""
-    from flows.retrain import RetrainParams, retrain
 
     seed_records(anomdet_env, toy_records(300))
     barrier = threading.Barrier(2, timeout=900)  # generous: CI machines are shared
@@ -132,13 +130,7 @@ def test_two_runs_racing_to_promote_end_with_one_champion(
     monkeypatch.setattr(repo, "promote_new_version", both_at_once)
     # Two slots, as a user may allow, so that the runs race rather than take turns.
     retrain_slots(2)
-    outcomes: list[RetrainOutcome] = []
-    threads = [threading.Thread(target=lambda s=s: outcomes.append(retrain(RetrainParams(seed=s))))
-               for s in (1, 2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=1200)
+    outcomes = retrain_at_once(1, 2, timeout=1200)
     assert sorted(o.decision for o in outcomes) == ["promoted", "rejected"]
     loser = next(o for o in outcomes if o.decision == "rejected")
     assert "Promotion abandoned" in loser.reason

@@ -6,17 +6,15 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-import threading
 from pathlib import Path
 
 import pytest
 
 from anomdet.checkpoint import CHECKPOINTS
-from anomdet.outcome import RetrainOutcome
 from db import repository as repo
 from db.engine import get_engine, session_scope
 from flows.slots import _file_lock
-from tests.flows.conftest import free_retrain_slot
+from tests.flows.conftest import free_retrain_slot, retrain_at_once
 from tests.flows.test_promotion_faults import _cli_env
 from tests.flows.test_retrain import seed_records, toy_records
 
@@ -31,16 +29,9 @@ def _runs(url: str) -> list:
 
 
 def test_two_runs_started_at_once_take_turns(anomdet_env: str) -> None:
-    from flows.retrain import RetrainParams, retrain
 
     seed_records(anomdet_env, toy_records(200))
-    outcomes: list[RetrainOutcome] = []
-    threads = [threading.Thread(target=lambda s=s: outcomes.append(retrain(RetrainParams(seed=s))))
-               for s in (1, 2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=900)
+    outcomes = retrain_at_once(1, 2, timeout=900)
     assert len(outcomes) == 2
     first, second = _runs(anomdet_env)
     assert first.state == second.state == "completed"
