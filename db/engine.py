@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache
@@ -89,6 +90,9 @@ MIGRATION_OPTIONS: dict[str, object] = {"render_as_batch": True,
                                         "include_name": owned_by_anomdet}
 
 
+_MIGRATING = threading.Lock()
+
+
 def lock_migrations(connection: Connection) -> None:
     """Serialise migrations of one database until the transaction ends: two first runs
     at once would both try to create the tables."""
@@ -110,7 +114,10 @@ def migrate(engine: Engine) -> None:
 
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
-    with engine.begin() as connection:
+    # Alembic keeps the running migration's context in a module global, so two threads
+    # of one process (runs started together in it) must not migrate at once; across
+    # processes the database lock of `lock_migrations` serialises them.
+    with _MIGRATING, engine.begin() as connection:
         # db/migrations/env.py migrates on this connection, inside this transaction.
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

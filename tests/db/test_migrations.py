@@ -144,3 +144,26 @@ def test_first_runs_racing_on_a_new_database_all_migrate(db_url: str) -> None:
         racer.join(timeout=120)
     assert [racer.exitcode for racer in racers] == [0, 0, 0, 0]
     assert _revision(get_engine(db_url)) == HEAD
+
+
+def test_threads_of_one_process_migrating_at_once_all_succeed(db_url: str) -> None:
+    # Alembic's running context is a module global: unserialised, one thread's
+    # migration ended with KeyError: 'config' when another's finished.
+    import threading
+
+    barrier, errors = threading.Barrier(4), []
+
+    def run() -> None:
+        barrier.wait()
+        try:
+            migrate(get_engine(db_url))
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert errors == []
+    assert _revision(get_engine(db_url)) == HEAD
