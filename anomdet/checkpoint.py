@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import asdict
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -26,9 +27,16 @@ from pathlib import Path
 import numpy as np
 
 from anomdet.data import Split, fingerprint
-from anomdet.model import TrainConfig, TrainResult, for_inference, load_artifact, save_artifact
+from anomdet.model import (
+    Progress,
+    TrainConfig,
+    TrainResult,
+    for_inference,
+    load_artifact,
+    save_artifact,
+)
 from anomdet.settings import TrainingSettings
-from anomdet.training import Challenger
+from anomdet.training import Challenger, train_challenger
 
 logger = logging.getLogger(__name__)
 
@@ -112,3 +120,18 @@ def discard_checkpoint(directory: Path | None) -> None:
     champion's artifact; rejected, nobody retries a run that ended."""
     if directory is not None:
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def train_or_reuse(split: Split, settings: TrainingSettings, model_root: Path, *,
+                   make_progress: Callable[[], Progress] | None = None) -> Challenger:
+    """The challenger these rows and settings train: the one an earlier run kept, or a
+    newly trained one, kept until its run decides. Either way `checkpoint` says where.
+    `make_progress` is called only when training starts."""
+    directory = checkpoint_dir(model_root, challenger_key(split, settings))
+    challenger = load_checkpoint(directory)
+    if challenger is None:
+        progress = make_progress() if make_progress else None
+        challenger = train_challenger(split, settings, progress=progress)
+        save_checkpoint(challenger, directory)
+    challenger.checkpoint = directory
+    return challenger

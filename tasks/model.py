@@ -10,20 +10,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
 from anomdet.baseline import evaluate_baseline
-from anomdet.checkpoint import (
-    challenger_key,
-    checkpoint_dir,
-    discard_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from anomdet.checkpoint import discard_checkpoint, train_or_reuse
 from anomdet.data import Split, split_records
 from anomdet.drift import DataProfile, DriftReport, compare, profile
 from anomdet.errors import DataValidationError
 from anomdet.model import LoadedModel, load_artifact, recorded_scoring
 from anomdet.promotion import EvalResult
 from anomdet.settings import Settings
-from anomdet.training import Challenger, base_vocab, evaluate, train_challenger
+from anomdet.training import Challenger, base_vocab, evaluate
 from anomdet.validation import ValidationReport, validate_labelled
 from db import repository as repo
 from db.engine import get_engine, session_scope
@@ -87,15 +81,8 @@ def load_champion(settings: Settings) -> tuple[ModelVersion, LoadedModel] | None
 def fine_tune_challenger(split: Split, settings: Settings) -> Challenger:
     """Fine-tune the base model on the train split and pick its threshold on validation,
     or take the challenger that an earlier run trained on the same rows and settings."""
-    directory = checkpoint_dir(settings.artifact_root() / settings.model_name,
-                               challenger_key(split, settings.training))
-    challenger = load_checkpoint(directory)
-    if challenger is None:
-        progress = ui_progress("fine-tuning the challenger")
-        challenger = train_challenger(split, settings.training, progress=progress)
-        save_checkpoint(challenger, directory)
-    challenger.checkpoint = directory
-    return challenger
+    return train_or_reuse(split, settings.training, settings.artifact_root() / settings.model_name,
+                          make_progress=lambda: ui_progress("fine-tuning the challenger"))
 
 
 @task(name="discard kept challenger", cache_policy=NO_CACHE)

@@ -68,7 +68,7 @@ def test_a_run_killed_after_training_is_retried_without_fine_tuning_again(
     def no_training(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("the retried run fine-tuned again")
 
-    monkeypatch.setattr("tasks.model.train_challenger", no_training)
+    monkeypatch.setattr("anomdet.checkpoint.train_challenger", no_training)
     outcome = retrain()
     assert outcome.decision == "promoted", outcome.reason
     dead, retried = _runs(anomdet_env)

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from prefect.cache_policies import NO_CACHE
 
+import anomdet.checkpoint as checkpoint
 import tasks.model as tm
 from anomdet.data import Split
 from anomdet.settings import Settings
@@ -67,15 +68,15 @@ def test_fine_tuning_gets_the_training_settings_and_a_progress_bar(
         monkeypatch: pytest.MonkeyPatch, no_progress: Recorder, tmp_path: Path) -> None:
     challenger = SimpleNamespace(checkpoint=None)
     train, keep = Recorder(challenger), Recorder()
-    monkeypatch.setattr(tm, "train_challenger", train)
-    monkeypatch.setattr(tm, "save_checkpoint", keep)
+    monkeypatch.setattr(checkpoint, "train_challenger", train)
+    monkeypatch.setattr(checkpoint, "save_checkpoint", keep)
     settings = SETTINGS.model_copy(update={"artifacts_dir": tmp_path})
     assert tm.fine_tune_challenger.fn(SPLIT, settings) is challenger
     (split, training), kwargs = train.call
     assert split is SPLIT and training is settings.training
     assert kwargs["progress"] is no_progress.result
     # Kept for a retry under the model's folder, named by the data and the settings.
-    key = tm.challenger_key(SPLIT, settings.training)
+    key = checkpoint.challenger_key(SPLIT, settings.training)
     assert keep.call == ((challenger, tmp_path / "anomdet" / "checkpoints" / key), {})
     assert challenger.checkpoint == tmp_path / "anomdet" / "checkpoints" / key
 
