@@ -118,6 +118,11 @@ def _explain(exc: BaseException) -> str:
         settings = Settings()
     except Exception:  # settings are reported on their own; say what can be said
         return explain(exc)
+    from anomdet.errors import is_run_timeout, timed_out
+
+    if is_run_timeout(exc):
+        return timed_out(exc, fine_tune_minutes=settings.fine_tune_timeout_minutes,
+                         retrain_minutes=settings.retrain_timeout_minutes)
     if isinstance(exc, ValueError) and "isoformat" in str(exc):
         # A timestamp the driver could not read: name the table, column and rows.
         from db.checks import unreadable_timestamps

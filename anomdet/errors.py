@@ -95,6 +95,21 @@ def _postgres_message(reason: str, url: Any, connect_timeout: float | None) -> s
     return f"PostgreSQL database {url.database!r} on {where}: {reason}"
 
 
+def is_run_timeout(exc: BaseException) -> bool:
+    """Whether a run or one of its tasks passed its time limit (Prefect raises these, by
+    these names, when a timeout_seconds runs out), as opposed to, say, a socket timeout."""
+    return isinstance(exc, TimeoutError) and type(exc).__name__ in {
+        "TaskRunTimeoutError", "FlowRunTimeoutError"}
+
+
+def timed_out(exc: BaseException, *, fine_tune_minutes: float, retrain_minutes: float) -> str:
+    """A run past one of its time limits: which limits hold and what to change."""
+    return (f"{type(exc).__name__}: {exc} (limits: fine-tuning {fine_tune_minutes:g} min, "
+            f"the run {retrain_minutes:g} min; raise ANOMDET_FINE_TUNE_TIMEOUT_MINUTES or "
+            "ANOMDET_RETRAIN_TIMEOUT_MINUTES, or train on fewer rows with "
+            "ANOMDET_TRAINING__MAX_TRAIN_ROWS)")
+
+
 def explain(exc: BaseException, *, database_url: str | None = None,
             connect_timeout: float | None = None) -> str:
     """One line for a person: what failed, where (file, host, table) and what to do.

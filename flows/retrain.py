@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from anomdet.data import fingerprint
 from anomdet.drift import DataProfile
-from anomdet.errors import DataValidationError, DriftError
+from anomdet.errors import DataValidationError, DriftError, is_run_timeout, timed_out
 from anomdet.outcome import RetrainOutcome
 from anomdet.promotion import Decision, EvalResult
 from anomdet.report import RunSummary, promoted_message, rejected_message
@@ -117,12 +117,9 @@ def _run(settings: Settings, params: RetrainParams) -> State:
                                summary=exc.report.summary())
         return _stopped_by_data(exc)
     except Exception as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-        if isinstance(exc, TimeoutError):
-            reason += (f" (limits: fine-tuning {settings.fine_tune_timeout_minutes:g} min, "
-                       f"the run {settings.retrain_timeout_minutes:g} min; raise "
-                       "ANOMDET_FINE_TUNE_TIMEOUT_MINUTES or ANOMDET_RETRAIN_TIMEOUT_MINUTES, "
-                       "or train on fewer rows with ANOMDET_TRAINING__MAX_TRAIN_ROWS)")
+        reason = (timed_out(exc, fine_tune_minutes=settings.fine_tune_timeout_minutes,
+                            retrain_minutes=settings.retrain_timeout_minutes)
+                  if is_run_timeout(exc) else f"{type(exc).__name__}: {exc}")
         end_run(settings, run_id, RunEnding(state="failed", decision="failed", reason=reason))
         raise
 

@@ -33,3 +33,4 @@ def test_the_json_form_keeps_the_keys_a_runs_result_has_always_had() -> None:
 def test_an_outcome_that_contradicts_itself_is_refused(changes: dict) -> None:
     with pytest.raises(ValueError, match="promoted"):
         dataclasses.replace(REJECTED, **changes)
+
