@@ -139,8 +139,8 @@ def test_command_writes_every_figure(tmp_path: Path) -> None:
     app.command()(bench_score_command)
     outcome = CliRunner().invoke(app, [
         "--json", str(out), "--flag-rows", "300", "--skip-postgres", "--score-rows", "200",
-        "--base-model", "tiny-random", "--chunk-size", "80", "--repeats", "2",
-        "--memory-sizes", "500,1000", "--threads", "1",
+        "--base-model", "tiny-random", "--chunk-size", "80", "--repeats", "1",
+        "--memory-sizes", "200,400", "--threads", "1",
     ])
     assert outcome.exit_code == 0, outcome.output
     assert "bench-score" in outcome.output
@@ -154,7 +154,7 @@ def test_command_writes_every_figure(tmp_path: Path) -> None:
     assert scoring["flags_written"] == scoring["e2e_flagged"] == scoring["model_only_flagged"]
     assert scoring["flags_written"] == 10  # 5% of 200 records
     runs = result["memory"]["runs"]
-    assert [run["rows"] for run in runs] == [500, 1000]
+    assert [run["rows"] for run in runs] == [200, 400]
     for run in runs:
         assert set(MEMORY_KEYS) <= set(run)
         assert run["scored"] == run["rows"] and run["flags_written"] > 0

@@ -152,7 +152,12 @@ def _cli_env(anomdet_env: str) -> dict[str, str]:
     return env
 
 
-@pytest.mark.parametrize("moment", ["training", "write"])
+# A kill during training on SQLite, and during the write on PostgreSQL: the database's
+# own transaction is what the write relies on, and the faults above cover both.
+@pytest.mark.parametrize(("db_url", "moment"), [
+    ("sqlite", "training"),
+    pytest.param("postgresql", "write", marks=pytest.mark.postgres),
+], indirect=["db_url"])
 def test_sigkill_leaves_champion_and_flags_and_the_next_run_completes(
     moment: str, anomdet_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -14,6 +14,7 @@ from anomdet.checkpoint import CHECKPOINTS
 from db import repository as repo
 from db.engine import get_engine, session_scope
 from flows.slots import _file_lock
+from tests.databases import only_on
 from tests.flows.conftest import free_retrain_slot, retrain_at_once
 from tests.flows.test_promotion_faults import _cli_env
 from tests.flows.test_retrain import seed_records, toy_records
@@ -28,6 +29,7 @@ def _runs(url: str) -> list:
                       key=lambda r: r.id)
 
 
+@only_on("postgresql")
 def test_two_runs_started_at_once_take_turns(anomdet_env: str) -> None:
 
     seed_records(anomdet_env, toy_records(200))
@@ -52,6 +54,7 @@ _KILLED_AFTER_TRAINING = textwrap.dedent("""
 """)
 
 
+@only_on("sqlite")
 def test_a_run_killed_after_training_is_retried_without_fine_tuning_again(
         anomdet_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.retrain import retrain
@@ -80,6 +83,7 @@ def test_a_run_killed_after_training_is_retried_without_fine_tuning_again(
     assert not checkpoint.exists()
 
 
+@only_on("sqlite")
 def test_fine_tuning_past_its_timeout_fails_the_run(anomdet_env: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.retrain import retrain

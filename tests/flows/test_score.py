@@ -8,6 +8,7 @@ import sqlalchemy as sa
 
 from db import repository as repo
 from db.engine import get_engine, session_scope
+from tests.databases import only_on
 from tests.flows.test_retrain import seed_records, toy_records
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -54,6 +55,7 @@ def test_scoring_without_champion_says_so(anomdet_env: str) -> None:
         assert repo.count_flags(session=session) == 0
 
 
+@only_on("postgresql")
 def test_dask_runner_writes_exactly_the_default_runners_flags(anomdet_env: str) -> None:
     from flows.retrain import retrain
     from flows.score import score, with_task_runner
