@@ -258,6 +258,47 @@ def record_key(table: sa.Table, mapping: RecordsMapping) -> sa.ColumnElement[str
     return sa.cast(table.c[mapping.id_column], sa.Text)
 
 
+_BIGINT_MAX, _BIGINT_MIN = str(2**63 - 1), str(-(2**63))
+_UUID_TEXT = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+
+def key_matches(table: sa.Table, mapping: RecordsMapping, key: sa.ColumnElement[str],
+                dialect: sa.Dialect) -> sa.ColumnElement[bool]:
+    """`record_key(table) == key`, written so that an index on the records' id serves it.
+
+    The plain comparison casts each record's id to text, which no index on the user's
+    table serves: a join or a lookup by key reads the whole table. Here the key is cast
+    to the id's own type instead, so the database looks the record up by its id.
+
+    Keys are ids as the database writes them as text, so the cast is exact on its
+    canonical spellings (no leading zeros, lower-case UUIDs), and only those reach it:
+    any other key matches nothing, as before, and never fails the query. On PostgreSQL
+    the condition is the cast alone, so that the planner sees one id lookup per key;
+    SQLite's CAST never fails and reads '7x' as 7, so the text comparison stays beside it.
+    """
+    exact = record_key(table, mapping) == key
+    column = table.c[mapping.id_column]
+    try:
+        kind = id_column_kind(column, dialect, f"{mapping.table}.{mapping.id_column}").kind
+    except ValueError:
+        return exact
+    if dialect.name == "postgresql":
+        if kind == "integer":
+            c_key = sa.collate(key, "C")  # digit strings of one length sort as numbers
+            fits = sa.or_(key.regexp_match("^(0|-?[1-9][0-9]{0,17})$"),
+                          sa.and_(key.regexp_match("^[1-9][0-9]{18}$"), c_key <= _BIGINT_MAX),
+                          sa.and_(key.regexp_match("^-[1-9][0-9]{18}$"), c_key <= _BIGINT_MIN))
+            return column == sa.case((fits, sa.cast(key, sa.BigInteger)))
+        if kind == "uuid":
+            return column == sa.case((key.regexp_match(_UUID_TEXT), sa.cast(key, sa.Uuid)))
+        return column == key if isinstance(column.type, sa.String) else exact
+    if kind == "integer":
+        return sa.and_(column == sa.cast(key, sa.Integer), exact)
+    if kind == "text" and not isinstance(column.type, sa.types.NullType):
+        return sa.and_(column == key, exact)
+    return exact  # a column without a type compares integers and texts as unequal
+
+
 def _raw_id(table: sa.Table, mapping: RecordsMapping) -> sa.ColumnElement[object]:
     # Ids travel from the driver and back to it unchanged: SQLAlchemy's own UUID type
     # on SQLite would bind a UUID as 32 hex digits where the table may hold 36.

@@ -19,7 +19,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from db.models import RUN_DECISIONS, Flag, ModelVersion, Run, Score, utcnow
-from db.records import RecordsMapping, plain, record_key, text_hash
+from db.records import RecordsMapping, key_matches, plain, text_hash
 
 logger = logging.getLogger(__name__)
 
@@ -508,16 +508,24 @@ def flagged_rows(*, session: Session, limit: int = 20) -> list[dict[str, Any]]:
     return [dict(row._mapping) for row in session.execute(query)]
 
 
-def flagged_view_select(records: sa.Table, mapping: RecordsMapping) -> sa.Select:
+def flagged_view_select(records: sa.Table, mapping: RecordsMapping,
+                        dialect: sa.Dialect) -> sa.Select:
     """The query behind `anomdet_flagged`: current-champion flags joined with record text.
 
     A flag is shown only beside the text it was given for: the record must still exist,
     still be unlabelled, and its text must hash to the flag's text hash. A record whose
     text was edited, that was labelled or deleted drops out at once, before any scoring
     run; an edited text comes back with its own flag once `anomdet score` has scored it.
+
+    Served by indexes: a flag is found by score (`ix_anomdet_flags_score`) or by record
+    id (the flags' unique key), its record by the records' own id index (`key_matches`).
+    The text check is written as a CASE on purpose: as a plain equality PostgreSQL's
+    planner counts it as a second join key, expects one row from the join, and then
+    reads every flag and record to sort them instead of walking the score index.
     """
     flags, versions = Flag.__table__, ModelVersion.__table__
     text = records.c[mapping.text_column]
+    same_text = sa.case((flags.c.text_hash == text_hash(text), sa.true()), else_=sa.false())
     return (
         sa.select(
             flags.c.record_id, text.label("text"),
@@ -526,11 +534,10 @@ def flagged_view_select(records: sa.Table, mapping: RecordsMapping) -> sa.Select
         )
         .select_from(
             flags.join(versions, versions.c.id == flags.c.model_version_id)
-            .join(records, record_key(records, mapping) == flags.c.record_id)
+            .join(records, key_matches(records, mapping, flags.c.record_id, dialect))
         )
         .where(versions.c.status == sa.literal_column("'champion'"),
-               records.c[mapping.label_column].is_(None),
-               flags.c.text_hash == text_hash(text))
+               records.c[mapping.label_column].is_(None), same_text)
     )
 
 
@@ -544,7 +551,7 @@ def ensure_flagged_view(connection: Connection, records: sa.Table, mapping: Reco
     alone, and PostgreSQL replaces a changed one in place (CREATE OR REPLACE), which
     keeps its grants and the views that depend on it.
     """
-    body = str(flagged_view_select(records, mapping).compile(
+    body = str(flagged_view_select(records, mapping, connection.dialect).compile(
         dialect=connection.dialect, compile_kwargs={"literal_binds": True}
     ))
     if connection.dialect.name == "postgresql":
