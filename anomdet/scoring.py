@@ -94,14 +94,15 @@ def score_rows(scorer: Scorer, frame: pd.DataFrame, summary: ScoreSummary) -> li
 def score_id_range(
     scorer: Scorer, engine: Engine, mapping: RecordsMapping, *, version_id: int,
     id_range: IdRange | None, chunk_size: int, progress: Progress | None = None,
-    expected: int = 0,
+    expected: int = 0, run_id: int | None = None,
 ) -> ScoreSummary:
     """Score the unlabelled records of one id range that `version_id` has not scored for
     their current text, and keep their scores and flags.
 
     The range is read in chunks of `chunk_size`; each chunk's scores and flags commit in
     their own transaction, so a pass that stops part-way resumes where it stopped.
-    `progress` is told (records done, at least `expected`) after each chunk.
+    `progress` is told (records done, at least `expected`) after each chunk. `run_id`
+    is the retraining run whose promotion the scores are for, if any.
     """
     summary = ScoreSummary()
     with engine.connect() as conn:
@@ -112,7 +113,7 @@ def score_id_range(
             with session_scope(engine) as session:
                 summary.flags_written += repo.write_scores(
                     session=session, model_version_id=version_id, rows=rows,
-                    threshold=scorer.threshold)
+                    threshold=scorer.threshold, run_id=run_id)
             if progress:
                 done = summary.scored + summary.skipped
                 progress(done, max(done, expected))

@@ -267,6 +267,13 @@ class ScoringSettings(BaseModel):
     # a rollback to one of them does not score every record again.
     keep_versions: int = Field(2, ge=0, description="versions besides the champion whose "
                                                      "kept scores are not pruned")
+    # A promotion backfills the new version's scores before it becomes champion, in id
+    # ranges mapped over tasks: threads by default, or local Dask worker processes.
+    backfill_chunks: int = Field(4, ge=1, le=10_000,
+                                 description="id ranges of a promotion's backfill, one task each")
+    backfill_task_runner: Literal["default", "dask"] = Field(
+        "default", description="where the backfill's tasks run: threads, or local Dask workers")
+    dask_workers: int = Field(2, ge=1, le=256, description="local Dask workers of a backfill")
 
 
 class Settings(BaseSettings):

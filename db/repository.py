@@ -229,33 +229,101 @@ def _retire_expected_champion(
         )
 
 
+def register_candidate(*, session: Session, model_name: str,
+                       **version_fields: Any) -> ModelVersion:
+    """Insert a version as `candidate`, the first phase of a promotion, with the next
+    version number of `model_name`.
+
+    Nothing users read shows a candidate: its scores and flags are backfilled while the
+    champion stays in service, and `flip_champion` then makes it champion in one short
+    transaction, or `discard_candidate` removes it.
+    """
+    fields = {k: json_safe(v) if isinstance(v, dict) else v for k, v in version_fields.items()}
+    for _ in range(10):
+        number = next_version_number(session=session, model_name=model_name)
+        version = ModelVersion(status="candidate", created_at=utcnow(), model_name=model_name,
+                               version=number, **fields)
+        try:
+            with session.begin_nested():
+                session.add(version)
+        except IntegrityError:
+            # A concurrent run took this number first: take the next one.
+            continue
+        return version
+    raise ChampionChanged(f"could not number a new version of {model_name!r}: other runs "
+                          "kept registering versions at the same time")
+
+
+def pending_candidate(*, session: Session, model_name: str) -> ModelVersion | None:
+    """The newest candidate of `model_name`: a promotion whose backfill did not finish."""
+    query = (sa.select(ModelVersion)
+             .where(ModelVersion.model_name == model_name, ModelVersion.status == "candidate")
+             .order_by(ModelVersion.id.desc()).limit(1))
+    return session.scalars(query).first()
+
+
+def flip_champion(
+    *, session: Session, candidate_id: int, expected_champion_id: int | None
+) -> ModelVersion:
+    """The second phase of a promotion, by compare-and-set: retire the champion the run
+    evaluated against and make the candidate champion.
+
+    Two updates of one row each, in the caller's transaction: its length does not depend
+    on the number of records. Raises `ChampionChanged` when the champion moved, or when
+    the candidate is no longer one (another run flipped or discarded it).
+    """
+    candidate = session.get(ModelVersion, candidate_id)
+    model_name = candidate.model_name if candidate else "?"
+    _retire_expected_champion(session, model_name, expected_champion_id)
+    flipped = session.execute(
+        sa.update(ModelVersion)
+        .where(ModelVersion.id == candidate_id, ModelVersion.status == "candidate")
+        .values(status="champion", promoted_at=utcnow())
+        .execution_options(synchronize_session="fetch"))
+    if flipped.rowcount != 1:
+        raise ChampionChanged(f"version id {candidate_id} of {model_name!r} is no longer a "
+                              "candidate: another run promoted or discarded it")
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        # The partial unique index caught a champion made by a concurrent run.
+        raise ChampionChanged(f"another champion of {model_name!r} was promoted meanwhile") from exc
+    session.refresh(candidate)
+    return candidate
+
+
+def discard_candidate(*, session: Session, candidate_id: int) -> bool:
+    """Mark a candidate `rejected` and delete its scores and flags. False (and nothing
+    done) when it is no longer a candidate: a version in service is never discarded."""
+    result = session.execute(
+        sa.update(ModelVersion)
+        .where(ModelVersion.id == candidate_id, ModelVersion.status == "candidate")
+        .values(status="rejected", retired_at=utcnow())
+        .execution_options(synchronize_session="fetch"))
+    if result.rowcount != 1:
+        return False
+    for table in (Flag, Score):
+        session.execute(sa.delete(table).where(table.model_version_id == candidate_id))
+    return True
+
+
 def promote_new_version(
     *, session: Session, expected_champion_id: int | None,
     flags: Sequence[dict[str, Any]] = (), scores: Sequence[ScoreRow] = (),
     **version_fields: Any,
 ) -> ModelVersion:
-    """Insert a version as champion, retiring the expected champion, and write its
-    flags and kept scores (flags for the scores at or above its threshold).
-
-    All in the caller's transaction: on any error nothing of it remains. Raises
-    `ChampionChanged` if the champion is not the one the run evaluated against.
+    """Both phases of a promotion in the caller's one transaction: register the version,
+    write its flags and kept scores, and flip it to champion. For versions whose scores
+    are at hand (an import, a test); the retraining flow backfills in chunks instead.
     """
-    model_name = version_fields["model_name"]
-    _retire_expected_champion(session, model_name, expected_champion_id)
-    now = utcnow()
-    fields = {k: json_safe(v) if isinstance(v, dict) else v for k, v in version_fields.items()}
-    version = ModelVersion(status="champion", promoted_at=now, created_at=now, **fields)
-    session.add(version)
-    try:
-        session.flush()
-    except IntegrityError as exc:
-        # The partial unique index caught a champion inserted by a concurrent run.
-        raise ChampionChanged(f"another champion of {model_name!r} was promoted meanwhile") from exc
+    version_fields.pop("version", None)  # numbered as it is registered
+    version = register_candidate(session=session, **version_fields)
     insert_flags(session=session, model_version_id=version.id, rows=flags)
     # A new version has no flags to replace: only the scores' own flags are written.
     write_scores(session=session, model_version_id=version.id, rows=scores,
                  threshold=version.threshold, run_id=version.run_id, replace=False)
-    return version
+    return flip_champion(session=session, candidate_id=version.id,
+                         expected_champion_id=expected_champion_id)
 
 
 def set_champion(
@@ -268,6 +336,9 @@ def set_champion(
         raise ValueError(f"{model_name!r} has no version {version}; versions: {known or 'none'}")
     if target.status == "champion":
         raise ValueError(f"version {version} of {model_name!r} is already the champion")
+    if target.status != "retired":
+        raise ValueError(f"version {version} of {model_name!r} is {target.status}: it never "
+                         "served, so it cannot serve again; roll back to a retired version")
     _retire_expected_champion(session, model_name, expected_champion_id)
     session.flush()
     target.status = "champion"

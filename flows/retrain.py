@@ -19,6 +19,7 @@ from anomdet.report import RunSummary, promoted_message, rejected_message
 from anomdet.settings import Settings
 from db.repository import ChampionChanged, RunEnding, RunProgress
 from flows.logs import run_namer, show_domain_logs
+from flows.score import backfill, with_task_runner
 from flows.slots import retrain_slot
 from tasks.database import (
     end_run,
@@ -45,7 +46,16 @@ from tasks.model import (
     split_data,
     validate_records,
 )
-from tasks.promotion import commit_promotion, decide_promotion, score_unlabelled, store_artifact
+from tasks.promotion import (
+    Flipped,
+    PendingCandidate,
+    decide_promotion,
+    discard_candidate,
+    find_pending_candidate,
+    flip_champion,
+    register_candidate,
+    store_artifact,
+)
 from tasks.report import (
     publish_decision,
     publish_drift,
@@ -147,10 +157,17 @@ def _retrain(settings: Settings, run_id: int) -> State:
     champion = load_champion(settings)
     drift, data_profile = measure_drift(frame, champion[1] if champion else None, settings)
     publish_drift(settings.model_name, drift.summary())
+    data_fingerprint = fingerprint(frame)
     record_progress(settings, run_id, RunProgress(
-        validation=report.summary(), drift=drift.summary(), data_fingerprint=fingerprint(frame)))
+        validation=report.summary(), drift=drift.summary(), data_fingerprint=data_fingerprint))
     if drift.blocks:
         raise DriftError(drift)
+    pending = find_pending_candidate(settings)
+    if pending is not None:
+        stale = pending.stale_because(data_fingerprint, champion[0].id if champion else None)
+        if stale is None:
+            return _resume(settings, run_id, pending, champion[0] if champion else None)
+        discard_candidate(settings, pending.version_id, stale)
     split = split_data(frame, settings)
     logger.info("split: %s", ", ".join(f"{name} {rows} ({anomalies} anomalous)" for name,
                                        (rows, anomalies) in _split_counts(split).items()))
@@ -178,6 +195,7 @@ def _retrain(settings: Settings, run_id: int) -> State:
         baseline_metrics=baseline.metrics,
         champion_version_id=champion[0].id if champion else None,
         details={"checks": [c.__dict__ for c in decision.checks],
+                 "decision_reason": decision.reason,
                  "bootstrap": decision.bootstrap, "uncertainty": decision.uncertainty,
                  "training": challenger.result.history}))
     champion_version = champion[0].version if champion else None
@@ -192,7 +210,7 @@ def _retrain(settings: Settings, run_id: int) -> State:
                                                      ch_eval.metrics, champ_metrics))
         return _conclude(settings, rejected, decision, challenger, split)
     try:
-        version_id, number, written, scored, artifact_uri = _promote(
+        flipped, artifact_uri = _promote(
             settings, run_id, challenger, ch_eval.metrics, champion[0].id if champion else None,
             fingerprint(split.train), data_profile)
     except ChampionChanged as exc:
@@ -204,22 +222,90 @@ def _retrain(settings: Settings, run_id: int) -> State:
         abandoned = _outcome(run_id, ch_eval, champ_eval, baseline, decision, champion_version,
                              reason=reason, message=f"rejected: promotion abandoned, {exc}")
         return _conclude(settings, abandoned, decision, challenger, split)
-    end_run(settings, run_id, RunEnding(state="completed", decision="promoted",
-                                        reason=decision.reason, challenger_version_id=version_id))
-    emit_promoted(settings.model_name, number, previous_version=champion_version,
-                  metrics=ch_eval.metrics, champion_metrics=champ_metrics,
-                  threshold=challenger.threshold, flags_written=written,
-                  artifact_uri=artifact_uri, run_id=run_id, reason=decision.reason)
-    emit_flags_written(settings.model_name, version=number, version_id=version_id,
-                       flagged=written, scored=scored, threshold=challenger.threshold,
-                       run_id=run_id)
-    publish_flagged(settings.model_name, read_top_flagged(settings))
+    _announce_promotion(settings, run_id, flipped, reason=decision.reason,
+                        previous_version=champion_version, metrics=ch_eval.metrics,
+                        champion_metrics=champ_metrics, threshold=challenger.threshold,
+                        artifact_uri=artifact_uri)
     promoted = _outcome(run_id, ch_eval, champ_eval, baseline, decision, champion_version,
-                        promoted_version=number, flags_written=written,
-                        message=promoted_message(number, settings.promotion.primary_metric,
+                        promoted_version=flipped.version, flags_written=flipped.flagged,
+                        message=promoted_message(flipped.version,
+                                                 settings.promotion.primary_metric,
                                                  ch_eval.metrics, champ_metrics,
-                                                 champion_version, written))
+                                                 champion_version, flipped.flagged))
     return _conclude(settings, promoted, decision, challenger, split, artifact_uri)
+
+
+def _announce_promotion(settings: Settings, run_id: int, flipped: Flipped, *, reason: str,
+                        previous_version: int | None, metrics: dict[str, Any],
+                        champion_metrics: dict[str, Any] | None, threshold: float,
+                        artifact_uri: str) -> None:
+    """End the run as promoted, emit its events and publish the new champion's flags."""
+    end_run(settings, run_id, RunEnding(state="completed", decision="promoted", reason=reason,
+                                        challenger_version_id=flipped.version_id))
+    emit_promoted(settings.model_name, flipped.version, previous_version=previous_version,
+                  metrics=metrics, champion_metrics=champion_metrics, threshold=threshold,
+                  flags_written=flipped.flagged, artifact_uri=artifact_uri, run_id=run_id,
+                  reason=reason)
+    emit_flags_written(settings.model_name, version=flipped.version,
+                       version_id=flipped.version_id, flagged=flipped.flagged,
+                       scored=flipped.scored, threshold=threshold, run_id=run_id)
+    publish_flagged(settings.model_name, read_top_flagged(settings))
+
+
+def _resume(settings: Settings, run_id: int, pending: PendingCandidate,
+            champion: Any | None) -> State:
+    """Finish the promotion that an earlier run decided and did not complete: backfill
+    what its candidate has not scored, then flip. Nothing is trained again: the data and
+    the champion are those the earlier run evaluated against."""
+    logger = get_run_logger()
+    logger.info("resuming the promotion of candidate v%d (run %s), whose backfill did not "
+                "finish", pending.version, pending.run_id)
+    checks = pending.details.get("checks") or []
+    record_progress(settings, run_id, RunProgress(
+        champion_version_id=pending.expected_champion_id,
+        challenger_metrics=pending.challenger_metrics,
+        champion_metrics=pending.champion_metrics, baseline_metrics=pending.baseline_metrics,
+        details={"checks": checks, "resumed_from_run": pending.run_id,
+                 "decision_reason": pending.reason}))
+    champion_version = champion.version if champion else None
+    reason = (f"resumed the promotion of v{pending.version}, decided by run {pending.run_id}: "
+              f"{pending.reason or 'its challenger passed the promotion rule'}")
+    try:
+        flipped = _backfill_and_flip(settings, run_id, pending.version_id,
+                                     pending.expected_champion_id)
+    except ChampionChanged as exc:
+        reason = f"{reason} Promotion abandoned: {exc}."
+        end_run(settings, run_id, RunEnding(state="completed", decision="rejected",
+                                            reason=reason))
+        outcome = _resumed_outcome(run_id, pending, champion_version, reason,
+                                   f"rejected: promotion abandoned, {exc}")
+    else:
+        _announce_promotion(settings, run_id, flipped, reason=reason,
+                            previous_version=champion_version,
+                            metrics=pending.challenger_metrics,
+                            champion_metrics=pending.champion_metrics,
+                            threshold=pending.threshold, artifact_uri=pending.artifact_uri)
+        outcome = _resumed_outcome(
+            run_id, pending, champion_version, reason,
+            f"promoted v{flipped.version} (resumed from run {pending.run_id}): "
+            f"{flipped.flagged} records flagged", flipped)
+    tag_run(outcome.decision)
+    logger.info(outcome.message)
+    return Completed(message=outcome.message, data=outcome)
+
+
+def _resumed_outcome(run_id: int, pending: PendingCandidate, champion_version: int | None,
+                     reason: str, message: str,
+                     flipped: Flipped | None = None) -> RetrainOutcome:
+    checks = pending.details.get("checks") or []
+    return RetrainOutcome(
+        run_id=run_id, decision="promoted" if flipped else "rejected", reason=reason,
+        message=message, challenger=pending.challenger_metrics,
+        champion=pending.champion_metrics, baseline=pending.baseline_metrics,
+        uncertainty=pending.details.get("uncertainty"), champion_version=champion_version,
+        checks=tuple((c["name"], c["passed"], c["detail"]) for c in checks),
+        promoted_version=flipped.version if flipped else None,
+        flags_written=flipped.flagged if flipped else None)
 
 
 def _outcome(run_id: int, challenger: EvalResult, champion: EvalResult | None,
@@ -277,11 +363,13 @@ def _settings_shown(settings: Settings, challenger: Any) -> dict[str, Any]:
 
 def _promote(settings: Settings, run_id: int, challenger: Any, metrics: dict[str, Any],
              expected_champion_id: int | None, data_fingerprint: str,
-             data_profile: DataProfile) -> tuple[int, int, int, int, str]:
-    """Store, insert, move and flag as one unit: on any failure the artifact is removed
-    (Prefect transaction rollback) and the database transaction leaves no row.
+             data_profile: DataProfile) -> tuple[Flipped, str]:
+    """Promote in two phases. First the artifact is stored and the version inserted as a
+    `candidate`, as one unit: on any failure the artifact is removed (Prefect transaction
+    rollback) and no row remains. Then its scores are backfilled and it is flipped to
+    champion (`_backfill_and_flip`).
 
-    Returns the version's id and number, the records flagged and scored, and its folder.
+    Returns the flip and the artifact's folder.
     """
     meta = {"threshold": challenger.threshold, "metrics": metrics,
             "data_profile": data_profile.to_dict(),
@@ -290,17 +378,28 @@ def _promote(settings: Settings, run_id: int, challenger: Any, metrics: dict[str
             "hyperparameters": challenger.hyperparameters(), "run_id": run_id}
     with transaction():
         stored = store_artifact(challenger, settings, meta)
-        scores, summary = score_unlabelled(challenger, settings, run_id)
-        version_id, number = commit_promotion(
-            settings, expected_champion_id=expected_champion_id,
-            version_fields={
-                "base_model": challenger.base_model, "artifact_uri": str(stored.path),
-                "weights_sha256": stored.checksum,
-                "data_fingerprint": data_fingerprint,
-                "hyperparameters": challenger.hyperparameters(), "metrics": metrics,
-                "threshold": challenger.threshold, "flow_run_id": flow_run.get_id(),
-                "run_id": run_id,
-            },
-            scores=scores,
-        )
-    return version_id, number, summary.flagged, summary.scored, str(stored.path)
+        version_id, _ = register_candidate(settings, version_fields={
+            "base_model": challenger.base_model, "artifact_uri": str(stored.path),
+            "weights_sha256": stored.checksum, "data_fingerprint": data_fingerprint,
+            "hyperparameters": challenger.hyperparameters(), "metrics": metrics,
+            "threshold": challenger.threshold, "flow_run_id": flow_run.get_id(),
+            "run_id": run_id,
+        })
+    return _backfill_and_flip(settings, run_id, version_id, expected_champion_id), str(stored.path)
+
+
+def _backfill_and_flip(settings: Settings, run_id: int, version_id: int,
+                       expected_champion_id: int | None) -> Flipped:
+    """Score the candidate's records in id-range chunks (a subflow whose tasks run on
+    threads or Dask workers; each chunk commits on its own), then flip it to champion in
+    one short compare-and-set. A run stopped before the flip leaves the candidate, which
+    nobody sees, for the next run to resume; a candidate that lost the compare-and-set
+    is discarded, and `ChampionChanged` says why."""
+    scoring = settings.scoring
+    runner = with_task_runner(backfill, scoring.backfill_task_runner, scoring.dask_workers)
+    runner(version_id=version_id, chunks=scoring.backfill_chunks, run_id=run_id)
+    try:
+        return flip_champion(settings, version_id, expected_champion_id)
+    except ChampionChanged as exc:
+        discard_candidate(settings, version_id, f"promotion abandoned: {exc}")
+        raise

@@ -11,6 +11,7 @@ simply run again and picks up what is left.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from prefect import Flow, flow, get_run_logger, unmapped
 from prefect.runtime import task_run
@@ -21,7 +22,7 @@ from flows.logs import run_namer, show_domain_logs
 from tasks.database import prepare_database
 from tasks.events import emit_flags_written, on_run_failed
 from tasks.report import new_flags, publish_scoring
-from tasks.scoring import finish_scoring, plan_scoring, score_range
+from tasks.scoring import ScoringPlan, finish_scoring, plan_backfill, plan_scoring, score_range
 
 
 def _range_name() -> str:
@@ -51,11 +52,7 @@ def score(chunks: int = 4) -> State:
         return Completed(message=message, data={"model_version_id": None, "records": 0,
                                                 "scored": 0, "flagged": 0, "skipped": 0,
                                                 "message": message})
-    # Settings is a pydantic model, which is iterable: mark it (and the plan) unmapped.
-    futures = score_range.with_options(task_run_name=_range_name).map(
-        unmapped(settings), unmapped(plan), plan.ranges)
-    summaries = [f.result() for f in futures]
-    summary = finish_scoring(settings, plan, summaries)
+    summary = finish_scoring(settings, plan, _score_ranges(settings, plan))
     emit_flags_written(settings.model_name, version=plan.version, version_id=plan.version_id,
                        threshold=dict(plan.recorded).get("threshold"),
                        flagged=summary["flagged"], scored=summary["scored"])
@@ -74,6 +71,37 @@ def score(chunks: int = 4) -> State:
                else f"nothing new to score: v{version} has scored every unlabelled record")
     logger.info(message)
     return Completed(message=message, data={**summary, "message": message})
+
+
+def _score_ranges(settings: Settings, plan: ScoringPlan) -> list[dict[str, Any]]:
+    """Score the plan's id ranges, one mapped task each; their summaries."""
+    # Settings is a pydantic model, which is iterable: mark it (and the plan) unmapped.
+    futures = score_range.with_options(task_run_name=_range_name).map(
+        unmapped(settings), unmapped(plan), plan.ranges)
+    return [f.result() for f in futures]
+
+
+# No settings among the parameters: Prefect shows and stores them, and the database URL
+# may hold a password. The subflow reads the settings as its parent does.
+@flow(name="backfill", log_prints=False, flow_run_name=run_namer("backfill"))
+def backfill(version_id: int, chunks: int = 4, run_id: int | None = None) -> dict[str, Any]:
+    """Score the unlabelled records for a candidate version before it becomes champion.
+
+    The records are cut into id ranges mapped over tasks, on the thread pool or on Dask
+    workers (`ANOMDET_SCORING__BACKFILL_TASK_RUNNER=dask`). Each chunk's scores and flags
+    commit on their own, and a backfill plans only what its version has not scored: one
+    stopped at any point is resumed by running it again. Nobody sees the candidate's
+    flags until the retraining flow flips it to champion.
+    """
+    show_domain_logs()
+    settings = Settings()
+    plan = plan_backfill(settings, version_id, chunks, run_id)
+    summaries = _score_ranges(settings, plan)
+    done = {key: sum(part[key] for part in summaries) for key in ("scored", "flagged", "skipped")}
+    get_run_logger().info("v%s: %d records scored in %d ranges, %d flagged", plan.version,
+                          done["scored"], len(plan.ranges), done["flagged"])
+    return {"version_id": version_id, "ranges": len(plan.ranges), "records": plan.records,
+            **done}
 
 
 def with_task_runner(flow_fn: Flow, name: str, workers: int = 2) -> Flow:

@@ -1,4 +1,6 @@
-"""Tasks that decide on and carry out a promotion, as one unit."""
+"""Tasks that decide on and carry out a promotion, in two phases: a `candidate` version
+(its artifact stored and its row inserted as one unit), then, once its scores are
+backfilled, the flip that makes it champion."""
 
 from __future__ import annotations
 
@@ -16,19 +18,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from anomdet.model import save_artifact
 from anomdet.promotion import Decision, EvalResult, decide
-from anomdet.scoring import Scorer, ScoreSummary, score_all
 from anomdet.settings import Settings
 from anomdet.training import Challenger
 from db import repository as repo
 from db.engine import get_engine, session_scope
-from db.records import (
-    count_unlabelled,
-    iter_unlabelled,
-    reflect_records_table,
-    unkeyed_unlabelled,
-)
+from db.models import ModelVersion, Run
 from tasks.database import IO_RETRIES
-from tasks.progress import ui_progress
 
 ARTIFACT_KEY = "artifact_dir"
 
@@ -71,63 +66,122 @@ def _remove_artifact(transaction: Transaction) -> None:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-@task(name="score unlabelled records", cache_policy=NO_CACHE, **IO_RETRIES)
-def score_unlabelled(challenger: Challenger, settings: Settings,
-                     run_id: int) -> tuple[list[repo.ScoreRow], ScoreSummary]:
-    """Score every unlabelled record with the challenger; return its scores, not yet written."""
-    scorer = Scorer(challenger.scoring_model, challenger.tokenizer, challenger.threshold,
-                    challenger.config.max_length, settings.score_batch_size)
-    engine, mapping = get_engine(settings.database_url), settings.records.mapping()
-    with engine.connect() as conn:
-        table = reflect_records_table(conn, mapping)
-        total = count_unlabelled(conn, table, mapping)
-        chunks = iter_unlabelled(conn, table, mapping, chunk_size=settings.chunk_size)
-        rows, summary = score_all(scorer, chunks, total=total,
-                                  progress=ui_progress("scoring unlabelled records"))
-        summary.unkeyed, summary.unkeyed_ids = unkeyed_unlabelled(conn, table, mapping)
-    logger = get_run_logger()
-    logger.info("scored %d unlabelled records, %d flagged, %d skipped",
-                summary.scored, summary.flagged, summary.skipped)
-    if summary.unkeyed:
-        logger.warning("%d unlabelled records were not scored: their id is NULL or held by "
-                       "another record too (e.g. %s)", summary.unkeyed,
-                       ", ".join(summary.unkeyed_ids[:5]))
-    return rows, summary
-
-
-# Retried when the connection fails. A try whose commit went through but whose answer
-# was lost is found by its run id: the retry returns that version rather than meeting
-# its own champion in the compare-and-set (which would abandon, and remove, its files).
-@task(name="commit promotion", cache_policy=NO_CACHE, **IO_RETRIES)
-def commit_promotion(settings: Settings, *, expected_champion_id: int | None,
-                     version_fields: dict[str, Any],
-                     scores: list[repo.ScoreRow]) -> tuple[int, int]:
-    """One database transaction: insert the version, move the champion, write its kept
-    scores and its flags. Then, apart, prune the scores of versions past the retention.
-
-    Returns (version id, version number). Raises `ChampionChanged` if another run
-    or a rollback moved the champion after this run evaluated against it.
-    """
-    engine = get_engine(settings.database_url)
-    with session_scope(engine) as session:
+# Retried when the connection fails. A try whose insert went through but whose answer was
+# lost is found by its run id, so a retry never registers the run's version twice.
+@task(name="register candidate", cache_policy=NO_CACHE, **IO_RETRIES)
+def register_candidate(settings: Settings, version_fields: dict[str, Any]) -> tuple[int, int]:
+    """Phase one of a promotion: insert the challenger as a `candidate` version, which
+    nothing users read shows. Returns (version id, version number)."""
+    with session_scope(get_engine(settings.database_url)) as session:
         run_id = version_fields.get("run_id")
         done = run_id and repo.version_of_run(session=session, model_name=settings.model_name,
                                               run_id=run_id)
         if done:
             return done.id, done.version
-        number = repo.next_version_number(session=session, model_name=settings.model_name)
-        version = repo.promote_new_version(
-            session=session, expected_champion_id=expected_champion_id, scores=scores,
-            model_name=settings.model_name, version=number, **version_fields,
-        )
-        version_id = version.id
-    # Not in the promotion's transaction, which stays short; and a failed prune must not
-    # fail this task, whose failure would remove the artifact the new champion uses. The
-    # old scores wait for the next prune.
+        version = repo.register_candidate(session=session, model_name=settings.model_name,
+                                          **version_fields)
+        return version.id, version.version
+
+
+@dataclass(frozen=True)
+class Flipped:
+    """A candidate made champion: its number, and the records it scored and flagged."""
+
+    version_id: int
+    version: int
+    scored: int
+    flagged: int
+
+
+# Retried when the connection fails; a try that went through is recognised (the
+# candidate is champion already) rather than failing its own compare-and-set.
+@task(name="flip champion", cache_policy=NO_CACHE, **IO_RETRIES)
+def flip_champion(settings: Settings, candidate_id: int,
+                  expected_champion_id: int | None) -> Flipped:
+    """Phase two of a promotion: one short transaction makes the backfilled candidate
+    champion, by compare-and-set on the champion the run evaluated against. Then, apart,
+    prune the kept scores of versions past the retention.
+
+    Raises `ChampionChanged` if another run or a rollback moved the champion meanwhile.
+    """
+    engine = get_engine(settings.database_url)
+    with session_scope(engine) as session:
+        candidate = session.get(ModelVersion, candidate_id)
+        if candidate is None or candidate.status != "champion":
+            candidate = repo.flip_champion(session=session, candidate_id=candidate_id,
+                                           expected_champion_id=expected_champion_id)
+        flipped = Flipped(candidate.id, candidate.version,
+                          repo.count_scores(session=session, model_version_id=candidate_id),
+                          repo.count_flags(session=session, model_version_id=candidate_id))
+    # Not in the flip's transaction, which stays short; and a failed prune must not
+    # fail this task. The old scores wait for the next prune.
     try:
         with session_scope(engine) as session:
             repo.prune_scores(session=session, model_name=settings.model_name,
                               keep_versions=settings.scoring.keep_versions)
     except SQLAlchemyError as exc:
         get_run_logger().warning("old versions' scores were not pruned: %s", exc)
-    return version_id, number
+    return flipped
+
+
+@task(name="discard candidate", cache_policy=NO_CACHE, **IO_RETRIES)
+def discard_candidate(settings: Settings, candidate_id: int, reason: str) -> bool:
+    """Remove a candidate that will not be promoted: its scores, flags and artifact go,
+    its row stays as `rejected`. Nothing happens to a version that is no longer a
+    candidate (another run made it champion). Returns whether it was discarded."""
+    with session_scope(get_engine(settings.database_url)) as session:
+        candidate = session.get(ModelVersion, candidate_id)
+        discarded = repo.discard_candidate(session=session, candidate_id=candidate_id)
+        artifact = Path(candidate.artifact_uri) if candidate else None
+    if discarded and artifact is not None:
+        # After the database forgot it: a folder left by a failed removal harms nobody.
+        shutil.rmtree(artifact, ignore_errors=True)
+        get_run_logger().info("discarded candidate v%s: %s", candidate.version, reason)
+    return discarded
+
+
+@dataclass(frozen=True)
+class PendingCandidate:
+    """A candidate left by a run that stopped during its backfill, with what that run
+    saw and decided: enough to resume its promotion, or to tell that it went stale."""
+
+    version_id: int
+    version: int
+    run_id: int | None
+    data_fingerprint: str | None  # of the labelled records the run read
+    expected_champion_id: int | None  # the champion the run evaluated against
+    threshold: float
+    artifact_uri: str
+    reason: str | None
+    challenger_metrics: dict[str, Any]
+    champion_metrics: dict[str, Any] | None
+    baseline_metrics: dict[str, Any] | None
+    details: dict[str, Any]
+
+    def stale_because(self, data_fingerprint: str, champion_id: int | None) -> str | None:
+        """Why the candidate may no longer be promoted, or None when it may."""
+        if self.data_fingerprint != data_fingerprint:
+            return "the labelled records changed since its run evaluated it"
+        if self.expected_champion_id != champion_id:
+            return "the champion changed since its run evaluated it"
+        return None
+
+
+@task(name="find pending candidate", cache_policy=NO_CACHE, **IO_RETRIES)
+def find_pending_candidate(settings: Settings) -> PendingCandidate | None:
+    """The model's candidate whose promotion did not finish, if there is one."""
+    with session_scope(get_engine(settings.database_url)) as session:
+        version = repo.pending_candidate(session=session, model_name=settings.model_name)
+        if version is None:
+            return None
+        run = session.get(Run, version.run_id) if version.run_id is not None else None
+        return PendingCandidate(
+            version_id=version.id, version=version.version, run_id=version.run_id,
+            data_fingerprint=run.data_fingerprint if run else None,
+            expected_champion_id=run.champion_version_id if run else None,
+            threshold=version.threshold, artifact_uri=version.artifact_uri,
+            reason=(run.details or {}).get("decision_reason") if run else None,
+            challenger_metrics=version.metrics,
+            champion_metrics=run.champion_metrics if run else None,
+            baseline_metrics=run.baseline_metrics if run else None,
+            details=dict(run.details or {}) if run else {})

@@ -15,6 +15,7 @@ from anomdet.scoring import Scorer, score_id_range
 from anomdet.settings import Settings
 from db import repository as repo
 from db.engine import get_engine, session_scope
+from db.models import ModelVersion
 from db.records import id_ranges, reflect_records_table, unkeyed_unlabelled
 from tasks.database import only_transient
 from tasks.progress import ui_progress
@@ -22,8 +23,9 @@ from tasks.progress import ui_progress
 
 @dataclass(frozen=True)
 class ScoringPlan:
-    """What one scoring run covers: the champion and the id ranges holding the records it
-    has not scored for their current text."""
+    """What one scoring pass covers: a version (the champion, or a candidate being
+    backfilled) and the id ranges holding the records it has not scored for their
+    current text."""
 
     version_id: int
     artifact_uri: str
@@ -34,7 +36,8 @@ class ScoringPlan:
     unkeyed_ids: tuple[str, ...] = ()
     # Threshold, max length and precision as the database records them.
     recorded: tuple[tuple[str, Any], ...] = ()
-    version: int | None = None  # the champion's version number, as users see it
+    version: int | None = None  # the version's number, as users see it
+    run_id: int | None = None  # the retraining run whose promotion this backfill is
 
     @property
     def range_size(self) -> int:
@@ -46,20 +49,38 @@ class ScoringPlan:
       retry_condition_fn=only_transient)
 def plan_scoring(settings: Settings, chunks: int) -> ScoringPlan | None:
     """The champion and the unlabelled records it has not scored, cut into id ranges."""
-    engine, mapping = get_engine(settings.database_url), settings.records.mapping()
+    engine = get_engine(settings.database_url)
     with session_scope(engine) as session:
         champion = repo.get_champion(session=session, model_name=settings.model_name)
-    if champion is None:
-        return None
+    return None if champion is None else plan_for(settings, champion, chunks)
+
+
+@task(name="plan backfill", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5],
+      retry_condition_fn=only_transient)
+def plan_backfill(settings: Settings, version_id: int, chunks: int,
+                  run_id: int | None = None) -> ScoringPlan:
+    """A candidate version and the unlabelled records it has not scored yet, in id ranges:
+    a resumed backfill plans only what is left."""
+    with session_scope(get_engine(settings.database_url)) as session:
+        version = session.get(ModelVersion, version_id)
+        if version is None:
+            raise ValueError(f"model version id {version_id} does not exist")
+        return plan_for(settings, version, chunks, run_id)
+
+
+def plan_for(settings: Settings, version: ModelVersion, chunks: int,
+             run_id: int | None = None) -> ScoringPlan:
+    """What `version` has left to score, cut into about `chunks` id ranges."""
+    engine, mapping = get_engine(settings.database_url), settings.records.mapping()
     with engine.connect() as conn:
         table = reflect_records_table(conn, mapping)
-        ranges, count = id_ranges(conn, table, mapping, parts=chunks, version_id=champion.id)
+        ranges, count = id_ranges(conn, table, mapping, parts=chunks, version_id=version.id)
         unkeyed, examples = unkeyed_unlabelled(conn, table, mapping)
-    return ScoringPlan(champion.id, champion.artifact_uri, champion.weights_sha256,
+    return ScoringPlan(version.id, version.artifact_uri, version.weights_sha256,
                        tuple(ranges), count, unkeyed, tuple(examples),
-                       tuple(recorded_scoring(champion.threshold,
-                                              champion.hyperparameters).items()),
-                       version=champion.version)
+                       tuple(recorded_scoring(version.threshold,
+                                              version.hyperparameters).items()),
+                       version=version.version, run_id=run_id)
 
 
 @lru_cache(maxsize=2)
@@ -83,6 +104,7 @@ def score_range(settings: Settings, plan: ScoringPlan,
     summary = score_id_range(
         scorer, get_engine(settings.database_url), settings.records.mapping(),
         version_id=plan.version_id, id_range=id_range, chunk_size=settings.chunk_size,
+        run_id=plan.run_id,
         progress=ui_progress(f"scoring ids from {low} to {high}"), expected=plan.range_size)
     return summary.as_dict()
 
