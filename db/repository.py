@@ -239,19 +239,20 @@ def register_candidate(*, session: Session, model_name: str,
     transaction, or `discard_candidate` removes it.
     """
     fields = {k: json_safe(v) if isinstance(v, dict) else v for k, v in version_fields.items()}
-    for _ in range(10):
-        number = next_version_number(session=session, model_name=model_name)
-        version = ModelVersion(status="candidate", created_at=utcnow(), model_name=model_name,
-                               version=number, **fields)
-        try:
-            with session.begin_nested():
-                session.add(version)
-        except IntegrityError:
-            # A concurrent run took this number first: take the next one.
-            continue
-        return version
-    raise ChampionChanged(f"could not number a new version of {model_name!r}: other runs "
-                          "kept registering versions at the same time")
+    number = next_version_number(session=session, model_name=model_name)
+    version = ModelVersion(status="candidate", created_at=utcnow(), model_name=model_name,
+                           version=number, **fields)
+    session.add(version)
+    try:
+        session.flush()
+    except IntegrityError as exc:
+        raise VersionNumberTaken(f"version {number} of {model_name!r} was registered by a "
+                                 "concurrent run") from exc
+    return version
+
+
+class VersionNumberTaken(RuntimeError):
+    """A concurrent run registered the same version number first: register again."""
 
 
 def pending_candidate(*, session: Session, model_name: str) -> ModelVersion | None:
@@ -275,19 +276,18 @@ def flip_champion(
     candidate = session.get(ModelVersion, candidate_id)
     model_name = candidate.model_name if candidate else "?"
     _retire_expected_champion(session, model_name, expected_champion_id)
-    flipped = session.execute(
-        sa.update(ModelVersion)
-        .where(ModelVersion.id == candidate_id, ModelVersion.status == "candidate")
-        .values(status="champion", promoted_at=utcnow())
-        .execution_options(synchronize_session="fetch"))
-    if flipped.rowcount != 1:
-        raise ChampionChanged(f"version id {candidate_id} of {model_name!r} is no longer a "
-                              "candidate: another run promoted or discarded it")
     try:
-        session.flush()
+        flipped = session.execute(
+            sa.update(ModelVersion)
+            .where(ModelVersion.id == candidate_id, ModelVersion.status == "candidate")
+            .values(status="champion", promoted_at=utcnow())
+            .execution_options(synchronize_session="fetch"))
     except IntegrityError as exc:
         # The partial unique index caught a champion made by a concurrent run.
         raise ChampionChanged(f"another champion of {model_name!r} was promoted meanwhile") from exc
+    if flipped.rowcount != 1:
+        raise ChampionChanged(f"version id {candidate_id} of {model_name!r} is no longer a "
+                              "candidate: another run promoted or discarded it")
     session.refresh(candidate)
     return candidate
 

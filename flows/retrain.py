@@ -163,7 +163,7 @@ def _retrain(settings: Settings, run_id: int) -> State:
     if drift.blocks:
         raise DriftError(drift)
     pending = find_pending_candidate(settings)
-    if pending is not None:
+    if pending is not None and not pending.in_progress(settings.retrain_timeout_minutes):
         stale = pending.stale_because(data_fingerprint, champion[0].id if champion else None)
         if stale is None:
             return _resume(settings, run_id, pending, champion[0] if champion else None)

@@ -4,14 +4,17 @@ backfilled, the flip that makes it champion."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 from prefect.logging import get_run_logger
 from prefect.transactions import Transaction, get_transaction
 from sqlalchemy.exc import SQLAlchemyError
@@ -26,6 +29,14 @@ from db.models import ModelVersion, Run
 from tasks.database import IO_RETRIES
 
 ARTIFACT_KEY = "artifact_dir"
+
+
+def _logger() -> logging.Logger | logging.LoggerAdapter:
+    """The run's logger in a run, this module's when a task's function is called alone."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,15 +83,21 @@ def _remove_artifact(transaction: Transaction) -> None:
 def register_candidate(settings: Settings, version_fields: dict[str, Any]) -> tuple[int, int]:
     """Phase one of a promotion: insert the challenger as a `candidate` version, which
     nothing users read shows. Returns (version id, version number)."""
-    with session_scope(get_engine(settings.database_url)) as session:
-        run_id = version_fields.get("run_id")
-        done = run_id and repo.version_of_run(session=session, model_name=settings.model_name,
-                                              run_id=run_id)
-        if done:
-            return done.id, done.version
-        version = repo.register_candidate(session=session, model_name=settings.model_name,
-                                          **version_fields)
-        return version.id, version.version
+    for _ in range(10):
+        try:
+            with session_scope(get_engine(settings.database_url)) as session:
+                run_id = version_fields.get("run_id")
+                done = run_id and repo.version_of_run(
+                    session=session, model_name=settings.model_name, run_id=run_id)
+                if done:
+                    return done.id, done.version
+                version = repo.register_candidate(
+                    session=session, model_name=settings.model_name, **version_fields)
+                return version.id, version.version
+        except repo.VersionNumberTaken:
+            continue  # in a new transaction, which sees the other run's number
+    raise repo.VersionNumberTaken(f"could not number a new version of {settings.model_name!r}: "
+                                  "other runs kept registering versions at the same time")
 
 
 @dataclass(frozen=True)
@@ -120,7 +137,7 @@ def flip_champion(settings: Settings, candidate_id: int,
             repo.prune_scores(session=session, model_name=settings.model_name,
                               keep_versions=settings.scoring.keep_versions)
     except SQLAlchemyError as exc:
-        get_run_logger().warning("old versions' scores were not pruned: %s", exc)
+        _logger().warning("old versions' scores were not pruned: %s", exc)
     return flipped
 
 
@@ -136,7 +153,7 @@ def discard_candidate(settings: Settings, candidate_id: int, reason: str) -> boo
     if discarded and artifact is not None:
         # After the database forgot it: a folder left by a failed removal harms nobody.
         shutil.rmtree(artifact, ignore_errors=True)
-        get_run_logger().info("discarded candidate v%s: %s", candidate.version, reason)
+        _logger().info("discarded candidate v%s: %s", candidate.version, reason)
     return discarded
 
 
@@ -148,6 +165,8 @@ class PendingCandidate:
     version_id: int
     version: int
     run_id: int | None
+    run_state: str | None  # "running" while the run that registered it is alive
+    run_started_at: datetime | None
     data_fingerprint: str | None  # of the labelled records the run read
     expected_champion_id: int | None  # the champion the run evaluated against
     threshold: float
@@ -157,6 +176,18 @@ class PendingCandidate:
     champion_metrics: dict[str, Any] | None
     baseline_metrics: dict[str, Any] | None
     details: dict[str, Any]
+
+    def in_progress(self, timeout_minutes: float) -> bool:
+        """Its run is still going, so the backfill is that run's to finish and the
+        candidate is left alone. A run's row reads `running` until it ends; one whose
+        process died on this host is closed when the next run starts, and one from
+        another host is taken as dead once it passed the retrain timeout."""
+        if self.run_state != "running" or self.run_started_at is None:
+            return False
+        started = self.run_started_at
+        if started.tzinfo is None:  # SQLite gives back naive UTC times
+            started = started.replace(tzinfo=UTC)
+        return datetime.now(UTC) - started < timedelta(minutes=timeout_minutes)
 
     def stale_because(self, data_fingerprint: str, champion_id: int | None) -> str | None:
         """Why the candidate may no longer be promoted, or None when it may."""
@@ -177,6 +208,8 @@ def find_pending_candidate(settings: Settings) -> PendingCandidate | None:
         run = session.get(Run, version.run_id) if version.run_id is not None else None
         return PendingCandidate(
             version_id=version.id, version=version.version, run_id=version.run_id,
+            run_state=run.state if run else None,
+            run_started_at=run.started_at if run else None,
             data_fingerprint=run.data_fingerprint if run else None,
             expected_champion_id=run.champion_version_id if run else None,
             threshold=version.threshold, artifact_uri=version.artifact_uri,

@@ -1,5 +1,7 @@
-"""Promotion is one unit: a failure at any step, a concurrent run, or a killed process
-leaves the champion, the versions and the flags exactly as they were."""
+"""Promotion in two phases: a failure at any step, a concurrent run, or a killed process
+leaves what users see (the champion, its flags, the view) exactly as it was. A failure
+before the candidate is registered leaves no trace at all; one during its backfill or
+flip leaves a candidate that nobody sees, and the next run resumes it without training."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import sqlalchemy as sa
 from anomdet.checkpoint import CHECKPOINTS
 from db import repository as repo
 from db.engine import get_engine, session_scope
+from db.models import ModelVersion
 from tests.flows.conftest import free_retrain_slot, retrain_at_once, retrain_slots
 from tests.flows.test_retrain import seed_records, snapshot, toy_records
 
@@ -46,6 +49,26 @@ def weak_champion(anomdet_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPa
     return tmp_path / "artifacts"
 
 
+def visible(url: str) -> dict:
+    """What users see: the champion, the versions that served, their flags, the view."""
+    state = snapshot(url)
+    with session_scope(get_engine(url)) as session:
+        candidates = {v.id for v in repo.list_versions(session=session, model_name="anomdet")
+                      if v.status in ("candidate", "rejected")}
+        view = [tuple(sorted(row.items())) for row in repo.flagged_rows(session=session,
+                                                                         limit=10_000)]
+    return {"champion": state["champion"], "records": state["records"], "view": view,
+            "versions": [v for v in state["versions"] if v[1] not in ("candidate", "rejected")],
+            "flags": [f for f in state["flags"] if f[1] not in candidates]}
+
+
+def _pending(url: str) -> list:
+    with session_scope(get_engine(url)) as session:
+        return [(v.id, v.version) for v in repo.list_versions(session=session,
+                                                              model_name="anomdet")
+                if v.status == "candidate"]
+
+
 def _fail_after(original, what: str):  # noqa: ANN001, ANN202
     def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
         original(*args, **kwargs)
@@ -53,53 +76,109 @@ def _fail_after(original, what: str):  # noqa: ANN001, ANN202
     return wrapper
 
 
-def _half_the_flags(original):  # noqa: ANN001, ANN202
-    def wrapper(*, session, model_version_id, rows, **kwargs):  # noqa: ANN001, ANN003, ANN202
-        if rows:
-            original(session=session, model_version_id=model_version_id,
-                     rows=rows[: len(rows) // 2], **kwargs)
-            raise RuntimeError("injected failure after half the flags were written")
-        return 0
+def _fail_on_call(original, call: int, what: str):  # noqa: ANN001, ANN202
+    calls = []
+
+    def wrapper(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        calls.append(1)
+        if len(calls) == call:
+            raise RuntimeError(f"injected failure at {what}")
+        return original(*args, **kwargs)
     return wrapper
 
 
+# step: (what to patch, how, whether the failure leaves a candidate to resume)
 FAULTS = {
-    "artifact saved": ("anomdet.scoring.score_all", lambda orig: _fail_after(orig, "save")),
+    "artifact saved": ("db.repository.register_candidate",
+                       lambda orig: _fail_on_call(orig, 1, "the candidate's insert"), False),
+    "candidate inserted": ("db.repository.register_candidate",
+                           lambda orig: _fail_after(orig, "the candidate's insert"), False),
+    "first chunk kept": ("db.repository.write_scores",
+                         lambda orig: _fail_after(orig, "the first chunk's scores"), True),
+    "half the backfill": ("anomdet.scoring.score_rows",
+                          lambda orig: _fail_on_call(orig, 3, "the third chunk"), True),
     "champion moved": ("db.repository._retire_expected_champion",
-                       lambda orig: _fail_after(orig, "the champion moved")),
-    "version inserted": ("db.repository.insert_flags",
-                         lambda orig: _fail_after(lambda **_: None, "the version insert")),
-    "half the flags written": ("db.repository.insert_flags", _half_the_flags),
-    "scores kept": ("db.repository.write_scores",
-                    lambda orig: _fail_after(orig, "the scores were kept")),
+                       lambda orig: _fail_after(orig, "the champion moved"), True),
 }
 
 
 @pytest.mark.parametrize("step", list(FAULTS))
-def test_a_failure_at_any_step_leaves_no_trace(
+def test_a_failure_at_any_step_leaves_what_users_see_and_the_next_run_finishes_it(
     step: str, weak_champion: Path, anomdet_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from flows.retrain import retrain
 
-    before, artifacts = snapshot(anomdet_env), _artifacts(weak_champion)
-    target, make = FAULTS[step]
+    monkeypatch.setenv("ANOMDET_SCORING__BACKFILL_CHUNKS", "4")
+    before, artifacts = visible(anomdet_env), _artifacts(weak_champion)
+    target, make, resumable = FAULTS[step]
     module_name, attr = target.rsplit(".", 1)
     module = sys.modules[module_name] if module_name in sys.modules else __import__(
         module_name, fromlist=[attr])
-    monkeypatch.setattr(module, attr, make(getattr(module, attr)))
-    if step == "artifact saved":  # the task module holds its own reference
-        import tasks.promotion
-
-        monkeypatch.setattr(tasks.promotion, "score_all", getattr(module, attr))
+    original = getattr(module, attr)
+    monkeypatch.setattr(module, attr, make(original))
     with pytest.raises(RuntimeError, match="injected failure"):
         retrain()
-    assert snapshot(anomdet_env) == before
-    assert _artifacts(weak_champion) == artifacts, "the rollback hook must remove the artifact"
+    monkeypatch.setattr(module, attr, original)
+    assert visible(anomdet_env) == before
     with session_scope(get_engine(anomdet_env)) as session:
         latest = repo.recent_runs(session=session, model_name="anomdet")[0]
     assert (latest.state, latest.decision) == ("failed", "failed")
     assert "injected failure" in latest.reason
-    monkeypatch.undo()
+    pending = _pending(anomdet_env)
+    if not resumable:
+        assert pending == []
+        assert _artifacts(weak_champion) == artifacts, "the rollback must remove the artifact"
+        return
+    [(candidate_id, number)] = pending
+    assert len(_artifacts(weak_champion) - artifacts) == 1
+
+    def no_training(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a resumed promotion trained again")
+
+    monkeypatch.setattr("anomdet.checkpoint.train_challenger", no_training)
+    monkeypatch.setenv("ANOMDET_SCORING__BACKFILL_CHUNKS", "4")
+    outcome = retrain()
+    assert outcome.decision == "promoted", outcome.reason
+    assert outcome.promoted_version == number and "resumed" in outcome.reason
+    engine = get_engine(anomdet_env)
+    with session_scope(engine) as session:
+        assert repo.get_champion(session=session, model_name="anomdet").id == candidate_id
+        scored = repo.count_scores(session=session, model_version_id=candidate_id)
+        flagged = repo.count_flags(session=session, model_version_id=candidate_id)
+        unlabelled = session.execute(sa.text(
+            "SELECT count(*) FROM records WHERE label IS NULL")).scalar_one()
+        above = session.execute(sa.text(
+            "SELECT count(*) FROM anomdet_scores s JOIN anomdet_model_versions v "
+            "ON v.id = s.model_version_id WHERE v.id = :id AND s.score >= v.threshold"),
+            {"id": candidate_id}).scalar_one()
+    # Every unlabelled record scored once, whichever run scored it, and flagged by its score.
+    assert scored == unlabelled and flagged == above == outcome.flags_written
+    assert _pending(anomdet_env) == []
+
+
+def test_a_stale_candidate_is_discarded_and_the_run_trains_its_own(
+    weak_champion: Path, anomdet_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.retrain import retrain
+
+    artifacts = _artifacts(weak_champion)
+    original = repo.flip_champion
+    monkeypatch.setattr(repo, "flip_champion", _fail_on_call(original, 1, "the flip"))
+    with pytest.raises(RuntimeError, match="injected failure"):
+        retrain()
+    monkeypatch.setattr(repo, "flip_champion", original)
+    [(stale_id, _)] = _pending(anomdet_env)
+    # New labels arrive: the candidate was judged on other data and may not be promoted.
+    seed_records(anomdet_env, toy_records(460, seed=11).iloc[400:])
+    outcome = retrain()
+    assert outcome.decision == "promoted" and "resumed" not in outcome.reason
+    with session_scope(get_engine(anomdet_env)) as session:
+        stale = session.get(ModelVersion, stale_id)
+        assert stale.status == "rejected"
+        assert repo.count_scores(session=session, model_version_id=stale_id) == 0
+        assert repo.count_flags(session=session, model_version_id=stale_id) == 0
+    assert not Path(stale.artifact_uri).exists()
+    assert len(_artifacts(weak_champion) - artifacts) == 1, "only the new champion's folder"
 
 
 def test_without_faults_the_same_challenger_is_promoted(
@@ -116,18 +195,19 @@ def test_without_faults_the_same_challenger_is_promoted(
 def test_two_runs_racing_to_promote_end_with_one_champion(
     anomdet_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Both runs evaluate against 'no champion'; a barrier makes both reach the promotion
-    at once. The database lets exactly one through; the other records why it did not."""
+    """Both runs evaluate against 'no champion'; a barrier makes both reach the flip at
+    once. The database lets exactly one through; the other records why it did not and
+    discards its candidate."""
 
     seed_records(anomdet_env, toy_records(300))
     barrier = threading.Barrier(2, timeout=900)  # generous: CI machines are shared
-    original = repo.promote_new_version
+    original = repo.flip_champion
 
     def both_at_once(**kwargs):  # noqa: ANN003, ANN202
         barrier.wait()
         return original(**kwargs)
 
-    monkeypatch.setattr(repo, "promote_new_version", both_at_once)
+    monkeypatch.setattr(repo, "flip_champion", both_at_once)
     # Two slots, as a user may allow, so that the runs race rather than take turns.
     retrain_slots(2)
     outcomes = retrain_at_once(1, 2, timeout=1200)
@@ -137,7 +217,9 @@ def test_two_runs_racing_to_promote_end_with_one_champion(
     engine = get_engine(anomdet_env)
     with session_scope(engine) as session:
         versions = repo.list_versions(session=session, model_name="anomdet")
-        assert [v.status for v in versions] == ["champion"]
+        assert sorted(v.status for v in versions) == ["champion", "rejected"]
+        rejected = next(v for v in versions if v.status == "rejected")
+        assert repo.count_flags(session=session, model_version_id=rejected.id) == 0
         duplicates = session.execute(sa.text(
             "SELECT record_id, model_version_id, count(*) FROM anomdet_flags "
             "GROUP BY record_id, model_version_id HAVING count(*) > 1")).all()
@@ -173,7 +255,7 @@ def test_sigkill_leaves_champion_and_flags_and_the_next_run_completes(
     if moment == "write":
         extra = extra.assign(label=pd.array([None] * len(extra), dtype="Int64"))
     seed_records(anomdet_env, extra)
-    before, artifacts_root = snapshot(anomdet_env), tmp_path / "artifacts"
+    before, artifacts_root = visible(anomdet_env), tmp_path / "artifacts"
     known = _artifacts(artifacts_root)
     env = _cli_env(anomdet_env) | {"ANOMDET_PROMOTION__FIRST_RUN": "always",
                                    "ANOMDET_PROMOTION__BOOTSTRAP_RESAMPLES": "0",
@@ -189,16 +271,15 @@ def test_sigkill_leaves_champion_and_flags_and_the_next_run_completes(
         if proc.poll() is None:
             proc.kill()
     free_retrain_slot()
-    after = snapshot(anomdet_env)
-    assert after == before
+    assert visible(anomdet_env) == before
     outcome = retrain()
     with session_scope(get_engine(anomdet_env)) as session:
         killed = repo.recent_runs(session=session, model_name="anomdet")[1]
     assert killed.state == "failed" and killed.reason.startswith("abandoned: process")
     assert outcome.decision in ("promoted", "rejected")
     with session_scope(get_engine(anomdet_env)) as session:
-        assert len([v for v in repo.list_versions(session=session, model_name="anomdet")
-                    if v.status == "champion"]) == 1
+        statuses = [v.status for v in repo.list_versions(session=session, model_name="anomdet")]
+    assert statuses.count("champion") == 1 and "candidate" not in statuses
 
 
 def _wait_for_moment(moment: str, url: str, artifacts: Path, known: set[str],
