@@ -41,6 +41,9 @@ DEFERRED_COMMANDS = {
     "bench-score": ("bench.scoring:bench_score_command",
                     "Measure flag writes, end-to-end scoring overhead and the streaming "
                     "scorer's memory."),
+    "bench-scale": ("bench.scale:bench_scale_command",
+                    "Measure a promotion's backfill and flip, incremental scoring and the "
+                    "view's reads as the records table grows (PostgreSQL)."),
 }
 
 

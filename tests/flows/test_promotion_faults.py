@@ -102,7 +102,18 @@ FAULTS = {
 }
 
 
-@pytest.mark.parametrize("step", list(FAULTS))
+# The steps before the candidate's insert fail fast and run on both databases, as does a
+# backfill stopped half-way. A stop after the first chunk runs on SQLite, a failed flip on
+# PostgreSQL (the SIGKILL tests below add a kill on each).
+_PG = pytest.mark.postgres
+
+
+@pytest.mark.parametrize(("db_url", "step"), [
+    *[pytest.param(db, step, marks=[_PG] if db == "postgresql" else [])
+      for step in ("artifact saved", "candidate inserted", "half the backfill")
+      for db in ("sqlite", "postgresql")],
+    ("sqlite", "first chunk kept"), pytest.param("postgresql", "champion moved", marks=_PG),
+], indirect=["db_url"])
 def test_a_failure_at_any_step_leaves_what_users_see_and_the_next_run_finishes_it(
     step: str, weak_champion: Path, anomdet_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

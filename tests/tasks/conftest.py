@@ -30,6 +30,6 @@ class Recorder:
 def no_progress(monkeypatch: pytest.MonkeyPatch) -> Recorder:
     """`ui_progress` without the Prefect API: returns a callback that does nothing."""
     made = Recorder(lambda done, total: None)
-    for module in ("tasks.model", "tasks.promotion", "tasks.scoring"):
+    for module in ("tasks.model", "tasks.scoring"):
         monkeypatch.setattr(f"{module}.ui_progress", made)
     return made
