@@ -149,8 +149,11 @@ def _copy_as_candidate(url: str, champion: Any) -> int:
 
 def _backfill_rate(url: str, candidate: int, workers: int, chunks: int) -> tuple[float, int]:
     """Rows per second of the backfill flow on a local Dask cluster of `workers`."""
+    import logging
+
     from flows.score import backfill, with_task_runner
 
+    logging.getLogger("distributed").setLevel(logging.WARNING)  # a line per worker event
     start = time.perf_counter()
     done = with_task_runner(backfill, "dask", workers)(version_id=candidate, chunks=chunks)
     seconds = time.perf_counter() - start
@@ -299,9 +302,9 @@ def run_scale_benchmark(config: ScaleConfig,
 def results_table(result: dict[str, Any]) -> Table:
     table = Table(title="anomdet at table scale (PostgreSQL, tiny-random)")
     workers = list(result["sizes"][0]["backfill_rows_per_s"]) if result["sizes"] else []
-    for column in ["records", "retrain s", "retrain peak MB",
-                   *[f"backfill rows/s, {w} Dask" for w in workers], "flip ms",
-                   "1% new: score s", "score peak MB", "top-10 ms", "by-id ms"]:
+    for column in ["records", "retrain s", "retrain MB",
+                   *[f"backfill/s {w} Dask" for w in workers], "flip ms",
+                   "1% new s", "score MB", "top-10 ms", "by-id ms"]:
         table.add_column(column, justify="right")
     for size in result["sizes"]:
         table.add_row(f"{size['rows']:,}", f"{size['retrain_s']:.0f}",
@@ -336,7 +339,7 @@ def bench_scale_command(
 ) -> None:
     """Measure a promotion's backfill and flip, incremental scoring and the view's reads
     as the records table grows."""
-    console = Console()
+    console = Console(width=max(Console().width, 132))
     try:
         config = ScaleConfig(postgres_url=postgres_url, rows=_sizes(rows), labelled=labelled,
                              chunks=chunks, seed=seed,
