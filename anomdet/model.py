@@ -86,8 +86,13 @@ def pick_device() -> torch.device:
 
 
 def configure_threads() -> int:
-    """Use every core for intra-op parallelism (torch's default can undercount in containers)."""
+    """Use every core for intra-op parallelism (torch's default can undercount in
+    containers), or the OMP_NUM_THREADS a process was given that shares the cores with
+    others (a Dask worker among several)."""
     threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        threads = min(threads, int(given))
     torch.set_num_threads(threads)
     return threads
 

@@ -10,6 +10,7 @@ simply run again and picks up what is left.
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime
 from typing import Any
 
@@ -111,9 +112,12 @@ def with_task_runner(flow_fn: Flow, name: str, workers: int = 2) -> Flow:
     if name == "dask":
         from prefect_dask import DaskTaskRunner
 
-        # Processes, one thread each: the model uses every core of its process already.
+        # Processes, one task at a time each, and the cores shared out between them: a
+        # worker whose model used every core would only wait on the others.
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+        share = {"OMP_NUM_THREADS": str(max(1, cores // workers))}
         runner = DaskTaskRunner(cluster_kwargs={"n_workers": workers, "processes": True,
-                                                "threads_per_worker": 1,
+                                                "threads_per_worker": 1, "env": share,
                                                 "dashboard_address": None})
         return flow_fn.with_options(task_runner=runner)
     raise ValueError(f"unknown task runner {name!r}: use 'default' or 'dask'")
