@@ -326,8 +326,17 @@ def retrain(
         None, help="seed for initialisation and batching (the split keeps training.split_seed)"),
     max_train_rows: int = typer.Option(None, min=10, help="cap on training rows"),
     learning_rate: float = typer.Option(None, min=0, help="peak learning rate"),
+    task_runner: str = typer.Option(
+        None, help="where a promotion's backfill runs: 'default' (threads) or 'dask' "
+                   "(default: ANOMDET_SCORING__BACKFILL_TASK_RUNNER)"),
+    dask_workers: int = typer.Option(
+        None, min=1, help="local Dask workers of the backfill (with --task-runner dask)"),
 ) -> None:
     """Run the retraining flow once: exit 0 when it completes, promoted or not."""
+    # The flow reads its settings itself: the options reach it as the settings they set.
+    for name, value in (("BACKFILL_TASK_RUNNER", task_runner), ("DASK_WORKERS", dask_workers)):
+        if value is not None:
+            os.environ[f"ANOMDET_SCORING__{name}"] = str(value)
     _settings()  # every setting is checked before a model library loads
     _model_environment()
     _run_retrain(base_model, epochs, seed, max_train_rows, learning_rate)

@@ -142,3 +142,15 @@ def test_failure_records_stay_off_the_terminal() -> None:
     assert not quiet.filter(record("prefect.flow_runs", logging.INFO,
                                    "Finished in state Failed('boom')"))
     assert quiet.filter(record("httpx", logging.ERROR, "not ours to hide"))
+
+
+def test_retrain_takes_the_backfills_task_runner_as_the_setting_it_sets(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANOMDET_DATABASE_URL", f"sqlite:///{tmp_path / 'a.db'}")
+    # Set here so that the test's end restores it: the command sets it for its own run.
+    monkeypatch.setenv("ANOMDET_SCORING__BACKFILL_TASK_RUNNER", "default")
+    monkeypatch.setenv("ANOMDET_SCORING__DASK_WORKERS", "2")
+    result = runner.invoke(app, ["retrain", "--task-runner", "threads", "--dask-workers", "3"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ") and "'default' or 'dask'" in result.output
+    assert "BACKFILL_TASK_RUNNER=threads" in result.output
