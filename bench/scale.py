@@ -12,7 +12,10 @@ a records table (`--labelled` of them labelled, the rest to score), and measures
 4. incremental scoring after 1% new records arrive (with ids below and above the
    others): `anomdet score` in its own process, wall time and peak RSS;
 5. reads of `anomdet_flagged`: the top 10 by score and one record by id, in milliseconds
-   (median of 7), and whether the plan uses indexes only.
+   (median of 7), and whether the plan uses indexes only;
+6. the extraction of a table of as many labelled records (5% anomalous), in a fresh process
+   each: all of them, and the stratified sample that `--max-train-rows` draws in SQL, with
+   the peak RSS of each.
 
 It runs the project's own flows and commands, not copies of them. The scratch database is
 dropped afterwards.
@@ -57,6 +60,7 @@ class ScaleConfig:
     chunks: int
     dask_workers: tuple[int, ...]
     seed: int
+    max_train_rows: int = 5000
 
 
 def _scratch(admin_url: str) -> str:
@@ -108,21 +112,34 @@ def _fill(url: str, rows: int, labelled: int, seed: int) -> None:
     engine.dispose()
 
 
+# The peak RSS of a process is its memory's high-water mark (VmHWM), which starts afresh
+# at exec; ru_maxrss would not do: Linux carries it over from the parent at fork.
+_PEAK_AT_EXIT = """
+import atexit, os, re, runpy, sys
+def _peak():
+    status = open("/proc/self/status").read()
+    with open(os.environ["BENCH_SCALE_PEAK_FILE"], "w") as out:
+        out.write(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
+atexit.register(_peak)
+sys.argv = ["anomdet", *sys.argv[1:]]
+runpy.run_module("anomdet.cli", run_name="__main__")
+"""
+
+
 def _run_command(args: Sequence[str], env: dict[str, str]) -> tuple[float, float, str]:
     """Run an anomdet command in its own process: wall seconds, peak RSS in MB, output."""
-    with tempfile.TemporaryFile() as out:
+    with tempfile.TemporaryDirectory() as folder:
+        peak_file = Path(folder) / "peak"
         start = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "anomdet.cli", *args], env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        done = subprocess.run([sys.executable, "-c", _PEAK_AT_EXIT, *args],
+                              env=env | {"BENCH_SCALE_PEAK_FILE": str(peak_file)},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, check=False)
         seconds = time.perf_counter() - start
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        output = out.read().decode(errors="replace")
-    if proc.returncode != 0:
-        raise RuntimeError(f"anomdet {' '.join(args)} failed ({proc.returncode}): "
-                           f"{output[-2000:]}")
-    return seconds, usage.ru_maxrss / 1024, output  # ru_maxrss is in KiB on Linux
+        output = done.stdout.decode(errors="replace")
+        if done.returncode != 0 or not peak_file.exists():
+            raise RuntimeError(f"anomdet {' '.join(args)} failed ({done.returncode}): "
+                               f"{output[-2000:]}")
+        return seconds, int(peak_file.read_text()) / 1024, output
 
 
 def _champion(url: str) -> Any:
@@ -263,9 +280,48 @@ def _one_size(config: ScaleConfig, rows: int, work: Path,
         figure |= {"incremental_rows": new, "incremental_s": score_s,
                    "incremental_rows_per_s": new / score_s, "score_peak_rss_mb": score_mb}
         figure |= _reads(url)
+        note(f"{rows:,} records: extracting {rows:,} labelled records, all and capped")
+        figure |= _extraction(url, rows, env, config.max_train_rows)
         return figure
     finally:
         _drop_scratch(config.postgres_url)
+
+
+# Run in a fresh process: the extraction task's function, with the settings as a run
+# has them; prints the rows read and the process's peak RSS in MB.
+_EXTRACT = """
+import re, time
+from anomdet.settings import Settings
+import tasks.database as td
+start = time.perf_counter()
+frame = td.extract_labelled.fn(Settings())
+peak = re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1)
+print(len(frame), time.perf_counter() - start, int(peak) / 1024)
+"""
+
+
+def _extraction(url: str, rows: int, env: dict[str, str], cap: int) -> dict[str, Any]:
+    """Peak RSS of reading a table of `rows` labelled records (5% anomalous): all of them,
+    and a stratified sample for `max_train_rows=cap`, each in a fresh process."""
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE labelled (id BIGINT PRIMARY KEY, text TEXT, "
+                             "label SMALLINT, created_at TIMESTAMPTZ)"))
+        conn.execute(sa.text(
+            "INSERT INTO labelled SELECT g, 'user ' || g || ' did something on host ' || "
+            "(g % 251), CASE WHEN g % 20 = 0 THEN 1 ELSE 0 END, now() "
+            "FROM generate_series(1, :n) g"), {"n": rows})
+        conn.execute(sa.text("ANALYZE labelled"))
+    engine.dispose()
+    figure: dict[str, Any] = {}
+    for name, extra in (("all", {}), ("capped", {"ANOMDET_TRAINING__MAX_TRAIN_ROWS": str(cap)})):
+        done = subprocess.run([sys.executable, "-c", _EXTRACT], capture_output=True, text=True,
+                              env=env | {"ANOMDET_RECORDS__TABLE": "labelled"} | extra,
+                              check=True)
+        read, seconds, peak = done.stdout.split()[-3:]
+        figure |= {f"extract_{name}_rows": int(read), f"extract_{name}_s": float(seconds),
+                   f"extract_{name}_peak_rss_mb": float(peak)}
+    return figure
 
 
 def _discard(url: str, candidate: int) -> None:
@@ -304,7 +360,8 @@ def results_table(result: dict[str, Any]) -> Table:
     workers = list(result["sizes"][0]["backfill_rows_per_s"]) if result["sizes"] else []
     for column in ["records", "retrain s", "retrain MB",
                    *[f"backfill/s {w} Dask" for w in workers], "flip ms",
-                   "1% new s", "score MB", "top-10 ms", "by-id ms"]:
+                   "1% new s", "score MB", "top-10 ms", "by-id ms", "read all MB",
+                   "read capped MB"]:
         table.add_column(column, justify="right")
     for size in result["sizes"]:
         table.add_row(f"{size['rows']:,}", f"{size['retrain_s']:.0f}",
@@ -312,7 +369,8 @@ def results_table(result: dict[str, Any]) -> Table:
                       *[f"{size['backfill_rows_per_s'][w]:,.0f}" for w in workers],
                       f"{size['flip_ms']:.1f}", f"{size['incremental_s']:.1f}",
                       f"{size['score_peak_rss_mb']:.0f}", f"{size['top10_ms']:.2f}",
-                      f"{size['by_id_ms']:.2f}")
+                      f"{size['by_id_ms']:.2f}", f"{size['extract_all_peak_rss_mb']:.0f}",
+                      f"{size['extract_capped_peak_rss_mb']:.0f}")
     return table
 
 
@@ -336,13 +394,14 @@ def bench_scale_command(
     chunks: int = typer.Option(8, min=1, help="id ranges of each backfill"),
     dask_workers: str = typer.Option("1,2", help="Dask cluster sizes of the backfill"),
     seed: int = typer.Option(7, help="seed of the labelled demo records"),
+    max_train_rows: int = typer.Option(5000, min=10, help="the cap of the capped extraction"),
 ) -> None:
     """Measure a promotion's backfill and flip, incremental scoring and the view's reads
     as the records table grows."""
     console = Console(width=max(Console().width, 132))
     try:
         config = ScaleConfig(postgres_url=postgres_url, rows=_sizes(rows), labelled=labelled,
-                             chunks=chunks, seed=seed,
+                             chunks=chunks, seed=seed, max_train_rows=max_train_rows,
                              dask_workers=tuple(int(w) for w in dask_workers.split(",")))
         if any(size <= labelled for size in config.rows):
             raise ValueError(f"every --rows size must exceed --labelled ({labelled})")

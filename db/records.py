@@ -190,17 +190,26 @@ def _standardise(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_labelled(
-    conn: Connection, table: sa.Table, mapping: RecordsMapping, *, chunk_size: int = 10_000
+    conn: Connection, table: sa.Table, mapping: RecordsMapping, *, chunk_size: int = 10_000,
+    sample: int | None = None, seed: int = 0,
 ) -> pd.DataFrame:
     """All labelled records as a frame with the standard columns, read in chunks.
 
     Labels are returned as stored, so validation can report bad values; only the texts
     '0' and '1' of a text-typed label column are read as the classes they name.
+
+    With `sample`, a table holding more labelled records than that gives a stratified
+    sample drawn by the database: each class keeps its share of `sample` rows, chosen
+    by a seeded hash of the id (the same rows again while the table is the same), so
+    the whole table never lands in memory. Records whose label is neither class are all
+    kept, for validation to report.
     """
     import pandas as pd
 
     label = table.c[mapping.label_column]
     query = _standard_select(table, mapping).where(label.is_not(None))
+    if sample is not None:
+        query = _stratified(conn, table, mapping, query, sample, seed)
     query = query.order_by(table.c[mapping.id_column])
     chunks = list(pd.read_sql(query, conn, chunksize=chunk_size))
     if not chunks:
@@ -209,6 +218,30 @@ def read_labelled(
     if not pd.api.types.is_numeric_dtype(frame["label"]):  # text, or mixed as in SQLite
         frame["label"] = frame["label"].map(_class_from_text)
     return _standardise(frame)
+
+
+def _stratified(conn: Connection, table: sa.Table, mapping: RecordsMapping,
+                query: sa.Select, sample: int, seed: int) -> sa.Select:
+    """`query` narrowed to a stratified sample of `sample` labelled records, or unchanged
+    when the table holds no more than that."""
+    label = table.c[mapping.label_column]
+    # A text-typed label column holds the classes as the texts '0' and '1'.
+    classes = ("0", "1") if isinstance(label.type, sa.String) else (0, 1)
+    counts = dict(conn.execute(sa.select(label, sa.func.count()).where(label.in_(classes))
+                               .group_by(label)).all())
+    total = sum(counts.values())
+    if total <= sample:
+        return query
+    order = text_hash(sa.cast(table.c[mapping.id_column], sa.Text) + f":{int(seed)}")
+    kept = []
+    for value, count in counts.items():
+        take = max(1, round(sample * count / total))
+        first = (sa.select(table.c[mapping.id_column].label("id")).where(label == value)
+                 .order_by(order, table.c[mapping.id_column]).limit(take).subquery())
+        kept.append(sa.select(first.c.id))  # SQLite orders and limits a subquery only
+    chosen = sa.union_all(*kept).subquery()
+    return query.where(sa.or_(label.not_in(classes),
+                              table.c[mapping.id_column].in_(sa.select(chosen.c[0]))))
 
 
 def _class_from_text(value: object) -> object:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import resource
 import socket
 from typing import Any
 
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import MissingContextError
 
 from anomdet.errors import is_transient
 from anomdet.settings import Settings
@@ -91,17 +95,45 @@ def read_top_flagged(settings: Settings) -> list[dict[str, Any]]:
         return repo.flagged_rows(session=session, limit=settings.top_flagged)
 
 
+def run_logger() -> logging.Logger | logging.LoggerAdapter:
+    """The run's logger in a run; a plain logger when a task's function is called alone
+    (tests, benchmarks)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("tasks")
+
+
+def labelled_sample(settings: Settings) -> int | None:
+    """How many labelled records to read when training rows are capped: enough that the
+    train side of the split holds `max_train_rows`; None reads them all."""
+    cap, t = settings.training.max_train_rows, settings.training
+    if cap is None:
+        return None
+    # The tolerance keeps float error (52 / 0.65 = 80.000...01) from adding a row.
+    return math.ceil(cap / (1 - t.val_fraction - t.test_fraction) - 1e-9)
+
+
 @task(name="extract labelled records", cache_policy=NO_CACHE, **IO_RETRIES)
 def extract_labelled(settings: Settings) -> pd.DataFrame:
-    """Read every labelled record, in chunks, under the standard column names."""
+    """Read the labelled records, in chunks, under the standard column names: all of
+    them, or with `max_train_rows` a stratified sample drawn by the database."""
     engine = get_engine(settings.database_url)
     mapping = settings.records.mapping()
     with engine.connect() as conn:
         table = reflect_records_table(conn, mapping)
         try:
-            return read_labelled(conn, table, mapping, chunk_size=settings.chunk_size)
+            frame = read_labelled(conn, table, mapping, chunk_size=settings.chunk_size,
+                                  sample=labelled_sample(settings),
+                                  seed=settings.training.split_seed)
         except ValueError as exc:
             problem = unreadable_timestamps(conn, mapping)
             if problem is None:
                 raise
             raise ValueError(problem) from exc
+    capped = settings.training.max_train_rows
+    run_logger().info(
+        "read %d labelled records%s; peak memory so far %.0f MB", len(frame),
+        f" (a stratified sample for max_train_rows={capped})" if capped else "",
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return frame

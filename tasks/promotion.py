@@ -4,7 +4,6 @@ backfilled, the flip that makes it champion."""
 
 from __future__ import annotations
 
-import logging
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -14,8 +13,6 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from prefect.exceptions import MissingContextError
-from prefect.logging import get_run_logger
 from prefect.transactions import Transaction, get_transaction
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -26,17 +23,9 @@ from anomdet.training import Challenger
 from db import repository as repo
 from db.engine import get_engine, session_scope
 from db.models import ModelVersion, Run
-from tasks.database import IO_RETRIES
+from tasks.database import IO_RETRIES, run_logger
 
 ARTIFACT_KEY = "artifact_dir"
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    """The run's logger in a run, this module's when a task's function is called alone."""
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -137,7 +126,7 @@ def flip_champion(settings: Settings, candidate_id: int,
             repo.prune_scores(session=session, model_name=settings.model_name,
                               keep_versions=settings.scoring.keep_versions)
     except SQLAlchemyError as exc:
-        _logger().warning("old versions' scores were not pruned: %s", exc)
+        run_logger().warning("old versions' scores were not pruned: %s", exc)
     return flipped
 
 
@@ -153,7 +142,7 @@ def discard_candidate(settings: Settings, candidate_id: int, reason: str) -> boo
     if discarded and artifact is not None:
         # After the database forgot it: a folder left by a failed removal harms nobody.
         shutil.rmtree(artifact, ignore_errors=True)
-        _logger().info("discarded candidate v%s: %s", candidate.version, reason)
+        run_logger().info("discarded candidate v%s: %s", candidate.version, reason)
     return discarded
 
 

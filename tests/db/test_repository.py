@@ -253,3 +253,35 @@ def test_bulk_flags_read_back_exactly_and_count_only_new_rows(engine: sa.Engine)
             (str(i), 0.5 + i / 100, 0.5, None) for i in range(1, 6)]
         # Timestamps come back as the same instant (SQLite returns them naive, in UTC).
         assert {f.flagged_at.replace(tzinfo=UTC) for f in stored} == {stamp}
+
+
+@pytest.mark.parametrize("label_type", [sa.SmallInteger(), sa.String(3)])
+def test_a_capped_read_is_a_stratified_sample_drawn_by_the_database(
+        db_url: str, label_type: sa.types.TypeEngine) -> None:
+    engine = get_engine(db_url)
+    table = sa.Table("events", sa.MetaData(), sa.Column("id", sa.BigInteger, primary_key=True),
+                     sa.Column("text", sa.Text), sa.Column("label", label_type))
+    table.create(engine)
+    text_labels = isinstance(label_type, sa.String)
+    labels = [1 if i % 10 == 0 else 0 for i in range(1000)] + [7, 7, 7] + [None] * 5
+    with engine.begin() as conn:
+        conn.execute(table.insert(), [
+            {"id": i * 3 - 1000, "text": f"event {i}",
+             "label": None if y is None else (str(y) if text_labels else y)}
+            for i, y in enumerate(labels)])
+    mapping = records_mapping(table="events", timestamp_column=None)
+    with engine.connect() as conn:
+        events = reflect_records_table(conn, mapping)
+
+        def read(**kwargs: object) -> pd.DataFrame:
+            return read_labelled(conn, events, mapping, **kwargs)
+
+        sampled, again, other = read(sample=200, seed=1), read(sample=200, seed=1), read(
+            sample=200, seed=2)
+        whole, roomy = read(), read(sample=5000, seed=1)
+    counts = sampled["label"].value_counts().to_dict()
+    # Each class keeps its share; labels that are neither class all stay, for validation.
+    assert {int(k): v for k, v in counts.items()} == {0: 180, 1: 20, 7: 3}
+    assert sampled["id"].tolist() == again["id"].tolist(), "the same rows for the same seed"
+    assert set(sampled["id"]) != set(other["id"])
+    assert len(whole) == len(roomy) == 1003

@@ -100,6 +100,13 @@ def test_extract_reads_the_labelled_records_only(settings: Settings) -> None:
     labelled = td.extract_labelled.fn(settings)
     assert len(labelled) == 200 and {"id", "text", "label"} <= set(labelled.columns)
     assert sorted(labelled["id"]) == list(range(1, 201))
+    # Capped training rows: the database draws enough that the train side (65% of the
+    # split by default) holds the cap, half of each class as in the table.
+    capped = settings.model_copy(update={"training": settings.training.model_copy(
+        update={"max_train_rows": 52})})
+    assert td.labelled_sample(capped) == 80
+    sampled = td.extract_labelled.fn(capped)
+    assert sampled["label"].value_counts().to_dict() == {0: 40, 1: 40}
 
 
 def test_a_run_records_progress_then_ends(settings: Settings) -> None:
