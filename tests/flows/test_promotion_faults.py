@@ -249,7 +249,7 @@ def _cli_env(anomdet_env: str) -> dict[str, str]:
 # own transaction is what the write relies on, and the faults above cover both.
 @pytest.mark.parametrize(("db_url", "moment"), [
     ("sqlite", "training"),
-    pytest.param("postgresql", "write", marks=pytest.mark.postgres),
+    pytest.param("postgresql", "backfill", marks=pytest.mark.postgres),
 ], indirect=["db_url"])
 def test_sigkill_leaves_champion_and_flags_and_the_next_run_completes(
     moment: str, anomdet_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -261,21 +261,23 @@ def test_sigkill_leaves_champion_and_flags_and_the_next_run_completes(
     monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.0000001")
     assert retrain().decision == "promoted"
     monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.001")
-    # More records: labelled ones make training last, unlabelled ones the scoring and write.
-    extra = toy_records(2500, seed=9).iloc[300:]
-    if moment == "write":
+    # More records: labelled ones make training last, unlabelled ones the backfill, which
+    # commits them 100 at a time in one range, so that the kill finds it half-way.
+    extra = toy_records(2500 if moment == "training" else 6300, seed=9).iloc[300:]
+    if moment == "backfill":
         extra = extra.assign(label=pd.array([None] * len(extra), dtype="Int64"))
     seed_records(anomdet_env, extra)
-    before, artifacts_root = visible(anomdet_env), tmp_path / "artifacts"
-    known = _artifacts(artifacts_root)
+    before = visible(anomdet_env)
     env = _cli_env(anomdet_env) | {"ANOMDET_PROMOTION__FIRST_RUN": "always",
                                    "ANOMDET_PROMOTION__BOOTSTRAP_RESAMPLES": "0",
                                    "ANOMDET_PROMOTION__MIN_ABSOLUTE_IMPROVEMENT": "0",
-                                   "ANOMDET_TRAINING__EPOCHS": "3"}
+                                   "ANOMDET_TRAINING__EPOCHS": "3",
+                                   "ANOMDET_CHUNK_SIZE": "100",
+                                   "ANOMDET_SCORING__BACKFILL_CHUNKS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "anomdet.cli", "retrain"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        _wait_for_moment(moment, anomdet_env, artifacts_root, known, proc)
+        _wait_for_moment(moment, anomdet_env, proc)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
@@ -289,22 +291,33 @@ def test_sigkill_leaves_champion_and_flags_and_the_next_run_completes(
     assert killed.state == "failed" and killed.reason.startswith("abandoned: process")
     assert outcome.decision in ("promoted", "rejected")
     with session_scope(get_engine(anomdet_env)) as session:
-        statuses = [v.status for v in repo.list_versions(session=session, model_name="anomdet")]
+        versions = repo.list_versions(session=session, model_name="anomdet")
+    statuses = [v.status for v in versions]
     assert statuses.count("champion") == 1 and "candidate" not in statuses
+    if moment == "backfill":
+        # The killed run's candidate, half backfilled, is what the next run promoted.
+        assert outcome.decision == "promoted" and "resumed" in outcome.reason
+        assert [v.run_id for v in versions if v.status == "champion"] == [killed.id]
 
 
-def _wait_for_moment(moment: str, url: str, artifacts: Path, known: set[str],
-                     proc: subprocess.Popen) -> None:
+def _wait_for_moment(moment: str, url: str, proc: subprocess.Popen) -> None:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         assert proc.poll() is None, "the run ended before it could be killed"
         if moment == "training" and _running_runs(url) and _fine_tuning_started(url):
             time.sleep(1.0)
             return
-        if moment == "write" and _artifacts(artifacts) - known:
-            return  # the artifact is stored: scoring and the database write come next
-        time.sleep(0.1)
+        if moment == "backfill" and _candidate_scores(url):
+            return  # the candidate is registered and its backfill has begun
+        time.sleep(0.05)
     pytest.fail(f"the run never reached {moment}")
+
+
+def _candidate_scores(url: str) -> int:
+    with get_engine(url).connect() as conn:
+        return int(conn.execute(sa.text(
+            "SELECT count(*) FROM anomdet_scores s JOIN anomdet_model_versions v "
+            "ON v.id = s.model_version_id WHERE v.status = 'candidate'")).scalar_one())
 
 
 def _running_runs(url: str) -> int:
