@@ -21,6 +21,7 @@ import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -562,3 +563,53 @@ def decide(challenger: EvalResult, champion: EvalResult | None,
     reason = _comparison_reason(promote, checks, challenger, champion, policy)
     return Decision(promote, tuple(checks), reason + _uncertainty_note(interval), bootstrap,
                     interval)
+
+
+@dataclass(frozen=True)
+class PendingCandidate:
+    """A candidate left by a run that stopped during its backfill, with what that run
+    saw and decided: enough to resume its promotion, or to tell that it went stale."""
+
+    version_id: int
+    version: int
+    run_id: int | None
+    run_state: str | None  # "running" while the run that registered it is alive
+    run_started_at: datetime | None
+    data_fingerprint: str | None  # of the labelled records the run read
+    expected_champion_id: int | None  # the champion the run evaluated against
+    threshold: float
+    artifact_uri: str
+    challenger_metrics: dict[str, Any]
+    champion_metrics: dict[str, Any] | None
+    baseline_metrics: dict[str, Any] | None
+    details: dict[str, Any]
+
+    @property
+    def reason(self) -> str | None:
+        """The promotion rule's reason, as the run that decided it recorded it."""
+        return self.details.get("decision_reason")
+
+    @property
+    def checks(self) -> list[dict[str, Any]]:
+        """The promotion rule's checks (name, passed, detail) as that run recorded them."""
+        return list(self.details.get("checks") or [])
+
+    def in_progress(self, timeout_minutes: float) -> bool:
+        """Its run is still going, so the backfill is that run's to finish and the
+        candidate is left alone. A run's row reads `running` until it ends; one whose
+        process died on this host is closed when the next run starts, and one from
+        another host is taken as dead once it passed the retrain timeout."""
+        if self.run_state != "running" or self.run_started_at is None:
+            return False
+        started = self.run_started_at
+        if started.tzinfo is None:  # SQLite gives back naive UTC times
+            started = started.replace(tzinfo=UTC)
+        return datetime.now(UTC) - started < timedelta(minutes=timeout_minutes)
+
+    def stale_because(self, data_fingerprint: str, champion_id: int | None) -> str | None:
+        """Why the candidate may no longer be promoted, or None when it may."""
+        if self.data_fingerprint != data_fingerprint:
+            return "the labelled records changed since its run evaluated it"
+        if self.expected_champion_id != champion_id:
+            return "the champion changed since its run evaluated it"
+        return None

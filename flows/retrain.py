@@ -14,7 +14,7 @@ from anomdet.data import fingerprint
 from anomdet.drift import DataProfile
 from anomdet.errors import DataValidationError, DriftError, is_run_timeout, timed_out
 from anomdet.outcome import RetrainOutcome
-from anomdet.promotion import Decision, EvalResult
+from anomdet.promotion import Decision, EvalResult, PendingCandidate
 from anomdet.report import RunSummary, promoted_message, rejected_message
 from anomdet.settings import Settings
 from db.repository import ChampionChanged, RunEnding, RunProgress
@@ -48,7 +48,6 @@ from tasks.model import (
 )
 from tasks.promotion import (
     Flipped,
-    PendingCandidate,
     decide_promotion,
     discard_candidate,
     find_pending_candidate,
@@ -260,12 +259,11 @@ def _resume(settings: Settings, run_id: int, pending: PendingCandidate,
     logger = get_run_logger()
     logger.info("resuming the promotion of candidate v%d (run %s), whose backfill did not "
                 "finish", pending.version, pending.run_id)
-    checks = pending.details.get("checks") or []
     record_progress(settings, run_id, RunProgress(
         champion_version_id=pending.expected_champion_id,
         challenger_metrics=pending.challenger_metrics,
         champion_metrics=pending.champion_metrics, baseline_metrics=pending.baseline_metrics,
-        details={"checks": checks, "resumed_from_run": pending.run_id,
+        details={"checks": pending.checks, "resumed_from_run": pending.run_id,
                  "decision_reason": pending.reason}))
     champion_version = champion.version if champion else None
     reason = (f"resumed the promotion of v{pending.version}, decided by run {pending.run_id}: "
@@ -297,13 +295,12 @@ def _resume(settings: Settings, run_id: int, pending: PendingCandidate,
 def _resumed_outcome(run_id: int, pending: PendingCandidate, champion_version: int | None,
                      reason: str, message: str,
                      flipped: Flipped | None = None) -> RetrainOutcome:
-    checks = pending.details.get("checks") or []
     return RetrainOutcome(
         run_id=run_id, decision="promoted" if flipped else "rejected", reason=reason,
         message=message, challenger=pending.challenger_metrics,
         champion=pending.champion_metrics, baseline=pending.baseline_metrics,
         uncertainty=pending.details.get("uncertainty"), champion_version=champion_version,
-        checks=tuple((c["name"], c["passed"], c["detail"]) for c in checks),
+        checks=tuple((c["name"], c["passed"], c["detail"]) for c in pending.checks),
         promoted_version=flipped.version if flipped else None,
         flags_written=flipped.flagged if flipped else None)
 

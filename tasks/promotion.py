@@ -7,7 +7,6 @@ from __future__ import annotations
 import shutil
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from prefect.transactions import Transaction, get_transaction
 from sqlalchemy.exc import SQLAlchemyError
 
 from anomdet.model import save_artifact
-from anomdet.promotion import Decision, EvalResult, decide
+from anomdet.promotion import Decision, EvalResult, PendingCandidate, decide
 from anomdet.settings import Settings
 from anomdet.training import Challenger
 from db import repository as repo
@@ -146,47 +145,6 @@ def discard_candidate(settings: Settings, candidate_id: int, reason: str) -> boo
     return discarded
 
 
-@dataclass(frozen=True)
-class PendingCandidate:
-    """A candidate left by a run that stopped during its backfill, with what that run
-    saw and decided: enough to resume its promotion, or to tell that it went stale."""
-
-    version_id: int
-    version: int
-    run_id: int | None
-    run_state: str | None  # "running" while the run that registered it is alive
-    run_started_at: datetime | None
-    data_fingerprint: str | None  # of the labelled records the run read
-    expected_champion_id: int | None  # the champion the run evaluated against
-    threshold: float
-    artifact_uri: str
-    reason: str | None
-    challenger_metrics: dict[str, Any]
-    champion_metrics: dict[str, Any] | None
-    baseline_metrics: dict[str, Any] | None
-    details: dict[str, Any]
-
-    def in_progress(self, timeout_minutes: float) -> bool:
-        """Its run is still going, so the backfill is that run's to finish and the
-        candidate is left alone. A run's row reads `running` until it ends; one whose
-        process died on this host is closed when the next run starts, and one from
-        another host is taken as dead once it passed the retrain timeout."""
-        if self.run_state != "running" or self.run_started_at is None:
-            return False
-        started = self.run_started_at
-        if started.tzinfo is None:  # SQLite gives back naive UTC times
-            started = started.replace(tzinfo=UTC)
-        return datetime.now(UTC) - started < timedelta(minutes=timeout_minutes)
-
-    def stale_because(self, data_fingerprint: str, champion_id: int | None) -> str | None:
-        """Why the candidate may no longer be promoted, or None when it may."""
-        if self.data_fingerprint != data_fingerprint:
-            return "the labelled records changed since its run evaluated it"
-        if self.expected_champion_id != champion_id:
-            return "the champion changed since its run evaluated it"
-        return None
-
-
 @task(name="find pending candidate", cache_policy=NO_CACHE, **IO_RETRIES)
 def find_pending_candidate(settings: Settings) -> PendingCandidate | None:
     """The model's candidate whose promotion did not finish, if there is one."""
@@ -202,7 +160,6 @@ def find_pending_candidate(settings: Settings) -> PendingCandidate | None:
             data_fingerprint=run.data_fingerprint if run else None,
             expected_champion_id=run.champion_version_id if run else None,
             threshold=version.threshold, artifact_uri=version.artifact_uri,
-            reason=(run.details or {}).get("decision_reason") if run else None,
             challenger_metrics=version.metrics,
             champion_metrics=run.champion_metrics if run else None,
             baseline_metrics=run.baseline_metrics if run else None,
