@@ -168,6 +168,10 @@ class PromotionSettings(BaseModel):
     bootstrap_resamples: int = Field(1000, ge=0)
     confidence: float = Field(0.95, gt=0.5, lt=1)
     seed: int = 0
+    # A challenger that passed the rule waits for a person's answer in the Prefect UI
+    # (see flows.approval); no answer within the timeout rejects it.
+    require_approval: bool = False
+    approval_timeout_minutes: float = Field(480, gt=0, le=60 * 24 * 30)
 
     @field_validator("primary_metric")
     @classmethod
@@ -188,7 +192,7 @@ class PromotionSettings(BaseModel):
         """The pure promotion rule's policy object."""
         from anomdet.promotion import PromotionPolicy
 
-        return PromotionPolicy(
+        return PromotionPolicy(  # the approval settings are the flow's, not the rule's
             primary_metric=self.primary_metric,
             floors={name: (floor, None) for name, floor in
                     (("f1", self.f1_floor), ("pr_auc", self.pr_auc_floor)) if floor is not None},
@@ -276,6 +280,20 @@ class ScoringSettings(BaseModel):
     dask_workers: int = Field(2, ge=1, le=256, description="local Dask workers of a backfill")
 
 
+class ReviewSettings(BaseModel):
+    """Reviewers' labels: the labelling queue and the retrains they start (see db.feedback
+    and flows.check)."""
+
+    # Every N-th row of anomdet_label_queue is a high-scoring text sampled across the
+    # champion's flags; the others are the records it is least sure of.
+    queue_sample_every: int = Field(5, ge=2, le=1000)
+    # The check flow starts a retrain once this many labels are newer than the
+    # champion's training data (and as many again after each retrain it started).
+    retrain_after_labels: int = Field(100, ge=1)
+    # ... or once the unlabelled records drift past a bound of ANOMDET_DRIFT__*.
+    retrain_on_drift: bool = True
+
+
 class Settings(BaseSettings):
     """Everything anomdet needs to run, from the environment with safe defaults."""
 
@@ -304,6 +322,7 @@ class Settings(BaseSettings):
     validation: ValidationSettings = ValidationSettings()
     drift: DriftSettings = DriftSettings()
     scoring: ScoringSettings = ScoringSettings()
+    review: ReviewSettings = ReviewSettings()
 
     @field_validator("database_url")
     @classmethod

@@ -614,38 +614,45 @@ def flagged_view_select(records: sa.Table, mapping: RecordsMapping,
 
 def ensure_flagged_view(connection: Connection, records: sa.Table, mapping: RecordsMapping) -> None:
     """Create the `anomdet_flagged` view for the configured records table, or replace it
-    when (and only when) its definition changed.
+    when (and only when) its definition changed (see `ensure_view`)."""
+    ensure_view(connection, FLAGGED_VIEW, flagged_view_select(records, mapping,
+                                                              connection.dialect))
 
-    It is made here rather than in a migration because it joins the user's table,
-    whose name and columns come from configuration. Names are quoted by SQLAlchemy.
-    Users grant on it and build their own views on it: an unchanged view is left
-    alone, and PostgreSQL replaces a changed one in place (CREATE OR REPLACE), which
-    keeps its grants and the views that depend on it.
+
+def ensure_view(connection: Connection, name: str, query: sa.Select) -> None:
+    """Create the view `name` as `query`, or replace it when (and only when) its
+    definition changed.
+
+    anomdet's views are made here rather than in a migration because they join the
+    user's table, whose name and columns come from configuration. Names are quoted by
+    SQLAlchemy; `name` is one of anomdet's own constants. Users grant on the views and
+    build their own views on them: an unchanged view is left alone, and PostgreSQL
+    replaces a changed one in place (CREATE OR REPLACE), which keeps its grants and the
+    views that depend on it.
     """
-    body = str(flagged_view_select(records, mapping, connection.dialect).compile(
-        dialect=connection.dialect, compile_kwargs={"literal_binds": True}
-    ))
+    body = str(query.compile(dialect=connection.dialect,
+                             compile_kwargs={"literal_binds": True}))
     if connection.dialect.name == "postgresql":
-        _ensure_view_postgres(connection, body)
+        _ensure_view_postgres(connection, name, body)
     else:
-        _ensure_view_sqlite(connection, body)
+        _ensure_view_sqlite(connection, name, body)
 
 
-def _ensure_view_sqlite(connection: Connection, body: str) -> None:
+def _ensure_view_sqlite(connection: Connection, name: str, body: str) -> None:
     # SQLite keeps the statement that made the view: an identical one needs nothing.
     # It has no CREATE OR REPLACE and no grants, and resolves dependent views lazily.
-    create = f"CREATE VIEW {FLAGGED_VIEW} AS {body}"
+    create = f"CREATE VIEW {name} AS {body}"
     existing = connection.execute(
         sa.text("SELECT sql FROM sqlite_master WHERE type = 'view' AND name = :name"),
-        {"name": FLAGGED_VIEW}).scalar_one_or_none()
+        {"name": name}).scalar_one_or_none()
     if existing == create:
         return
     if existing is not None:
-        connection.execute(sa.text(f"DROP VIEW {FLAGGED_VIEW}"))
+        connection.execute(sa.text(f"DROP VIEW {name}"))
     connection.execute(sa.text(create))
 
 
-def _ensure_view_postgres(connection: Connection, body: str) -> None:
+def _ensure_view_postgres(connection: Connection, name: str, body: str) -> None:
     # PostgreSQL rewrites a view's text, so the definition is recognised by a digest
     # kept in the view's comment.
     marker = f"anomdet view definition {hashlib.sha256(body.encode()).hexdigest()[:32]}"
@@ -654,25 +661,25 @@ def _ensure_view_postgres(connection: Connection, body: str) -> None:
     exists, comment = connection.execute(
         sa.text("SELECT to_regclass(:name) IS NOT NULL, "
                 "obj_description(to_regclass(:name), 'pg_class')"),
-        {"name": FLAGGED_VIEW}).one()
+        {"name": name}).one()
     if exists and comment == marker:
         return
     try:
         with connection.begin_nested():
-            connection.execute(sa.text(f"CREATE OR REPLACE VIEW {FLAGGED_VIEW} AS {body}"))
+            connection.execute(sa.text(f"CREATE OR REPLACE VIEW {name} AS {body}"))
     except DBAPIError:
         # Columns renamed, dropped or of another type: only a new view will do.
-        _recreate_view_postgres(connection, body)
-    connection.execute(sa.text(f"COMMENT ON VIEW {FLAGGED_VIEW} IS '{marker}'"))
+        _recreate_view_postgres(connection, name, body)
+    connection.execute(sa.text(f"COMMENT ON VIEW {name} IS '{marker}'"))
 
 
-def _recreate_view_postgres(connection: Connection, body: str) -> None:
+def _recreate_view_postgres(connection: Connection, name: str, body: str) -> None:
     try:
         with connection.begin_nested():
-            connection.execute(sa.text(f"DROP VIEW IF EXISTS {FLAGGED_VIEW}"))
-            connection.execute(sa.text(f"CREATE VIEW {FLAGGED_VIEW} AS {body}"))
+            connection.execute(sa.text(f"DROP VIEW IF EXISTS {name}"))
+            connection.execute(sa.text(f"CREATE VIEW {name} AS {body}"))
     except DBAPIError as exc:
         raise ValueError(
-            f"{FLAGGED_VIEW} must change its columns, but other objects depend on it "
-            f"({str(exc.orig).splitlines()[0]}); drop your views on {FLAGGED_VIEW}, run "
+            f"{name} must change its columns, but other objects depend on it "
+            f"({str(exc.orig).splitlines()[0]}); drop your views on {name}, run "
             "again, then re-create them") from exc

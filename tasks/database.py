@@ -19,6 +19,7 @@ from anomdet.settings import Settings
 from db import repository as repo
 from db.checks import unreadable_timestamps
 from db.engine import get_engine, migrate, session_scope
+from db.feedback import ensure_feedback_views
 from db.records import read_labelled, reflect_records_table
 
 
@@ -40,6 +41,7 @@ def prepare(settings: Settings) -> None:
     with engine.begin() as conn:
         table = reflect_records_table(conn, mapping)
         repo.ensure_flagged_view(conn, table, mapping)
+        ensure_feedback_views(conn, table, mapping, settings.review.queue_sample_every)
 
 
 @task(name="prepare database", cache_policy=NO_CACHE)
