@@ -505,23 +505,96 @@ def flagged(limit: int = typer.Option(20, min=1, help="rows to show")) -> None:
 
 @app.command()
 def models() -> None:
-    """Every model version with its status, test metrics and promotion/retirement times."""
+    """Every model version with its status, test metrics, production precision of its
+    reviewed flags, and promotion/retirement times."""
     _environment()
     from db import repository as repo
 
     settings, scope = _session()
     with scope as session:
         versions = repo.list_versions(session=session, model_name=settings.model_name)
+        quality = _version_quality(session, settings) if versions else {}
     table = Table(title=f"versions of {settings.model_name}")
-    for col in ("version", "status", "f1", "pr_auc", "threshold", "base model", "created",
-                "promoted", "retired"):
+    for col in ("version", "status", "f1", "pr_auc", "threshold", "flags", "reviewed",
+                "precision (95% CI)", "base model", "created", "promoted", "retired"):
         table.add_column(col)
     for v in versions:
+        row = quality.get(v.version)
         table.add_row(str(v.version), v.status, f"{v.metrics.get('f1', float('nan')):.4f}",
                       f"{v.metrics.get('pr_auc', float('nan')):.4f}", f"{v.threshold:.4f}",
+                      str(row["flags"]) if row else "-", _reviewed(row), _precision(row),
                       _cell(v.base_model), _when(v.created_at), _when(v.promoted_at),
                       _when(v.retired_at))
     out.print(table if versions else f"no versions of {settings.model_name!r} yet")
+    if quality:
+        out.print("precision: of the flags reviewers labelled since (label 1 confirms a flag, "
+                  "0 dismisses it); SELECT * FROM anomdet_version_quality", highlight=False,
+                  markup=False, soft_wrap=True)
+
+
+def _version_quality(session: Any, settings: Any) -> dict[int, dict[str, Any]]:
+    """anomdet_version_quality's rows by version; none while the records table is missing."""
+    from db.feedback import version_quality
+    from db.records import reflect_records_table
+
+    mapping = settings.records.mapping()
+    try:
+        records = reflect_records_table(session.connection(), mapping)
+    except ValueError:
+        return {}
+    return version_quality(session, records, mapping, settings.model_name)
+
+
+def _reviewed(row: dict[str, Any] | None) -> str:
+    if not row or not row["flags"]:
+        return "-"
+    return f"{row['reviewed']} ({row['reviewed_share']:.0%})"
+
+
+def _precision(row: dict[str, Any] | None) -> str:
+    if not row or row["precision"] is None:
+        return "-"
+    return (f"{row['precision']:.3f} [{row['precision_low']:.3f}, "
+            f"{row['precision_high']:.3f}]")
+
+
+@app.command()
+def queue(limit: int = typer.Option(20, min=1, help="rows to show")) -> None:
+    """The unlabelled records to label next (the anomdet_label_queue view): those the
+    champion is least sure of, and a sample of its high scores across distinct texts."""
+    _environment()
+    from db import repository as repo
+    from db.feedback import label_queue
+    from db.records import reflect_records_table
+
+    settings, scope = _session()
+    mapping = settings.records.mapping()
+    with scope as session:
+        champion = repo.get_champion(session=session, model_name=settings.model_name)
+        if champion is None:
+            out.print(f"no champion of {settings.model_name!r} yet: the queue is made of its "
+                      "scores, so it fills once `anomdet retrain` promotes one",
+                      soft_wrap=True, highlight=False)
+            return
+        try:
+            records = reflect_records_table(session.connection(), mapping)
+        except ValueError as exc:
+            _fail(str(exc))
+        rows = label_queue(session, records, mapping, settings.model_name,
+                           settings.review.queue_sample_every, limit)
+    table = Table(title="SELECT * FROM anomdet_label_queue ORDER BY rank")
+    for col in ("rank", "record_id", "score", "threshold", "version", "reason", "copies",
+                "text"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(str(row["rank"]), _cell(row["record_id"]), f"{row['score']:.4f}",
+                      f"{row['threshold']:.4f}", str(row["model_version"]),
+                      _cell(row["reason"]), str(row["copies"]), _cell(row["text"], 80))
+    out.print(table if rows else "the queue is empty: no unlabelled record holds a score of "
+              "the champion (`anomdet score` scores new records)")
+    out.print(f"record a verdict: UPDATE {mapping.table} SET {mapping.label_column} = 1 "
+              f"(anomaly) or 0 (normal) WHERE {mapping.id_column} = ...", markup=False,
+              highlight=False, soft_wrap=True)
 
 
 @app.command()

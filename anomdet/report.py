@@ -128,6 +128,8 @@ class RunSummary:
     flags_written: int | None = None
     threshold: float | None = None
     artifact_uri: str | None = None
+    # anomdet_version_quality's rows of the model: its versions' reviewed flags.
+    production: tuple[dict[str, Any], ...] = ()
 
 
 def summary_markdown(summary: RunSummary) -> str:
@@ -148,7 +150,27 @@ def summary_markdown(summary: RunSummary) -> str:
     lines += ["| " + " | ".join(row.values()) + " |"
               for row in metrics_table(summary.challenger, summary.champion, summary.baseline)]
     lines += ["", "## Decision", "", _md(summary.decision.reason), ""] + _result_lines(summary)
+    lines += ["", "## Production precision", ""] + production_lines(summary.production)
     return "\n".join(lines)
+
+
+def production_lines(rows: tuple[dict[str, Any], ...] | list[dict[str, Any]]) -> list[str]:
+    """Each served version's reviewed flags (rows of anomdet_version_quality)."""
+    if not rows:
+        return ["No version has served yet."]
+    lines = ["Flags that reviewers labelled since they were flagged: 1 confirms a flag, 0 "
+             "dismisses it. The interval is 95% (Wilson).", "",
+             "| version | status | flags | reviewed | confirmed | dismissed | precision | "
+             "95% interval |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        share = (f" ({row['reviewed_share']:.0%})" if row.get("reviewed_share") is not None
+                 else "")
+        interval = (f"{_fmt3(row['precision_low'])} - {_fmt3(row['precision_high'])}"
+                    if row.get("precision") is not None else "-")
+        lines.append(f"| v{row['model_version']} | {_md(row['status'])} | {row['flags']} | "
+                     f"{row['reviewed']}{share} | {row['confirmed']} | {row['dismissed']} | "
+                     f"{_fmt3(row.get('precision'))} | {interval} |")
+    return lines
 
 
 def _history_lines(history: list[dict[str, Any]]) -> list[str]:

@@ -22,10 +22,12 @@ from flows.logs import run_namer, show_domain_logs
 from flows.score import backfill, with_task_runner
 from flows.slots import retrain_slot
 from tasks.database import (
+    count_new_labels,
     end_run,
     extract_labelled,
     prepare_database,
     read_top_flagged,
+    read_version_quality,
     record_progress,
     start_run,
 )
@@ -143,6 +145,10 @@ def _stopped_by_data(exc: ValueError) -> State:
 def _retrain(settings: Settings, run_id: int) -> State:
     logger = get_run_logger()
     frame = extract_labelled(settings)
+    labels = count_new_labels(settings)
+    logger.info("%d labels in the records table, %d of them newer than the champion's "
+                "training data", labels.labelled, labels.new)
+    record_progress(settings, run_id, RunProgress(details={"labels": labels.to_dict()}))
     docs_dir = settings.artifact_root() / "validation" / f"run-{run_id}"
     validated = validate_records(frame, settings, docs_dir, return_state=True)
     try:
@@ -340,7 +346,8 @@ def _conclude(settings: Settings, outcome: RetrainOutcome, decision: Any, challe
         baseline=outcome.baseline, champion_version=outcome.champion_version,
         decision=decision, message=outcome.message,
         promoted_version=outcome.promoted_version, flags_written=outcome.flags_written,
-        threshold=challenger.threshold, artifact_uri=artifact_uri))
+        threshold=challenger.threshold, artifact_uri=artifact_uri,
+        production=tuple(read_version_quality(settings))))
     tag_run(outcome.decision)
     discard_challenger(challenger)
     get_run_logger().info(outcome.message)

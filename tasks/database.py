@@ -19,7 +19,7 @@ from anomdet.settings import Settings
 from db import repository as repo
 from db.checks import unreadable_timestamps
 from db.engine import get_engine, migrate, session_scope
-from db.feedback import ensure_feedback_views
+from db.feedback import LabelNews, ensure_feedback_views, label_news, version_quality
 from db.records import read_labelled, reflect_records_table
 
 
@@ -95,6 +95,26 @@ def read_top_flagged(settings: Settings) -> list[dict[str, Any]]:
     """The champion's highest-scoring flags with their text, from `anomdet_flagged`."""
     with session_scope(get_engine(settings.database_url)) as session:
         return repo.flagged_rows(session=session, limit=settings.top_flagged)
+
+
+@task(name="count new labels", cache_policy=NO_CACHE, **IO_RETRIES)
+def count_new_labels(settings: Settings) -> LabelNews:
+    """The labels in the records table that the champion never trained on."""
+    mapping = settings.records.mapping()
+    with session_scope(get_engine(settings.database_url)) as session:
+        champion = repo.get_champion(session=session, model_name=settings.model_name)
+        records = reflect_records_table(session.connection(), mapping)
+        return label_news(session.connection(), records, mapping, champion)
+
+
+@task(name="read production precision", cache_policy=NO_CACHE, **IO_RETRIES)
+def read_version_quality(settings: Settings) -> list[dict[str, Any]]:
+    """`anomdet_version_quality`'s rows of the model, newest version first."""
+    mapping = settings.records.mapping()
+    with session_scope(get_engine(settings.database_url)) as session:
+        records = reflect_records_table(session.connection(), mapping)
+        rows = version_quality(session, records, mapping, settings.model_name)
+    return [rows[v] for v in sorted(rows, reverse=True)]
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
