@@ -297,6 +297,14 @@ def _check_before_training(settings: Any) -> None:
     from db.engine import migrate
     from db.records import reflect_records_table
 
+    if settings.promotion.require_approval:
+        from prefect.settings import PREFECT_API_URL
+
+        if not PREFECT_API_URL.value():
+            _fail("ANOMDET_PROMOTION__REQUIRE_APPROVAL=true: a promotion waits for an answer "
+                  "in the Prefect UI, but PREFECT_API_URL is not set, so this run would pause "
+                  "on a temporary API that nobody can reach; start `prefect server start` and "
+                  "export PREFECT_API_URL=http://127.0.0.1:4200/api, or unset the variable")
     engine = settings.engine()
     migrate(engine)
     with engine.connect() as conn:

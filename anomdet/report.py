@@ -61,6 +61,20 @@ def decision_markdown(decision: Decision, challenger: dict[str, Any],
     return "\n".join(lines)
 
 
+def approval_markdown(decision: Decision, challenger: dict[str, Any],
+                      champion: dict[str, Any] | None, baseline: dict[str, Any] | None,
+                      champion_version: int | None, timeout_minutes: float) -> str:
+    """What the approval form shows above its fields: the question, then the decision."""
+    against = (f"champion v{champion_version}" if champion_version is not None
+               else "no champion yet")
+    head = [f"**Promote this challenger?** It passed the promotion rule against {against}. "
+            "Approve to make it champion (its flags replace the champion's); reject to keep "
+            f"{against if champion_version is not None else 'things as they are'}. Without an "
+            f"answer within {timeout_minutes:g} minutes it is rejected. If the champion "
+            "changes before the answer, the promotion is abandoned.", ""]
+    return "\n".join(head) + "\n" + decision_markdown(decision, challenger, champion, baseline)
+
+
 # -- One line per run, for the run's state message and the terminal -------------------
 
 def _short(text: str, limit: int = 200) -> str:

@@ -18,6 +18,7 @@ from anomdet.promotion import Decision, EvalResult, PendingCandidate
 from anomdet.report import RunSummary, promoted_message, rejected_message
 from anomdet.settings import Settings
 from db.repository import ChampionChanged, RunEnding, RunProgress
+from flows.approval import Approval, ask_for_approval
 from flows.logs import run_namer, show_domain_logs
 from flows.score import backfill, with_task_runner
 from flows.slots import retrain_slot
@@ -50,6 +51,7 @@ from tasks.model import (
 )
 from tasks.promotion import (
     Flipped,
+    check_champion,
     decide_promotion,
     discard_candidate,
     find_pending_candidate,
@@ -88,12 +90,15 @@ def effective_settings(params: RetrainParams) -> Settings:
 
 def _retrain_timeout() -> float | None:
     """ANOMDET_RETRAIN_TIMEOUT_MINUTES in seconds, read when the flow is defined (Prefect
-    takes it in the decorator); None when the settings are invalid, which the run then
-    reports by variable name."""
+    takes it in the decorator), plus the approval timeout when promotions wait for one;
+    None when the settings are invalid, which the run then reports by variable name."""
     try:
-        return Settings().retrain_timeout_minutes * 60
-    except ValidationError:
+        settings = Settings()
+    except (ValidationError, ValueError):
         return None
+    promotion = settings.promotion
+    waiting = promotion.approval_timeout_minutes if promotion.require_approval else 0
+    return (settings.retrain_timeout_minutes + waiting) * 60
 
 
 # A failed or crashed run emits anomdet.run.failed, which automations can notify on.
@@ -204,6 +209,20 @@ def _retrain(settings: Settings, run_id: int) -> State:
                  "bootstrap": decision.bootstrap, "uncertainty": decision.uncertainty,
                  "training": challenger.result.history}))
     champion_version = champion[0].version if champion else None
+    if decision.promote and settings.promotion.require_approval:
+        approval = _approval(settings, run_id, decision, ch_eval, champ_eval, baseline,
+                             champion_version)
+        if not approval.approved:
+            refused = f"{decision.reason} Not promoted: {approval.describe()}."
+            end_run(settings, run_id, RunEnding(state="completed", decision="rejected",
+                                                reason=refused))
+            emit_rejected(settings.model_name, champion_version=champion_version,
+                          metrics=ch_eval.metrics, champion_metrics=champ_metrics,
+                          run_id=run_id, reason=refused)
+            unapproved = _outcome(run_id, ch_eval, champ_eval, baseline, decision,
+                                  champion_version, reason=refused,
+                                  message=f"rejected: {approval.describe()}")
+            return _conclude(settings, unapproved, decision, challenger, split)
     if not decision.promote:
         end_run(settings, run_id, RunEnding(state="completed", decision="rejected",
                                             reason=decision.reason))
@@ -215,6 +234,8 @@ def _retrain(settings: Settings, run_id: int) -> State:
                                                      ch_eval.metrics, champ_metrics))
         return _conclude(settings, rejected, decision, challenger, split)
     try:
+        if settings.promotion.require_approval:  # the answer came after a wait
+            check_champion(settings, champion[0].id if champion else None)
         flipped, artifact_uri = _promote(
             settings, run_id, challenger, ch_eval.metrics, champion[0].id if champion else None,
             fingerprint(split.train), data_profile)
@@ -238,6 +259,17 @@ def _retrain(settings: Settings, run_id: int) -> State:
                                                  ch_eval.metrics, champ_metrics,
                                                  champion_version, flipped.flagged))
     return _conclude(settings, promoted, decision, challenger, split, artifact_uri)
+
+
+def _approval(settings: Settings, run_id: int, decision: Decision, challenger: EvalResult,
+              champion: EvalResult | None, baseline: EvalResult,
+              champion_version: int | None) -> Approval:
+    """Ask a person (flows.approval) and keep the answer in the run's row."""
+    approval = ask_for_approval(settings, run_id, decision, challenger.metrics,
+                                champion.metrics if champion else None, baseline.metrics,
+                                champion_version)
+    record_progress(settings, run_id, RunProgress(details={"approval": approval.to_dict()}))
+    return approval
 
 
 def _announce_promotion(settings: Settings, run_id: int, flipped: Flipped, *, reason: str,

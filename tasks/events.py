@@ -26,6 +26,8 @@ ROLLED_BACK = "anomdet.model.rolled_back"
 VALIDATION_FAILED = "anomdet.validation.failed"
 RUN_FAILED = "anomdet.run.failed"
 FLAGS_WRITTEN = "anomdet.flags.written"
+APPROVAL_REQUESTED = "anomdet.approval.requested"
+LABELS_ARRIVED = "anomdet.labels.arrived"
 
 # A state message or a reason may quote a database URL (pydantic echoes invalid input);
 # its password must not reach the event store, which every API user can read.
@@ -103,6 +105,23 @@ def emit_rejected(model_name: str, *, champion_version: int | None, metrics: dic
     return emit(REJECTED, model_name, version=champion_version, payload={
         "run_id": run_id, "champion_version": champion_version, "metrics": metrics,
         "champion_metrics": champion_metrics, "reason": reason})
+
+
+def emit_approval_requested(model_name: str, *, run_id: int, champion_version: int | None,
+                            metrics: dict[str, Any], timeout_minutes: float,
+                            reason: str) -> Event | None:
+    """A challenger passed the rule and waits for a person's answer in the UI."""
+    return emit(APPROVAL_REQUESTED, model_name, version=champion_version, payload={
+        "run_id": run_id, "champion_version": champion_version, "metrics": metrics,
+        "timeout_minutes": timeout_minutes, "reason": reason})
+
+
+def emit_labels_arrived(model_name: str, *, champion_version: int | None,
+                        labels: dict[str, Any], started: str | None,
+                        reasons: list[str]) -> Event | None:
+    """The check flow found enough new labels (or drift) to start a retrain."""
+    return emit(LABELS_ARRIVED, model_name, version=champion_version, payload={
+        "labels": labels, "retrain_flow_run": started, "reasons": reasons})
 
 
 def emit_validation_failed(model_name: str, *, run_id: int, reason: str,

@@ -35,6 +35,20 @@ class StoredArtifact:
     checksum: str  # SHA-256 of the artifact's manifest, which holds every file's SHA-256
 
 
+@task(name="check the champion", cache_policy=NO_CACHE, **IO_RETRIES)
+def check_champion(settings: Settings, expected_champion_id: int | None) -> None:
+    """Raise `repo.ChampionChanged` unless the champion is still the one (or, for None,
+    still no one) that the challenger was compared with."""
+    with session_scope(get_engine(settings.database_url)) as session:
+        champion = repo.get_champion(session=session, model_name=settings.model_name)
+    found = champion.id if champion else None
+    if found != expected_champion_id:
+        now = f"v{champion.version}" if champion else "no champion"
+        raise repo.ChampionChanged(
+            f"the champion of {settings.model_name!r} changed while the challenger waited "
+            f"for approval (now {now}); it was compared with another")
+
+
 @task(name="decide promotion", cache_policy=NO_CACHE)
 def decide_promotion(challenger: EvalResult, champion: EvalResult | None,
                      settings: Settings, baseline: EvalResult | None = None) -> Decision:
