@@ -21,6 +21,8 @@ from pathlib import Path
 logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
+#: The metadata saved beside a model's weights: threshold, metrics, training data profile.
+META_FILE = "anomdet.json"
 # Artifacts without a manifest recorded this file's digest alone.
 LEGACY_DIGEST_FILE = "model.safetensors"
 

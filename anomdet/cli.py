@@ -21,7 +21,7 @@ from rich.table import Table
 from rich.text import Text
 from typer.core import TyperGroup
 
-from flows.schedules import RETRAIN_CRON, SCORE_CRON, TIMEZONE
+from flows.schedules import CHECK_CRON, RETRAIN_CRON, SCORE_CRON, TIMEZONE
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -656,15 +656,19 @@ def _emit_rolled_back(model_name: str, version: int, previous: int | None, reaso
 def serve(
     retrain_cron: str = typer.Option(RETRAIN_CRON, help="when to retrain (cron, in --timezone)"),
     score_cron: str = typer.Option(SCORE_CRON, help="when to score new records (cron)"),
-    timezone: str = typer.Option(TIMEZONE, help="time zone of both schedules"),
+    timezone: str = typer.Option(TIMEZONE, help="time zone of the schedules"),
+    check_cron: str = typer.Option(
+        CHECK_CRON, help="when to check for new labels and drift, which start a retrain (cron)"),
 ) -> None:
-    """Serve the retraining and scoring deployments from this process (no worker needed)."""
+    """Serve the retraining, scoring and label-checking deployments from this process (no
+    worker needed)."""
     _settings()  # a bad setting is reported now, not at the first scheduled run
     _model_environment()
     from flows.serve import serve_all
 
     try:
-        serve_all(retrain_cron=retrain_cron, score_cron=score_cron, timezone=timezone)
+        serve_all(retrain_cron=retrain_cron, score_cron=score_cron, timezone=timezone,
+                  check_cron=check_cron)
     except ValueError as exc:
         _fail(str(exc))
 

@@ -7,9 +7,12 @@ is crossed, so the history shows how the data moves.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -39,6 +42,22 @@ def oov_rate(texts: pd.Series, vocab: set[str] | frozenset[str]) -> float:
     if not words:
         return 0.0
     return float(np.mean([w not in vocab for w in words]))
+
+
+def artifact_vocab(directory: Path) -> frozenset[str]:
+    """The vocabulary of a saved model's tokenizer, read from its files, without loading
+    the tokenizer (which would import transformers): tokenizer.json's WordPiece vocabulary,
+    or vocab.txt."""
+    tokenizer_file = directory / "tokenizer.json"
+    if tokenizer_file.is_file():
+        vocab = (json.loads(tokenizer_file.read_text()).get("model") or {}).get("vocab")
+        if isinstance(vocab, dict):
+            return frozenset(vocab)
+    vocab_file = directory / "vocab.txt"
+    if vocab_file.is_file():
+        return frozenset(vocab_file.read_text(encoding="utf-8").splitlines())
+    raise ValueError(f"{directory} holds no tokenizer.json with a WordPiece vocabulary and "
+                     "no vocab.txt")
 
 
 @dataclass(frozen=True)
@@ -142,9 +161,11 @@ def compare(
     checks = [
         ("text length distribution", figures["length_ks_statistic"], bounds.max_length_ks),
         ("out-of-vocabulary rate increase", figures["oov_rate_change"], bounds.max_oov_increase),
-        ("label rate change", abs(figures["label_rate_change"]), bounds.max_label_rate_change),
         ("share of texts unseen before", unseen, bounds.max_unseen_share),
     ]
+    if not math.isnan(current.label_rate):  # unlabelled records have no label rate
+        checks.insert(2, ("label rate change", abs(figures["label_rate_change"]),
+                          bounds.max_label_rate_change))
     breaches = tuple(f"{name}: {value:.4f} exceeds the bound {bound:.4f}"
                      for name, value, bound in checks if value > bound)
     for breach in breaches:

@@ -36,6 +36,8 @@ from transformers import (
 from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
+from anomdet.artifact import META_FILE
+
 logger = logging.getLogger(__name__)
 
 BUNDLED = "bundled"
@@ -43,7 +45,6 @@ TINY_RANDOM = "tiny-random"
 ID2LABEL = {0: "normal", 1: "anomalous"}
 LABEL2ID = {v: k for k, v in ID2LABEL.items()}
 WEIGHTS_FILE = "model.safetensors"
-META_FILE = "anomdet.json"
 # How a model scores. "int8": its Linear layers dynamically quantised (int8 weights,
 # activations quantised per batch), which on an AVX2 CPU scored short texts about twice
 # as fast as fp32 (`anomdet bench` prints both). A version is evaluated, thresholded

@@ -482,6 +482,19 @@ def unkeyed_unlabelled(
     return count, ["NULL" if k is None else k for k in shown]
 
 
+def sample_unlabelled(conn: Connection, table: sa.Table, mapping: RecordsMapping,
+                      limit: int) -> list[str]:
+    """Texts of at most `limit` unlabelled records, the newest first: by the mapped
+    timestamp column when there is one, else by id (descending, through its index)."""
+    order = [table.c[mapping.id_column].desc()]
+    if mapping.timestamp_column:
+        order.insert(0, table.c[mapping.timestamp_column].desc().nulls_last())
+    text = table.c[mapping.text_column]
+    query = (sa.select(text).where(_unlabelled(table, mapping), text.is_not(None))
+             .order_by(*order).limit(limit))
+    return [str(t) for t in conn.execute(query).scalars()]
+
+
 def count_unlabelled(conn: Connection, table: sa.Table, mapping: RecordsMapping) -> int:
     """Number of unlabelled records."""
     query = sa.select(sa.func.count()).select_from(table).where(_unlabelled(table, mapping))

@@ -9,5 +9,7 @@ equal.
 RETRAIN_CRON = "0 2 * * *"
 #: Scoring new records: hourly, at a quarter past.
 SCORE_CRON = "15 * * * *"
-#: The IANA time zone both expressions are read in.
+#: Checking for new labels (flows/check.py): every ten minutes.
+CHECK_CRON = "*/10 * * * *"
+#: The IANA time zone the expressions are read in.
 TIMEZONE = "UTC"

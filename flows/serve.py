@@ -17,8 +17,9 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron, Schedule
 from prefect.settings import get_current_settings
 
+from flows.check import check
 from flows.retrain import retrain
-from flows.schedules import RETRAIN_CRON, SCORE_CRON, TIMEZONE
+from flows.schedules import CHECK_CRON, RETRAIN_CRON, SCORE_CRON, TIMEZONE
 from flows.score import score
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ logger = logging.getLogger(__name__)
 #: take over the work-pool deployments of the same flows on the same server.
 RETRAIN_SERVED = "retrain-served"
 SCORE_SERVED = "score-served"
+CHECK_SERVED = "check-served"
 
 
 def _schedule(expression: str, timezone: str, what: str) -> Schedule:
@@ -46,8 +48,10 @@ def _schedule(expression: str, timezone: str, what: str) -> Schedule:
 
 
 def served_deployments(retrain_cron: str = RETRAIN_CRON, score_cron: str = SCORE_CRON,
-                       timezone: str = TIMEZONE) -> list[RunnerDeployment]:
-    """The retraining and scoring deployments that `serve_all` serves, not yet registered."""
+                       timezone: str = TIMEZONE, check_cron: str = CHECK_CRON
+                       ) -> list[RunnerDeployment]:
+    """The retraining, scoring and label-checking deployments that `serve_all` serves,
+    not yet registered."""
     retraining = retrain.to_deployment(
         name=RETRAIN_SERVED,
         schedules=[_schedule(retrain_cron, timezone, "retrain cron")],
@@ -66,24 +70,36 @@ def served_deployments(retrain_cron: str = RETRAIN_CRON, score_cron: str = SCORE
         description="Score new unlabelled records with the champion and write their flags.",
         tags=["anomdet", "score", "served"],
     )
-    return [retraining, scoring]
+    checking = check.to_deployment(
+        name=CHECK_SERVED,
+        schedules=[_schedule(check_cron, timezone, "check cron")],
+        # It starts the served retrain deployment, whose limit keeps one retrain at a time.
+        parameters={"retrain_deployment": f"{retrain.name}/{RETRAIN_SERVED}"},
+        concurrency_limit=ConcurrencyLimitConfig(
+            limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
+        description="Start a retrain when enough new labels arrived or the unlabelled "
+                    "records drifted.",
+        tags=["anomdet", "check", "served"],
+    )
+    return [retraining, scoring, checking]
 
 
 def serve_all(retrain_cron: str = RETRAIN_CRON, score_cron: str = SCORE_CRON,
-              timezone: str = TIMEZONE, limit: int | None = 2) -> None:
-    """Register both deployments and run their flow runs here until interrupted.
+              timezone: str = TIMEZONE, limit: int | None = 3,
+              check_cron: str = CHECK_CRON) -> None:
+    """Register the three deployments and run their flow runs here until interrupted.
 
-    `retrain_cron` and `score_cron` are five-field cron expressions read in `timezone`
+    `retrain_cron`, `score_cron` and `check_cron` are cron expressions read in `timezone`
     (an IANA name); `limit` caps the flow runs this process executes at once.
     Blocks until SIGINT/SIGTERM; the schedules are paused on the way out. Raises
     ValueError for a bad cron expression or time zone, or when PREFECT_API_URL is unset.
     """
-    deployments = served_deployments(retrain_cron, score_cron, timezone)
+    deployments = served_deployments(retrain_cron, score_cron, timezone, check_cron)
     if not get_current_settings().api.url:
         # Without a server Prefect would serve against a temporary API that lives and
         # dies with this process: schedules and history would be invisible and lost.
         raise ValueError("PREFECT_API_URL is not set: start a server with `prefect server "
                          "start` and export PREFECT_API_URL=http://127.0.0.1:4200/api")
-    logger.info("serving %s (%s) and %s (%s), %s", RETRAIN_SERVED, retrain_cron,
-                SCORE_SERVED, score_cron, timezone)
+    logger.info("serving %s (%s), %s (%s) and %s (%s), %s", RETRAIN_SERVED, retrain_cron,
+                SCORE_SERVED, score_cron, CHECK_SERVED, check_cron, timezone)
     serve(*deployments, limit=limit)
