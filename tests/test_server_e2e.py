@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 
 from db import repository as repo
 from db.engine import get_engine, session_scope
@@ -228,7 +229,10 @@ def _create_failure_automation(server: Server, work: Path) -> str:
 def _check_deployments(client: Any) -> None:
     retrain = client.read_deployment_by_name("retrain/retrain-nightly")
     score = client.read_deployment_by_name("score/score-hourly")
-    assert retrain.work_pool_name == score.work_pool_name == POOL
+    check = client.read_deployment_by_name("check/check-labels")
+    assert retrain.work_pool_name == score.work_pool_name == check.work_pool_name == POOL
+    assert [s.schedule.cron for s in check.schedules] == ["*/10 * * * *"]
+    assert check.parameters == {"retrain_deployment": "retrain/retrain-nightly"}
     assert retrain.global_concurrency_limit.limit == 1
     assert [s.schedule.cron for s in retrain.schedules] == ["0 2 * * *"]
     assert [s.schedule.cron for s in score.schedules] == ["15 * * * *"]
@@ -253,7 +257,9 @@ def test_deployed_retraining_runs_on_a_worker_and_publishes_artifacts(
     with pytest.raises(httpx.HTTPStatusError, match=r"params\.epochs.*less than the minimum"):
         client.create_flow_run_from_deployment(deployment.id, parameters={"params": {"epochs": 0}})
 
-    env = _anomdet_env(server, tmp_path)
+    # Promotions wait for a person's answer; five new labels start a retrain.
+    env = {**_anomdet_env(server, tmp_path), "ANOMDET_PROMOTION__REQUIRE_APPROVAL": "true",
+           "ANOMDET_REVIEW__RETRAIN_AFTER_LABELS": "5"}
     seed_records(env["ANOMDET_DATABASE_URL"], toy_records())
     worker_log = tmp_path / "worker.log"
     # Started outside the repository on purpose: the deployment's pull step moves the run.
@@ -261,6 +267,7 @@ def test_deployed_retraining_runs_on_a_worker_and_publishes_artifacts(
     with _process(args, env, tmp_path, worker_log):
         run = client.create_flow_run_from_deployment(
             deployment.id, parameters={"params": {"base_model": "tiny-random", "epochs": 2}})
+        _approve(server, client, run.id, [worker_log, server.logs])
         final = _final_state(client, run.id, [worker_log, server.logs], timeout=420)
         assert final.state.is_completed(), f"{final.state}\n{_tail(worker_log)}"
         # The outcome at a glance: the state message and the decision's tag.
@@ -276,13 +283,20 @@ def test_deployed_retraining_runs_on_a_worker_and_publishes_artifacts(
                             lambda: _runs_of(client, "score/score-hourly"), 180,
                             [worker_log, server.logs])
         scored = _final_state(client, scoring[0].id, [worker_log, server.logs], timeout=300)
-    assert scored.state.is_completed(), f"{scored.state}\n{_tail(worker_log)}"
+        assert scored.state.is_completed(), f"{scored.state}\n{_tail(worker_log)}"
+        reviewed = _review_flags(env["ANOMDET_DATABASE_URL"], 6)
+        _labels_start_a_retrain(client, [worker_log, server.logs])
     _check_promoted_event(promoted, run.id)
     flags = _anomdet_events(server, "anomdet.flags.written")
     assert any(e["payload"]["model_version_id"] for e in flags), flags
 
     with session_scope(get_engine(env["ANOMDET_DATABASE_URL"])) as session:
-        [recorded] = repo.recent_runs(session=session, model_name="anomdet")
+        relabelled, recorded = repo.recent_runs(session=session, model_name="anomdet")
+    # The retrain that the labels started read them: six labels newer than v1's data.
+    assert relabelled.details["labels"]["reviewed"] == len(reviewed) == 6
+    assert relabelled.details["labels"]["new"] == 6 and relabelled.state == "completed"
+    assert recorded.details["approval"]["answer"] == "approve"
+    assert recorded.details["approval"]["reviewer"] == "Ada"
     assert recorded.flow_run_id == str(run.id)
     assert recorded.parameters["base_model"] == "tiny-random" and recorded.parameters["epochs"] == 2
     assert recorded.decision == "promoted", recorded.reason
@@ -297,10 +311,68 @@ def test_deployed_retraining_runs_on_a_worker_and_publishes_artifacts(
     assert "PROMOTED" in str(decision.data).upper()
 
 
+def _approve(server: Server, client: Any, flow_run_id: Any, logs: list[Path]) -> None:
+    """Wait for the run to pause for approval, read its form, and approve it through the
+    API, as the UI's Resume button does."""
+    def paused() -> bool:
+        state = client.read_flow_run(flow_run_id).state
+        assert state is not None and not state.is_final(), f"{state}\n{_tail(logs[0])}"
+        return state.is_paused()
+
+    _wait_for("the run to pause for approval", paused, 420, logs)
+    inputs = httpx.post(f"{server.api_url}/flow_runs/{flow_run_id}/input/filter", timeout=30,
+                        json={"prefix": "paused-", "limit": 10})
+    inputs.raise_for_status()
+    form = {item["key"].rsplit("-", 1)[-1]: item["value"] for item in inputs.json()}
+    assert "Promote this challenger?" in form["description"]
+    assert '"decision"' in form["schema"] and '"reviewer"' in form["schema"]
+    answer = httpx.post(f"{server.api_url}/flow_runs/{flow_run_id}/resume", timeout=30,
+                        json={"run_input": {"decision": "approve", "reviewer": "Ada",
+                                            "comment": "flags look right"}})
+    answer.raise_for_status()
+    assert answer.json()["status"] == "ACCEPT", answer.json()
+
+
+def _review_flags(url: str, count: int) -> list[str]:
+    """Reviewers give their verdict on `count` flags, with the README's UPDATE."""
+    engine = get_engine(url)
+    with session_scope(engine) as session:
+        ids = [r["record_id"] for r in repo.flagged_rows(session=session, limit=count)]
+    with engine.begin() as conn:
+        for n, record_id in enumerate(ids):
+            conn.execute(sa.text("UPDATE records SET label = :y WHERE id = :id"),
+                         {"y": n % 2, "id": int(record_id)})
+    return ids
+
+
+def _labels_start_a_retrain(client: Any, logs: list[Path]) -> None:
+    """The check deployment, run now instead of at its ten minutes, starts a retrain of
+    retrain-nightly on the worker; it may wait for approval, which is refused here."""
+    check = client.read_deployment_by_name("check/check-labels")
+    checked = _final_state(client, client.create_flow_run_from_deployment(check.id).id, logs,
+                           timeout=300)
+    assert checked.state.is_completed(), f"{checked.state}\n{_tail(logs[0])}"
+    assert checked.state.message.startswith("started "), checked.state.message
+    assert "6 labels newer than the champion's training data" in checked.state.message
+    [started] = [r for r in _runs_of(client, "retrain/retrain-nightly")
+                 if "started-by-check" in r.tags]
+
+    def ended_or_answered() -> Any:
+        run = client.read_flow_run(started.id)
+        if run.state and run.state.is_paused():
+            client.resume_flow_run(started.id, run_input={"decision": "reject",
+                                                          "comment": "test over"})
+            return None
+        return run if run.state and run.state.is_final() else None
+
+    final = _wait_for("the retrain that the check started", ended_or_answered, 420, logs)
+    assert final.state.is_completed(), f"{final.state}\n{_tail(logs[0])}"
+
+
 def test_serve_registers_both_flows_and_runs_them_in_process(
     server: Server, client: Any, tmp_path: Path
 ) -> None:
-    from flows.serve import RETRAIN_SERVED, SCORE_SERVED
+    from flows.serve import CHECK_SERVED, RETRAIN_SERVED, SCORE_SERVED
 
     env = _anomdet_env(server, tmp_path)
     seed_records(env["ANOMDET_DATABASE_URL"], toy_records(n=100))
@@ -316,6 +388,8 @@ def test_serve_registers_both_flows_and_runs_them_in_process(
                 return None
 
         retrain, score = _wait_for("the served deployments", registered, 180, [log])
+        check = client.read_deployment_by_name(f"check/{CHECK_SERVED}")
+        assert check.parameters == {"retrain_deployment": f"retrain/{RETRAIN_SERVED}"}
         assert [s.schedule.cron for s in retrain.schedules] == ["30 3 * * *"]
         assert [s.schedule.cron for s in score.schedules] == ["*/20 * * * *"]
         assert retrain.global_concurrency_limit.limit == 1
