@@ -60,7 +60,8 @@ def test_prepare_migrates_and_creates_the_view(settings: Settings) -> None:
     td.prepare_database.fn(settings)
     inspector = sa.inspect(engine)
     assert "anomdet_runs" in inspector.get_table_names()
-    assert inspector.get_view_names() == ["anomdet_flagged"]
+    assert sorted(inspector.get_view_names()) == ["anomdet_flagged", "anomdet_label_queue",
+                                                  "anomdet_version_quality"]
 
 
 def test_prepare_refuses_a_missing_records_table(settings: Settings) -> None:
