@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,15 +65,32 @@ def decision_markdown(decision: Decision, challenger: dict[str, Any],
 def approval_markdown(decision: Decision, challenger: dict[str, Any],
                       champion: dict[str, Any] | None, baseline: dict[str, Any] | None,
                       champion_version: int | None, timeout_minutes: float) -> str:
-    """What the approval form shows above its fields: the question, then the decision."""
+    """What the approval form shows above its fields: the question, the rule's reason and
+    checks, and the metrics. The UI renders it as markdown but leaves HTML entities as
+    they are, so text is escaped the markdown way (backslashes), not the HTML way."""
     against = (f"champion v{champion_version}" if champion_version is not None
                else "no champion yet")
-    head = [f"**Promote this challenger?** It passed the promotion rule against {against}. "
-            "Approve to make it champion (its flags replace the champion's); reject to keep "
-            f"{against if champion_version is not None else 'things as they are'}. Without an "
-            f"answer within {timeout_minutes:g} minutes it is rejected. If the champion "
-            "changes before the answer, the promotion is abandoned.", ""]
-    return "\n".join(head) + "\n" + decision_markdown(decision, challenger, champion, baseline)
+    kept = f"champion v{champion_version} and its flags" if champion_version is not None \
+        else "things as they are"
+    lines = [f"**Promote this challenger?** It passed the promotion rule against {against}. "
+             "Approve to make it champion: its flags replace the champion's. Reject to keep "
+             f"{kept}. Without an answer within {timeout_minutes:g} minutes it is rejected; if "
+             "the champion changes before the answer, the promotion is abandoned.", "",
+             f"**Why it passed:** {_md_text(decision.reason)}", "",
+             "| check | result | detail |", "|---|---|---|"]
+    lines += [f"| {_md_text(c.name)} | {'pass' if c.passed else 'FAIL'} | "
+              f"{_md_text(c.detail)} |" for c in decision.checks]
+    lines += ["", "| metric | challenger | champion | difference | TF-IDF baseline | "
+              "vs baseline |", "|---|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(row.values()) + " |"
+              for row in metrics_table(challenger, champion, baseline)]
+    return "\n".join(lines)
+
+
+def _md_text(text: Any) -> str:
+    """Text as markdown shows it literally, with backslash escapes instead of entities."""
+    escaped = re.sub(r"([\\`*_<>&|\[\]])", r"\\\1", str(text))
+    return escaped.replace("\n", " ")
 
 
 # -- One line per run, for the run's state message and the terminal -------------------

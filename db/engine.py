@@ -31,16 +31,22 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI 
     # The text hash of db.records.text_hash: the sqlite3 shell ships sha3() (SHA3-256
     # by default); the same function here lets anomdet and the shell read one view.
     dbapi_connection.create_function("sha3", 1, _sha3, deterministic=True)
-    # anomdet_version_quality's interval takes a square root: SQLite has sqrt() only when
-    # built with its math functions, so a build without them gets Python's.
+    # anomdet_version_quality takes a square root and anomdet_label_queue a logarithm:
+    # SQLite has sqrt() and ln() only when built with its math functions, so a build
+    # without them gets Python's.
     try:
-        dbapi_connection.execute("SELECT sqrt(4.0)")
+        dbapi_connection.execute("SELECT sqrt(4.0), ln(2.0)")
     except sqlite3.OperationalError:
         dbapi_connection.create_function("sqrt", 1, _sqrt, deterministic=True)
+        dbapi_connection.create_function("ln", 1, _ln, deterministic=True)
 
 
 def _sqrt(value: object) -> float | None:
     return None if value is None or float(value) < 0 else math.sqrt(float(value))
+
+
+def _ln(value: object) -> float | None:
+    return None if value is None or float(value) <= 0 else math.log(float(value))
 
 
 def _sha3(value: object) -> bytes | None:

@@ -129,7 +129,7 @@ def label_queue_select(records: sa.Table, mapping: RecordsMapping, dialect: sa.D
     Candidates are the unlabelled records whose current text the champion scored (its
     kept score, so reading the queue scores nothing). Each distinct text appears once,
     as its lowest record id, with `copies` saying how many unlabelled records share it.
-    Texts are ranked by how close their score is to the threshold; every
+    Texts are ranked by how close their score is to the threshold, in log-odds; every
     `sample_every`-th place goes to a text scored at or above the threshold, taken in
     the order of its text hash, a fixed order unrelated to the score, so that the flags
     reviewers see are a fair sample of all the champion's flags, not only its
@@ -158,13 +158,13 @@ def label_queue_select(records: sa.Table, mapping: RecordsMapping, dialect: sa.D
         .subquery("scored")
     )
     high = sa.case((scored.c.score >= scored.c.threshold, 1), else_=0)
+    distance = sa.func.abs(_log_odds(scored.c.score) - _log_odds(scored.c.threshold))
     texts = (
         sa.select(
             *scored.c,
             sa.func.row_number().over(
                 partition_by=scored.c.model_name,
-                order_by=(sa.func.abs(scored.c.score - scored.c.threshold),
-                          scored.c.record_id)).label("near"),
+                order_by=(distance, scored.c.record_id)).label("near"),
             sa.case((high == 1, sa.func.row_number().over(
                 partition_by=(scored.c.model_name, high),
                 order_by=(scored.c.text_hash, scored.c.record_id)))).label("sampled"),
@@ -187,6 +187,15 @@ def label_queue_select(records: sa.Table, mapping: RecordsMapping, dialect: sa.D
                 else_=sa.literal(NEAR_THRESHOLD)).label("reason"),
         texts.c.copies,
     )
+
+
+def _log_odds(p: sa.ColumnElement[float]) -> sa.ColumnElement[float]:
+    """ln(p / (1 - p)), with p kept within [1e-6, 1 - 1e-6]. Closeness to the threshold is
+    measured in log-odds: a fine-tuned model puts most scores near 0 or 1, where equal
+    differences of probability mean very different certainty (0.999 and 0.99999 are far
+    apart; 0.4 and 0.41 are not)."""
+    clamped = sa.case((p < 1e-6, 1e-6), (p > 1 - 1e-6, 1 - 1e-6), else_=p)
+    return sa.func.ln(clamped / (1 - clamped))
 
 
 def ensure_feedback_views(connection: Connection, records: sa.Table, mapping: RecordsMapping,

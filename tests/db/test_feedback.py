@@ -4,6 +4,7 @@ labels the champion never trained on."""
 
 from __future__ import annotations
 
+import math
 import uuid
 
 import pytest
@@ -141,7 +142,7 @@ def test_queue_puts_uncertain_distinct_texts_first_with_a_sample_of_high_scores(
     assert {(r["model_version"], r["threshold"]) for r in rows} == {(2, 0.6)}
     near = [r for r in rows if r["reason"] == NEAR_THRESHOLD]
     sampled = [r for r in rows if r["reason"] == HIGH_SCORE_SAMPLE]
-    distances = [abs(r["score"] - r["threshold"]) for r in near]
+    distances = [abs(_logit(r["score"]) - _logit(r["threshold"])) for r in near]
     assert distances == sorted(distances)
     assert sampled and all(r["score"] >= r["threshold"] for r in sampled)
     # About every 4th place is a sample: a sampled text that is among the closest to the
@@ -190,3 +191,8 @@ def test_label_news_counts_labels_the_champion_never_trained_on(db_url: str) -> 
         news = label_news(session.connection(), table, EVENTS, session.get(ModelVersion,
                                                                             version))
     assert (news.labelled, news.new) == (38, 3)
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-6), 1 - 1e-6)
+    return math.log(p / (1 - p))
