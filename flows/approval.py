@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import Any, Literal
 from uuid import UUID
 
@@ -33,7 +34,6 @@ from pydantic import Field
 from anomdet.promotion import Decision
 from anomdet.report import approval_markdown
 from anomdet.settings import Settings
-from db.models import utcnow
 from tasks.events import emit_approval_requested
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def ask_for_approval(settings: Settings, run_id: int, decision: Decision,
         approval = Approval("timed out", None, "", None, waited)
     else:
         approval = Approval(answer.decision, answer.reviewer.strip() or None,
-                            answer.comment.strip(), utcnow().isoformat(), waited)
+                            answer.comment.strip(), datetime.now(UTC).isoformat(), waited)
     run_log.info("approval: %s", approval.describe())
     return approval
 

@@ -209,6 +209,7 @@ def _retrain(settings: Settings, run_id: int) -> State:
                  "bootstrap": decision.bootstrap, "uncertainty": decision.uncertainty,
                  "training": challenger.result.history}))
     champion_version = champion[0].version if champion else None
+    reason = decision.reason
     if decision.promote and settings.promotion.require_approval:
         approval = _approval(settings, run_id, decision, ch_eval, champ_eval, baseline,
                              champion_version)
@@ -223,6 +224,8 @@ def _retrain(settings: Settings, run_id: int) -> State:
                                   champion_version, reason=refused,
                                   message=f"rejected: {approval.describe()}")
             return _conclude(settings, unapproved, decision, challenger, split)
+        said = approval.describe()
+        reason = f"{reason} {said[0].upper()}{said[1:]}."
     if not decision.promote:
         end_run(settings, run_id, RunEnding(state="completed", decision="rejected",
                                             reason=decision.reason))
@@ -240,7 +243,7 @@ def _retrain(settings: Settings, run_id: int) -> State:
             settings, run_id, challenger, ch_eval.metrics, champion[0].id if champion else None,
             fingerprint(split.train), data_profile)
     except ChampionChanged as exc:
-        reason = f"{decision.reason} Promotion abandoned: {exc}."
+        reason = f"{reason} Promotion abandoned: {exc}."
         end_run(settings, run_id, RunEnding(state="completed", decision="rejected", reason=reason))
         emit_rejected(settings.model_name, champion_version=champion_version,
                       metrics=ch_eval.metrics, champion_metrics=champ_metrics, run_id=run_id,
@@ -248,12 +251,13 @@ def _retrain(settings: Settings, run_id: int) -> State:
         abandoned = _outcome(run_id, ch_eval, champ_eval, baseline, decision, champion_version,
                              reason=reason, message=f"rejected: promotion abandoned, {exc}")
         return _conclude(settings, abandoned, decision, challenger, split)
-    _announce_promotion(settings, run_id, flipped, reason=decision.reason,
+    _announce_promotion(settings, run_id, flipped, reason=reason,
                         previous_version=champion_version, metrics=ch_eval.metrics,
                         champion_metrics=champ_metrics, threshold=challenger.threshold,
                         artifact_uri=artifact_uri)
     promoted = _outcome(run_id, ch_eval, champ_eval, baseline, decision, champion_version,
-                        promoted_version=flipped.version, flags_written=flipped.flagged,
+                        reason=reason, promoted_version=flipped.version,
+                        flags_written=flipped.flagged,
                         message=promoted_message(flipped.version,
                                                  settings.promotion.primary_metric,
                                                  ch_eval.metrics, champ_metrics,

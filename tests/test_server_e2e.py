@@ -297,6 +297,7 @@ def test_deployed_retraining_runs_on_a_worker_and_publishes_artifacts(
     assert relabelled.details["labels"]["new"] == 6 and relabelled.state == "completed"
     assert recorded.details["approval"]["answer"] == "approve"
     assert recorded.details["approval"]["reviewer"] == "Ada"
+    assert recorded.reason.endswith("Approved by Ada: flags look right."), recorded.reason
     assert recorded.flow_run_id == str(run.id)
     assert recorded.parameters["base_model"] == "tiny-random" and recorded.parameters["epochs"] == 2
     assert recorded.decision == "promoted", recorded.reason

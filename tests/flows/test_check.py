@@ -54,8 +54,9 @@ def _retrain_runs(deployment: str) -> list:
 
 def test_new_labels_start_the_retrain_deployment_once(
         anomdet_env: str, retrain_deployment: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.check import check, gather_findings
+    from flows.check import check
     from flows.retrain import retrain
+    from tasks.check import gather_findings
 
     monkeypatch.setenv("ANOMDET_TRAINING__MIN_STEPS", "12")
     monkeypatch.setenv("ANOMDET_REVIEW__RETRAIN_AFTER_LABELS", "8")
