@@ -154,3 +154,26 @@ def test_retrain_takes_the_backfills_task_runner_as_the_setting_it_sets(
     assert result.exit_code == 1
     assert result.output.startswith("error: ") and "'default' or 'dask'" in result.output
     assert "BACKFILL_TASK_RUNNER=threads" in result.output
+
+
+def test_queue_and_models_before_any_champion_say_so(anomdet_env: str) -> None:
+    queue = runner.invoke(app, ["queue"])
+    assert queue.exit_code == 0, queue.output
+    assert "no champion of 'anomdet' yet" in queue.output
+    models = runner.invoke(app, ["models"])
+    assert models.exit_code == 0 and "no versions of 'anomdet' yet" in models.output
+
+
+def test_approval_without_a_server_stops_before_training(
+        anomdet_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    assert runner.invoke(app, ["import-csv", str(_csv(tmp_path))]).exit_code == 0
+    monkeypatch.setenv("ANOMDET_PROMOTION__REQUIRE_APPROVAL", "true")
+    with temporary_settings(updates={PREFECT_API_URL: None}):
+        result = runner.invoke(app, ["retrain"])
+    assert result.exit_code == 1
+    assert result.output.startswith("error: ANOMDET_PROMOTION__REQUIRE_APPROVAL=true")
+    assert "PREFECT_API_URL is not set" in result.output and "Traceback" not in result.output
+    with session_scope(get_engine(anomdet_env)) as session:
+        assert repo.recent_runs(session=session, model_name="anomdet") == []
