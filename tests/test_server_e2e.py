@@ -165,6 +165,8 @@ def _anomdet_env(server: Server, work: Path) -> dict[str, str]:
     return {**server.env,
             "ANOMDET_DATABASE_URL": f"sqlite:///{work / 'anomdet.db'}",
             "ANOMDET_ARTIFACTS_DIR": str(work / "artifacts"),
+            # Runs started without parameters (by the check flow) train the tiny model too.
+            "ANOMDET_TRAINING__BASE_MODEL": "tiny-random",
             "ANOMDET_TRAINING__MAX_LENGTH": "48",
             "ANOMDET_TRAINING__LEARNING_RATE": "0.001",
             "ANOMDET_PROMOTION__BOOTSTRAP_RESAMPLES": "200",
