@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from anomdet.artifact import META_FILE
 from anomdet.data import normalise_text
 
 logger = logging.getLogger(__name__)
@@ -134,6 +135,22 @@ class DriftReport:
 
     def summary(self) -> dict[str, Any]:
         return {**self.figures, "breaches": list(self.breaches), "on_breach": self.on_breach}
+
+
+def unlabelled_drift(artifact: Path, texts: list[str], bounds: DriftBounds, *,
+                     seed: int = 0) -> tuple[str, ...]:
+    """The bounds that unlabelled `texts` cross against the training profile saved in a
+    model's artifact (none when it saved none). Reads the artifact's files only: no
+    model or tokenizer is loaded."""
+    meta_file = artifact / META_FILE
+    if not texts or not meta_file.is_file():
+        return ()
+    reference = json.loads(meta_file.read_text()).get("data_profile")
+    if not reference:
+        return ()
+    frame = pd.DataFrame({"text": texts, "label": [float("nan")] * len(texts)})
+    current = profile(frame, artifact_vocab(artifact), seed=seed)
+    return compare(DataProfile.from_dict(reference), current, bounds).breaches
 
 
 def compare(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import html
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +21,10 @@ def _fmt(value: Any) -> str:
 
 
 def _md(text: Any) -> str:
-    """Text as markdown shows it literally: HTML escaped, table pipes and newlines kept out."""
-    return html.escape(str(text)).replace("|", "\\|").replace("\n", " ")
+    """Text as markdown shows it literally: HTML escaped, table pipes and newlines kept out.
+    Quotes stay as they are: they are safe in markdown, and the UI shows entities such as
+    &#x27; as they are written."""
+    return html.escape(str(text), quote=False).replace("|", "\\|").replace("\n", " ")
 
 
 def _diff(a: Any, b: Any) -> float | None:
@@ -49,8 +50,15 @@ def decision_markdown(decision: Decision, challenger: dict[str, Any],
                       baseline: dict[str, Any] | None = None) -> str:
     """The decision, the reason in words, and every check with its numbers."""
     verdict = "PROMOTED" if decision.promote else "NOT PROMOTED"
-    lines = [f"# Challenger {verdict}", "", _md(decision.reason), "",
-             "| check | result | detail |", "|---|---|---|"]
+    return "\n".join([f"# Challenger {verdict}", "", _md(decision.reason), ""]
+                     + _decision_tables(decision, challenger, champion, baseline))
+
+
+def _decision_tables(decision: Decision, challenger: dict[str, Any],
+                     champion: dict[str, Any] | None,
+                     baseline: dict[str, Any] | None) -> list[str]:
+    """Every check of the rule with its numbers, then the models' metrics side by side."""
+    lines = ["| check | result | detail |", "|---|---|---|"]
     for check in decision.checks:
         lines.append(f"| {_md(check.name)} | {'pass' if check.passed else 'FAIL'} | "
                      f"{_md(check.detail)} |")
@@ -59,15 +67,14 @@ def decision_markdown(decision: Decision, challenger: dict[str, Any],
     for row in metrics_table(challenger, champion, baseline):
         lines.append(f"| {row['metric']} | {row['challenger']} | {row['champion']} | "
                      f"{row['difference']} | {row['baseline']} | {row['vs_baseline']} |")
-    return "\n".join(lines)
+    return lines
 
 
 def approval_markdown(decision: Decision, challenger: dict[str, Any],
                       champion: dict[str, Any] | None, baseline: dict[str, Any] | None,
                       champion_version: int | None, timeout_minutes: float) -> str:
-    """What the approval form shows above its fields: the question, the rule's reason and
-    checks, and the metrics. The UI renders it as markdown but leaves HTML entities as
-    they are, so text is escaped the markdown way (backslashes), not the HTML way."""
+    """What the approval form shows above its fields: the question, the rule's reason,
+    its checks and the metrics."""
     against = (f"champion v{champion_version}" if champion_version is not None
                else "no champion yet")
     kept = f"champion v{champion_version} and its flags" if champion_version is not None \
@@ -76,21 +83,8 @@ def approval_markdown(decision: Decision, challenger: dict[str, Any],
              "Approve to make it champion: its flags replace the champion's. Reject to keep "
              f"{kept}. Without an answer within {timeout_minutes:g} minutes it is rejected; if "
              "the champion changes before the answer, the promotion is abandoned.", "",
-             f"**Why it passed:** {_md_text(decision.reason)}", "",
-             "| check | result | detail |", "|---|---|---|"]
-    lines += [f"| {_md_text(c.name)} | {'pass' if c.passed else 'FAIL'} | "
-              f"{_md_text(c.detail)} |" for c in decision.checks]
-    lines += ["", "| metric | challenger | champion | difference | TF-IDF baseline | "
-              "vs baseline |", "|---|---|---|---|---|---|"]
-    lines += ["| " + " | ".join(row.values()) + " |"
-              for row in metrics_table(challenger, champion, baseline)]
-    return "\n".join(lines)
-
-
-def _md_text(text: Any) -> str:
-    """Text as markdown shows it literally, with backslash escapes instead of entities."""
-    escaped = re.sub(r"([\\`*_<>&|\[\]])", r"\\\1", str(text))
-    return escaped.replace("\n", " ")
+             f"**Why it passed:** {_md(decision.reason)}", ""]
+    return "\n".join(lines + _decision_tables(decision, challenger, champion, baseline))
 
 
 # -- One line per run, for the run's state message and the terminal -------------------

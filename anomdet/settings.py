@@ -354,6 +354,13 @@ class Settings(BaseSettings):
         """The database URL with any password masked, for logs and artifacts."""
         return make_url(self.database_url).render_as_string(hide_password=True)
 
+    def run_timeout_minutes(self) -> float:
+        """How long a retraining run may take: ANOMDET_RETRAIN_TIMEOUT_MINUTES, plus the
+        approval timeout when promotions wait for a person."""
+        promotion = self.promotion
+        waiting = promotion.approval_timeout_minutes if promotion.require_approval else 0
+        return self.retrain_timeout_minutes + waiting
+
     def artifact_root(self) -> Path:
         """Absolute directory holding model artifacts."""
         return self.artifacts_dir.expanduser().resolve()

@@ -7,7 +7,10 @@ decides. It is cheap on purpose: counts in SQL, no model loaded.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from db.feedback import LabelNews
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,18 @@ class CheckFindings:
     runs_since_champion: int
     drift_breaches: tuple[str, ...] = ()
     labels: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, news: LabelNews, runs: list[dict[str, Any]],
+           drift_breaches: tuple[str, ...] = ()) -> CheckFindings:
+        """Findings from the label counts and the `details` of the model's retraining
+        runs, newest first (each keeps the `labels` it saw under its champion)."""
+        under_this = [d for d in runs if (d.get("labels") or {}).get("champion_version_id")
+                      == news.champion_version_id]
+        seen = int(under_this[0]["labels"]["new"]) if under_this else 0
+        return cls(new_labels=news.new, seen_by_last_run=min(seen, news.new),
+                   runs_since_champion=len(under_this), drift_breaches=drift_breaches,
+                   labels=news.to_dict())
 
     def reasons(self, every: int, on_drift: bool) -> list[str]:
         """Why to retrain now, in words; empty when there is no reason."""

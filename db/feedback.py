@@ -33,7 +33,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from db.models import Flag, ModelVersion, Run, Score
-from db.records import RecordsMapping, key_matches, record_key, text_hash
+from db.records import RecordsMapping, key_matches, label_classes, record_key, text_hash
 from db.repository import ensure_view
 
 QUALITY_VIEW = "anomdet_version_quality"
@@ -47,11 +47,6 @@ SERVED = ("champion", "retired")
 
 NEAR_THRESHOLD = "closest to the threshold"
 HIGH_SCORE_SAMPLE = "high score, sampled across distinct texts"
-
-
-def label_classes(label: sa.Column) -> tuple[object, object]:
-    """The values of the label column that mean 0 and 1: texts in a text column."""
-    return ("0", "1") if isinstance(label.type, sa.String) else (0, 1)
 
 
 def _same_text(stored_hash: sa.ColumnElement[Any], text: sa.Column) -> sa.ColumnElement[bool]:

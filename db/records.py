@@ -220,13 +220,18 @@ def read_labelled(
     return _standardise(frame)
 
 
+def label_classes(label: sa.Column) -> tuple[object, object]:
+    """The values of the label column that mean 0 and 1: a text-typed label column holds
+    them as the texts '0' and '1'."""
+    return ("0", "1") if isinstance(label.type, sa.String) else (0, 1)
+
+
 def _stratified(conn: Connection, table: sa.Table, mapping: RecordsMapping,
                 query: sa.Select, sample: int, seed: int) -> sa.Select:
     """`query` narrowed to a stratified sample of `sample` labelled records, or unchanged
     when the table holds no more than that."""
     label = table.c[mapping.label_column]
-    # A text-typed label column holds the classes as the texts '0' and '1'.
-    classes = ("0", "1") if isinstance(label.type, sa.String) else (0, 1)
+    classes = label_classes(label)
     counts = dict(conn.execute(sa.select(label, sa.func.count()).where(label.in_(classes))
                                .group_by(label)).all())
     total = sum(counts.values())

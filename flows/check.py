@@ -41,6 +41,6 @@ def check(retrain_deployment: str = RETRAIN_DEPLOYMENT) -> State:
     if busy:
         return Completed(message=f"a retrain is under way ({busy}); {'; '.join(reasons)}")
     started = start_retrain(retrain_deployment, reasons)
-    emit_labels_arrived(settings.model_name, champion_version=None, labels=findings.labels,
-                        started=started, reasons=reasons)
+    emit_labels_arrived(settings.model_name, labels=findings.labels, started=started,
+                        reasons=reasons)
     return Completed(message=f"started {started}: {'; '.join(reasons)}")

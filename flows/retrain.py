@@ -93,12 +93,9 @@ def _retrain_timeout() -> float | None:
     takes it in the decorator), plus the approval timeout when promotions wait for one;
     None when the settings are invalid, which the run then reports by variable name."""
     try:
-        settings = Settings()
+        return Settings().run_timeout_minutes() * 60
     except (ValidationError, ValueError):
         return None
-    promotion = settings.promotion
-    waiting = promotion.approval_timeout_minutes if promotion.require_approval else 0
-    return (settings.retrain_timeout_minutes + waiting) * 60
 
 
 # A failed or crashed run emits anomdet.run.failed, which automations can notify on.

@@ -3,11 +3,9 @@ data, whether a retrain is under way, and starting one."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pandas as pd
 import sqlalchemy as sa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -23,8 +21,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
-from anomdet.artifact import META_FILE
-from anomdet.drift import MAX_PROFILE_ROWS, DataProfile, artifact_vocab, compare, profile
+from anomdet.drift import MAX_PROFILE_ROWS, unlabelled_drift
 from anomdet.settings import Settings
 from anomdet.triggers import CheckFindings
 from db import repository as repo
@@ -47,46 +44,25 @@ def gather_findings(settings: Settings) -> CheckFindings:
         records = reflect_records_table(conn, mapping)
         champion = repo.get_champion(session=session, model_name=settings.model_name)
         news = label_news(conn, records, mapping, champion)
-        champion_id = champion.id if champion else None
-        runs = [r for r in repo.recent_runs(session=session, model_name=settings.model_name,
-                                            limit=50) if r.kind == "retrain"]
-        under_this = [r for r in runs
-                      if ((r.details or {}).get("labels") or {}).get("champion_version_id")
-                      == champion_id]
-        seen = int(under_this[0].details["labels"]["new"]) if under_this else 0
+        runs = [r.details or {} for r in repo.recent_runs(
+            session=session, model_name=settings.model_name, limit=50) if r.kind == "retrain"]
         breaches: tuple[str, ...] = ()
         if champion is not None and settings.review.retrain_on_drift:
             texts = sample_unlabelled(conn, records, mapping, MAX_PROFILE_ROWS)
-            breaches = _drift(Path(champion.artifact_uri), texts, settings)
+            breaches = unlabelled_drift(Path(champion.artifact_uri), texts,
+                                        settings.drift.bounds(), seed=settings.training.seed)
+    findings = CheckFindings.of(news, runs, breaches)
     run_logger().info("%d labels, %d newer than the champion's training data (%d of them "
-                      "seen by the last run); drift: %s", news.labelled, news.new, seen,
-                      "; ".join(breaches) or "within bounds")
-    return CheckFindings(new_labels=news.new, seen_by_last_run=min(seen, news.new),
-                         runs_since_champion=len(under_this), drift_breaches=breaches,
-                         labels=news.to_dict())
-
-
-def _drift(artifact: Path, texts: list[str], settings: Settings) -> tuple[str, ...]:
-    """The drift bounds that `texts` cross against the champion's training profile."""
-    meta_file = artifact / META_FILE
-    if not texts or not meta_file.is_file():
-        return ()
-    reference = json.loads(meta_file.read_text()).get("data_profile")
-    if not reference:
-        return ()
-    frame = pd.DataFrame({"text": texts, "label": [float("nan")] * len(texts)})
-    current = profile(frame, artifact_vocab(artifact), seed=settings.training.seed)
-    return compare(DataProfile.from_dict(reference), current, settings.drift.bounds()).breaches
+                      "seen by the last run); drift: %s", news.labelled, news.new,
+                      findings.seen_by_last_run, "; ".join(breaches) or "within bounds")
+    return findings
 
 
 @task(name="look for a retrain under way", cache_policy=NO_CACHE)
 def retrain_under_way(settings: Settings, deployment_name: str) -> str | None:
     """A retraining run of the model that is running, paused, or queued to start now."""
-    promotion = settings.promotion
     # A row left `running` by a process that died stops counting after the run timeout.
-    minutes = settings.retrain_timeout_minutes + (
-        promotion.approval_timeout_minutes if promotion.require_approval else 0)
-    since = datetime.now(UTC) - timedelta(minutes=minutes)
+    since = datetime.now(UTC) - timedelta(minutes=settings.run_timeout_minutes())
     with session_scope(get_engine(settings.database_url)) as session:
         running = session.scalar(
             sa.select(Run.id).where(Run.model_name == settings.model_name,

@@ -116,11 +116,10 @@ def emit_approval_requested(model_name: str, *, run_id: int, champion_version: i
         "timeout_minutes": timeout_minutes, "reason": reason})
 
 
-def emit_labels_arrived(model_name: str, *, champion_version: int | None,
-                        labels: dict[str, Any], started: str | None,
+def emit_labels_arrived(model_name: str, *, labels: dict[str, Any], started: str | None,
                         reasons: list[str]) -> Event | None:
     """The check flow found enough new labels (or drift) to start a retrain."""
-    return emit(LABELS_ARRIVED, model_name, version=champion_version, payload={
+    return emit(LABELS_ARRIVED, model_name, payload={
         "labels": labels, "retrain_flow_run": started, "reasons": reasons})
 
 
