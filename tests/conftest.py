@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,11 +32,21 @@ POSTGRES_URL = os.environ.get(
 
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
-    """One temporary Prefect API for the whole test session."""
+    """One temporary Prefect API for the whole test session, without flow heartbeats.
+
+    A flow run's heartbeat thread sleeps in whole seconds and is joined when the run
+    ends, so each flow run (and subflow) waits up to a second for it: a quarter of a
+    tiny retraining run. Heartbeats feed a server's detection of crashed runs, which
+    the harness's server does not run and no test relies on.
+    """
+    from prefect import flow_engine
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(flow_engine.BaseFlowRunEngine, "heartbeat_seconds",
+                      property(lambda _engine: None))
+        with prefect_test_harness(server_startup_timeout=120):
+            yield
 
 
 def _postgres_admin() -> sa.Engine:
@@ -53,20 +62,15 @@ def _postgres_admin() -> sa.Engine:
 
 
 @pytest.fixture
-def postgres_url() -> Iterator[str]:
+def postgres_url(tmp_path: Path) -> Iterator[str]:
     """A fresh, empty PostgreSQL database, dropped afterwards."""
-    admin = _postgres_admin()
-    name = f"anomdet_test_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    url = sa.engine.make_url(POSTGRES_URL).set(database=name)
-    yield url.render_as_string(hide_password=False)
     from db.engine import get_engine
+    from tests.databases import drop_database, new_database
 
+    database = new_database("postgresql", tmp_path, prefix="anomdet_test")
+    yield database.url
+    drop_database(database)
     get_engine.cache_clear()
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 @pytest.fixture

@@ -16,10 +16,7 @@ import json
 import os
 import re
 import shutil
-import sqlite3
-import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +29,7 @@ from typer.testing import CliRunner
 from anomdet.cli import app
 from anomdet.model import WEIGHTS_FILE
 from db.engine import get_engine
-from tests.conftest import POSTGRES_URL, _postgres_admin
+from tests.databases import Database, copy_database, drop_database, new_database
 from tests.flows.test_retrain import seed_records, toy_records
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -45,6 +42,7 @@ ROWS = 400
 SETTINGS_ENV = {
     "ANOMDET_TRAINING__BASE_MODEL": "tiny-random",
     "ANOMDET_TRAINING__EPOCHS": "2",
+    "ANOMDET_TRAINING__MIN_STEPS": "40",
     "ANOMDET_TRAINING__MAX_LENGTH": "48",
     "ANOMDET_TRAINING__LEARNING_RATE": "0.001",
     "ANOMDET_PROMOTION__BOOTSTRAP_RESAMPLES": "0",
@@ -53,80 +51,33 @@ SETTINGS_ENV = {
 INJECTED = "records; DROP TABLE x"
 
 
-@dataclass(frozen=True)
-class Database:
-    """A database holding seeded records and a champion."""
-
-    backend: str
-    url: str
-    path: Path | None = None  # the SQLite file
-
-
 @pytest.fixture(scope="module",
                 params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def champion_template(request: pytest.FixtureRequest,
                       tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
     """Toy records and a champion trained by one `anomdet retrain`, per backend."""
     root = tmp_path_factory.mktemp("champion")
-    admin, name = None, None
-    if request.param == "sqlite":
-        template = Database("sqlite", f"sqlite:///{root / 'template.db'}", root / "template.db")
-    else:
-        admin = _postgres_admin()
-        name = f"anomdet_template_{uuid.uuid4().hex[:10]}"
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-        url = sa.engine.make_url(POSTGRES_URL).set(database=name)
-        template = Database("postgresql", url.render_as_string(hide_password=False))
+    template = new_database(request.param, root)
     seed_records(template.url, toy_records(ROWS))
     env = {**SETTINGS_ENV, "ANOMDET_DATABASE_URL": template.url,
            "ANOMDET_ARTIFACTS_DIR": str(root / "artifacts")}
     first = runner.invoke(app, ["retrain"], env=env)
     assert first.exit_code == 0 and "decision: promoted" in first.output, first.output
-    # PostgreSQL copies a template only while nobody is connected to it.
-    get_engine(template.url).dispose()
     yield template
-    if admin is not None:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
-
-
-def _copy_database(template: Database, tmp_path: Path) -> Database:
-    get_engine(template.url).dispose()
-    if template.backend == "sqlite":
-        path = tmp_path / "anomdet.db"
-        # The backup API copies a consistent state, write-ahead log included.
-        with sqlite3.connect(template.path) as src, sqlite3.connect(path) as dst:
-            src.backup(dst)
-        return Database("sqlite", f"sqlite:///{path}", path)
-    name = f"anomdet_test_{uuid.uuid4().hex[:12]}"
-    template_name = sa.engine.make_url(template.url).database
-    admin = _postgres_admin()
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}" TEMPLATE "{template_name}"'))
-    admin.dispose()
-    url = sa.engine.make_url(POSTGRES_URL).set(database=name)
-    return Database("postgresql", url.render_as_string(hide_password=False))
+    drop_database(template)
 
 
 @pytest.fixture
 def db(champion_template: Database, tmp_path: Path,
        monkeypatch: pytest.MonkeyPatch) -> Iterator[Database]:
     """A private copy of the template database, with anomdet's settings pointing at it."""
-    copy = _copy_database(champion_template, tmp_path)
+    copy = copy_database(champion_template, tmp_path)
     for name, value in SETTINGS_ENV.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("ANOMDET_DATABASE_URL", copy.url)
     monkeypatch.setenv("ANOMDET_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     yield copy
-    get_engine(copy.url).dispose()
-    if copy.backend == "postgresql":
-        admin = _postgres_admin()
-        with admin.connect() as conn:
-            name = sa.engine.make_url(copy.url).database
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    drop_database(copy)
 
 
 # --- what may not change ----------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""The check flow on SQLite and PostgreSQL: it starts the retrain deployment once enough
-labels are newer than the champion's training data, or the unlabelled records drifted,
-and not again while that retrain is queued or its labels were seen. Against the test
+"""The check flow: it starts the retrain deployment once enough labels are newer than the
+champion's training data (on SQLite and PostgreSQL, whose SQL counts them), or the
+unlabelled records drifted (on SQLite: drift is measured in Python), and not again while
+that retrain is queued or its labels were seen. Against the test
 session's Prefect API, where the retrain deployment is registered but no worker runs it;
 tests/test_server_e2e.py runs the started retrain on a real server."""
 
@@ -15,6 +16,7 @@ from prefect.client.orchestration import get_client
 from anomdet.settings import Settings
 from db import repository as repo
 from db.engine import get_engine, session_scope
+from tests.databases import only_on
 from tests.flows.test_retrain import seed_records, toy_records
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -95,6 +97,7 @@ def test_new_labels_start_the_retrain_deployment_once(
     assert done.message.startswith("nothing to do: 0 new labels"), done.message
 
 
+@only_on("sqlite")
 def test_drift_of_unlabelled_records_starts_a_retrain(
         anomdet_env: str, retrain_deployment: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.check import check
