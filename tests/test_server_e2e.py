@@ -112,7 +112,7 @@ def _prefect(server: Server, *args: str, cwd: Path = REPO, timeout: int = 180
 
 
 def _wait_for(what: str, check: Callable[[], Any], timeout: float, logs: list[Path],
-              every: float = 2.0) -> Any:
+              every: float = 0.5) -> Any:
     """Poll `check` until it returns something truthy; fail with the logs after `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -170,9 +170,9 @@ def _anomdet_env(server: Server, work: Path) -> dict[str, str]:
             "ANOMDET_TRAINING__MAX_LENGTH": "48",
             "ANOMDET_TRAINING__LEARNING_RATE": "0.001",
             "ANOMDET_PROMOTION__BOOTSTRAP_RESAMPLES": "200",
-            # Poll for work every 2s instead of 10s.
-            "PREFECT_WORKER_QUERY_SECONDS": "2",
-            "PREFECT_RUNNER_POLL_FREQUENCY": "2"}
+            # Poll for work every second instead of every 10s.
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_RUNNER_POLL_FREQUENCY": "1"}
 
 
 def _final_state(client: Any, flow_run_id: Any, logs: list[Path], timeout: float) -> Any:
