@@ -15,8 +15,12 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/anomdet demo
 
+# The tests spend much of their time waiting on Prefect's API, subprocesses and
+# PostgreSQL, so one worker per core (pytest-xdist) keeps the cores busy.
+TEST_WORKERS ?= auto
+
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -m slow $(PYTEST_ARGS)

@@ -22,6 +22,16 @@ os.environ["TOKENIZERS_PARALLELISM"] = "false"
 for name in list(os.environ):
     if name.startswith("ANOMDET_") and name != "ANOMDET_TEST_POSTGRES_URL":
         del os.environ[name]
+# pytest-xdist's workers inherit COLUMNS=80 and LINES=24; rich would fix the command
+# line's width at 80 when `anomdet.cli` is imported, before CliRunner sets its own.
+for name in ("COLUMNS", "LINES"):
+    os.environ.pop(name, None)
+# Each xdist worker takes its share of the cores for torch (anomdet.model.configure_threads
+# honours OMP_NUM_THREADS), rather than every worker using them all.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS",
+                          str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
 
 import sqlalchemy as sa  # noqa: E402
 

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 from anomdet.cli import app
 from db import repository as repo
 from db.engine import get_engine, session_scope
+from tests.databases import only_on
 from tests.flows.test_retrain import toy_records
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -24,6 +25,7 @@ def _csv(tmp_path: Path) -> Path:
     return path
 
 
+@only_on("postgresql")
 def test_import_retrain_inspect_and_roll_back(anomdet_env: str, tmp_path: Path) -> None:
     result = runner.invoke(app, ["import-csv", str(_csv(tmp_path))])
     assert result.exit_code == 0, result.output
@@ -69,6 +71,7 @@ def _promote_copy_of_champion(url: str) -> None:
                                  version=2, **fields)
 
 
+@only_on("sqlite")
 def test_bad_csv_exits_non_zero_and_says_where(anomdet_env: str, tmp_path: Path) -> None:
     bad = tmp_path / "bad.csv"
     bad.write_text("id,text,label\n1,ok,0\n2,bad label,yes\n")
@@ -83,6 +86,7 @@ def test_retrain_without_records_table_fails_clearly(anomdet_env: str) -> None:
     assert "records table 'records' does not exist" in result.output
 
 
+@only_on("sqlite")
 def test_demo_seeds_once_and_retrains_with_a_new_seed_each_time(anomdet_env: str) -> None:
     args = ["demo", "--rows", "400", "--base-model", "tiny-random", "--epochs", "2",
             "--learning-rate", "0.001"]

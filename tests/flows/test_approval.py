@@ -77,6 +77,7 @@ def _latest_run(url: str) -> Any:
         return repo.recent_runs(session=session, model_name="anomdet", limit=1)[0]
 
 
+@only_on("sqlite")
 def test_a_person_rejects_the_challenger_and_nothing_changes(approval_env: str) -> None:
     from flows.retrain import retrain
 

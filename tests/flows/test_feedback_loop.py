@@ -1,6 +1,7 @@
 """Reviewers' verdicts travel: flags labelled in the records table show up as production
 precision in `anomdet models` and in the next run's summary, that run counts them as
-new labels, and `anomdet queue` lists what to label next, on SQLite and PostgreSQL."""
+new labels, and `anomdet queue` lists what to label next. On SQLite: the views' SQL has
+its own tests on both databases (tests/db/test_feedback.py)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typer.testing import CliRunner
 from anomdet.cli import app
 from db import repository as repo
 from db.engine import get_engine, session_scope
+from tests.databases import only_on
 from tests.flows.test_retrain import seed_records, toy_records
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -26,6 +28,7 @@ def _summary(state) -> str:  # noqa: ANN001 - a Prefect state
     return next(a.data for a in artifacts if a.key == "anomdet-summary")
 
 
+@only_on("sqlite")
 def test_reviewed_flags_reach_models_the_queue_and_the_next_run(
         anomdet_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.retrain import retrain

@@ -1,4 +1,5 @@
-"""The retraining flow end to end under a temporary Prefect API, on SQLite and PostgreSQL."""
+"""The retraining flow end to end under a temporary Prefect API: what it writes on SQLite
+and PostgreSQL; what it decides before writing (validation, split, baseline) on SQLite."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from db import repository as repo
 from db.engine import get_engine, session_scope
 from db.records import ensure_records_table, upsert_records
 from tests.configs import records_mapping
+from tests.databases import only_on
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -100,6 +102,7 @@ def test_losing_challenger_leaves_champion_and_flags_untouched(
     assert latest.champion_metrics is not None and latest.test_rows > 0
 
 
+@only_on("sqlite")
 def test_invalid_data_stops_before_training(anomdet_env: str) -> None:
     from flows.retrain import retrain
 
@@ -116,6 +119,7 @@ def test_invalid_data_stops_before_training(anomdet_env: str) -> None:
     assert run.validation["success"] is False
 
 
+@only_on("sqlite")
 def test_run_seed_leaves_the_split_alone(anomdet_env: str) -> None:
     """Each run may train with its own seed, but records keep their side of the split:
     otherwise the champion would be scored on texts it was trained on."""
@@ -131,6 +135,7 @@ def test_run_seed_leaves_the_split_alone(anomdet_env: str) -> None:
     assert sorted(split_data.fn(frame, moved).test["id"]) != sorted(splits[0].test["id"])
 
 
+@only_on("sqlite")
 def test_every_run_records_the_baseline_and_the_first_run_is_judged_against_it(
         anomdet_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.retrain import retrain

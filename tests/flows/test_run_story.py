@@ -24,6 +24,7 @@ from prefect.logging.handlers import APILogHandler
 from prefect.states import State
 
 from anomdet.errors import DataValidationError
+from tests.databases import only_on
 from tests.flows.test_retrain import seed_records, toy_records
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -60,6 +61,7 @@ class _Lines(logging.Handler):
         self.lines.append(record.getMessage())
 
 
+@only_on("sqlite")
 def test_promoted_and_rejected_runs_say_so_in_name_message_tags_and_artifacts(
         anomdet_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import anomdet.model
@@ -111,6 +113,7 @@ def test_promoted_and_rejected_runs_say_so_in_name_message_tags_and_artifacts(
     assert "Champion v1 stays" in second["artifacts"]["anomdet-summary"].data
 
 
+@only_on("sqlite")
 def test_failed_validation_fails_its_task_and_the_run_with_the_clean_message(
         anomdet_env: str) -> None:
     from flows.retrain import retrain
@@ -145,6 +148,7 @@ def test_failed_validation_fails_its_task_and_the_run_with_the_clean_message(
     assert any(line.startswith("validation FAILED on ") for line in lines), lines
 
 
+@only_on("sqlite")
 def test_scoring_without_champion_completes_and_says_so(anomdet_env: str) -> None:
     from flows.score import score
 
@@ -156,6 +160,7 @@ def test_scoring_without_champion_completes_and_says_so(anomdet_env: str) -> Non
     assert _run(state)["run"].name.startswith("score-anomdet-")
 
 
+@only_on("sqlite")
 def test_scoring_runs_name_their_ranges_and_publish_what_they_flagged(anomdet_env: str) -> None:
     from flows.retrain import retrain
     from flows.score import score
