@@ -384,14 +384,15 @@ def test_serve_registers_both_flows_and_runs_them_in_process(
     log = tmp_path / "serve.log"
     with _process([sys.executable, "-c", code], env, REPO, log):
         def registered() -> Any:
+            # `serve` registers its deployments one after another: wait for all three.
             try:
                 return (client.read_deployment_by_name(f"retrain/{RETRAIN_SERVED}"),
-                        client.read_deployment_by_name(f"score/{SCORE_SERVED}"))
+                        client.read_deployment_by_name(f"score/{SCORE_SERVED}"),
+                        client.read_deployment_by_name(f"check/{CHECK_SERVED}"))
             except Exception:  # not there yet
                 return None
 
-        retrain, score = _wait_for("the served deployments", registered, 180, [log])
-        check = client.read_deployment_by_name(f"check/{CHECK_SERVED}")
+        retrain, score, check = _wait_for("the served deployments", registered, 180, [log])
         assert check.parameters == {"retrain_deployment": f"retrain/{RETRAIN_SERVED}"}
         assert [s.schedule.cron for s in retrain.schedules] == ["30 3 * * *"]
         assert [s.schedule.cron for s in score.schedules] == ["*/20 * * * *"]
