@@ -30,8 +30,9 @@ for name in ("COLUMNS", "LINES"):
 # honours OMP_NUM_THREADS), rather than every worker using them all.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    os.environ.setdefault("OMP_NUM_THREADS",
-                          str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
+    _CORES = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+              else os.cpu_count() or 1)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _CORES // _WORKERS)))
 
 import sqlalchemy as sa  # noqa: E402
 
