@@ -49,26 +49,19 @@ def new_database(backend: str, folder: Path, prefix: str = "anomdet_template") -
 
 
 def copy_database(template: Database, folder: Path) -> Database:
-    """A private copy of `template`: a file in `folder`, or a PostgreSQL database made
-    from it as a template."""
-    # PostgreSQL copies a template only while nobody is connected to it.
-    get_engine(template.url).dispose()
-    if template.backend == "sqlite":
-        path = folder / "anomdet.db"
-        # The backup API copies a consistent state, write-ahead log included.
-        with sqlite3.connect(template.path) as src, sqlite3.connect(path) as dst:
-            src.backup(dst)
-        return Database("sqlite", f"sqlite:///{path}", path)
-    name = f"anomdet_test_{uuid.uuid4().hex[:12]}"
-    _admin_execute(f'CREATE DATABASE "{name}" TEMPLATE "{_name(template.url)}"')
-    return Database("postgresql", _postgres_url(name))
+    """A private copy of `template`: a file in `folder`, or a new PostgreSQL database."""
+    copy = new_database(template.backend, folder, prefix="anomdet_test")
+    copy_into(template, copy.url)
+    return copy
 
 
 def copy_into(template: Database, url: str) -> None:
     """Make the (empty) database at `url` a copy of `template`, under the same URL."""
+    # PostgreSQL copies a template only while nobody is connected to it.
     get_engine(template.url).dispose()
     get_engine(url).dispose()
     if template.backend == "sqlite":
+        # The backup API copies a consistent state, write-ahead log included.
         with sqlite3.connect(template.path) as src, \
                 sqlite3.connect(sa.engine.make_url(url).database) as dst:
             src.backup(dst)
