@@ -111,18 +111,28 @@ MIGRATION_OPTIONS: dict[str, object] = {"render_as_batch": True,
 _MIGRATING = threading.Lock()
 
 
+def lock_sqlite_writes(connection: Connection) -> None:
+    """On SQLite, take the database's write lock now, until the transaction ends.
+
+    Python's sqlite3 opens a transaction only before a data change, so a read followed
+    by DDL (look for a table or view, then make it) would run unlocked, and two runs
+    starting at once would both decide to create it. The busy timeout makes the second
+    run wait for the lock, then read what the first one made. No-op on other databases.
+    """
+    if connection.dialect.name != "sqlite":
+        return
+    dbapi = connection.connection.dbapi_connection
+    if dbapi is not None and not dbapi.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def lock_migrations(connection: Connection) -> None:
     """Serialise migrations of one database until the transaction ends: two first runs
     at once would both try to create the tables."""
     if connection.dialect.name == "postgresql":
         connection.execute(sa.text("SELECT pg_advisory_xact_lock(815202)"))
-    elif connection.dialect.name == "sqlite":
-        # Python's sqlite3 opens a transaction only before a data change, so the
-        # migration's reads and DDL would run unlocked: take the write lock first (the
-        # busy timeout makes a second run wait for it, then find the tables made).
-        dbapi = connection.connection.dbapi_connection
-        if dbapi is not None and not dbapi.in_transaction:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+    else:
+        lock_sqlite_writes(connection)
 
 
 def migrate(engine: Engine) -> None:

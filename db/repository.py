@@ -18,6 +18,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
+from db.engine import lock_sqlite_writes
 from db.models import RUN_DECISIONS, Flag, ModelVersion, Run, Score, utcnow
 from db.records import RecordsMapping, key_matches, plain, text_hash
 
@@ -641,6 +642,8 @@ def ensure_view(connection: Connection, name: str, query: sa.Select) -> None:
 def _ensure_view_sqlite(connection: Connection, name: str, body: str) -> None:
     # SQLite keeps the statement that made the view: an identical one needs nothing.
     # It has no CREATE OR REPLACE and no grants, and resolves dependent views lazily.
+    # Two runs starting at once would both find no view and both create it.
+    lock_sqlite_writes(connection)
     create = f"CREATE VIEW {name} AS {body}"
     existing = connection.execute(
         sa.text("SELECT sql FROM sqlite_master WHERE type = 'view' AND name = :name"),

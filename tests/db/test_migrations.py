@@ -167,3 +167,43 @@ def test_threads_of_one_process_migrating_at_once_all_succeed(db_url: str) -> No
         thread.join(timeout=120)
     assert errors == []
     assert _revision(get_engine(db_url)) == HEAD
+
+
+def test_runs_creating_the_views_at_once_on_a_new_database_all_succeed(db_url: str) -> None:
+    # Each run looks for the view, then creates it. Here the first to look waits (up to
+    # a second) for the other to look too: unserialised, both found no view and the
+    # second CREATE failed with "view ... already exists" on SQLite. Serialised, the
+    # second cannot look until the first has committed, and finds the view made.
+    import threading
+
+    engine = get_engine(db_url)
+    migrate(engine)
+    mapping = records_mapping()
+    table = ensure_records_table(engine, mapping)
+    looked, errors = threading.Barrier(2, timeout=1), []
+
+    def after_looking(_conn, _cursor, statement, *_args) -> None:  # noqa: ANN001
+        if "sqlite_master" in statement or "to_regclass" in statement:
+            try:
+                looked.wait()
+            except threading.BrokenBarrierError:
+                pass
+
+    def run() -> None:
+        try:
+            with engine.begin() as conn:
+                repo.ensure_flagged_view(conn, table, mapping)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    sa.event.listen(engine, "after_cursor_execute", after_looking)
+    try:
+        threads = [threading.Thread(target=run) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+    finally:
+        sa.event.remove(engine, "after_cursor_execute", after_looking)
+    assert errors == []
+    assert repo.FLAGGED_VIEW in sa.inspect(engine).get_view_names()
