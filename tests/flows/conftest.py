@@ -50,16 +50,28 @@ def _default_retrain_slot() -> Iterator[None]:
         free_retrain_slot()
 
 
-def retrain_at_once(*seeds: int, timeout: float = 1200) -> list[Any]:
+def retrain_at_once(*seeds: int, timeout: float = 1200,
+                    barrier: threading.Barrier | None = None) -> list[Any]:
     """Start one retraining run per training seed together, in threads; their outcomes
-    in the order they ended."""
+    in the order they ended. A run that raises fails the test with its error, and
+    breaks `barrier` (one the runs meet at) so that the others stop waiting for it."""
     from flows.retrain import RetrainParams, retrain
 
     outcomes: list[Any] = []
-    threads = [threading.Thread(target=lambda s=s: outcomes.append(retrain(RetrainParams(seed=s))))
-               for s in seeds]
+    errors: list[BaseException] = []
+
+    def run(seed: int) -> None:
+        try:
+            outcomes.append(retrain(RetrainParams(seed=seed)))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+            if barrier is not None:
+                barrier.abort()
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in seeds]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=timeout)
+    assert errors == [], f"runs raised: {errors!r}"
     return outcomes

@@ -246,7 +246,7 @@ def test_two_runs_racing_to_promote_end_with_one_champion(
     monkeypatch.setattr(repo, "flip_champion", both_at_once)
     # Two slots, as a user may allow, so that the runs race rather than take turns.
     retrain_slots(2)
-    outcomes = retrain_at_once(1, 2, timeout=1200)
+    outcomes = retrain_at_once(1, 2, timeout=1200, barrier=barrier)
     assert sorted(o.decision for o in outcomes) == ["promoted", "rejected"]
     loser = next(o for o in outcomes if o.decision == "rejected")
     assert "Promotion abandoned" in loser.reason
