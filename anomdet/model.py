@@ -226,7 +226,6 @@ class TrainConfig:
     max_steps: int | None
     evaluations: int
     anomaly_share: float
-    plentiful_anomalies: int
     probe_head: bool
 
     def total_steps(self, train_rows: int) -> int:
@@ -365,8 +364,7 @@ def distinct_texts(texts: Sequence[str], labels: Sequence[int]) -> tuple[list[st
 
 
 class BalancedBatches:
-    """Endless training batches in which anomalies make up at least `anomaly_share`,
-    or, from `plentiful` anomalies on, their natural share but at least two per batch.
+    """Endless training batches in which anomalies make up at least `anomaly_share`.
 
     Each class is drawn without replacement from its own shuffled cycle, so every text
     is seen before any repeats. Blocks of batches are sorted by length within each class
@@ -376,16 +374,13 @@ class BalancedBatches:
     """
 
     def __init__(self, labels: np.ndarray, lengths: Sequence[int], batch_size: int,
-                 anomaly_share: float, rng: np.random.Generator, block: int = 32,
-                 plentiful: int | None = None) -> None:
+                 anomaly_share: float, rng: np.random.Generator, block: int = 32) -> None:
         self._lengths = np.asarray(lengths)
         self._pools = [np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)]
         if not all(len(pool) for pool in self._pools):
             raise ValueError("training data needs both classes; counts per class: "
                              f"{[len(pool) for pool in self._pools]}")
         natural = len(self._pools[1]) / len(labels)
-        if plentiful is not None and len(self._pools[1]) >= plentiful:
-            anomaly_share = min(anomaly_share, 2 / batch_size)
         share = min(max(anomaly_share, natural), 1 - 1 / batch_size)
         self.per_batch = [batch_size - max(1, round(batch_size * share)), 0]
         self.per_batch[1] = batch_size - self.per_batch[0]
@@ -558,8 +553,7 @@ def fine_tune(
         logger.info("%d of %d texts were longer than max_length=%d word pieces and were cut",
                     truncated + val_truncated, len(ids) + len(val_ids), config.max_length)
     batches = BalancedBatches(y_train, [len(x) for x in ids], config.batch_size,
-                              config.anomaly_share, rng,
-                              plentiful=config.plentiful_anomalies)
+                              config.anomaly_share, rng)
     steps = config.total_steps(len(ids))
     checks = sorted({max(1, round(steps * (i + 1) / config.evaluations))
                      for i in range(config.evaluations)})

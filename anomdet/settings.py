@@ -110,15 +110,6 @@ class TrainingSettings(BaseModel):
     # Every batch holds at least this share of anomalies (more where the data has more):
     # see anomdet.model.BalancedBatches.
     anomaly_share: float = Field(0.25, ge=0, lt=1)
-    # From this many distinct anomalous training texts on, batches hold the anomalies'
-    # natural share (at least two per batch) instead of `anomaly_share`. Oversampling
-    # makes up for anomalies that are few: each of 35 must be seen many times. With
-    # hundreds, a pass over the data already shows plenty, and oversampling only
-    # repeats them, noisy labels and all. Measured on both sides (split seeds 42-44):
-    # on 1,300 SMS with 50 spam, two per batch instead of four lost 0.09 of mean F1
-    # (0.878 -> 0.786); on the Davidson tweets (929 anomalous training texts, noisy
-    # labels) it raised it (see the README's Benchmarks).
-    plentiful_anomalies: int = Field(500, ge=1)
     # "mean": the head reads the mean of the token states, as all-MiniLM-L6-v2 was
     # trained to be read; "cls": BERT's pooled first token. Non-BERT models keep their own.
     pooling: Literal["mean", "cls"] = "mean"

@@ -311,22 +311,3 @@ def test_artifacts_saved_before_manifests_load_on_their_weights_checksum(
     assert loaded.threshold == 0.6
     with pytest.raises(ValueError, match="weights checksum .* does not match the database"):
         load_artifact(directory, expected_sha256="0" * 64)
-
-
-def test_balanced_batches_stop_oversampling_plentiful_anomalies() -> None:
-    # 600 anomalies among 12,000: below `plentiful` they are lifted to a quarter of each
-    # batch; from it on they keep their natural 5% share, but still two per batch.
-    labels = np.zeros(12_000, dtype=int)
-    labels[:600] = 1
-    lengths = [5] * len(labels)
-    few = BalancedBatches(labels, lengths, 16, 0.25, np.random.default_rng(0), plentiful=601)
-    many = BalancedBatches(labels, lengths, 16, 0.25, np.random.default_rng(0), plentiful=600)
-    assert few.per_batch == [12, 4]
-    assert many.per_batch == [14, 2]
-    assert sum(labels[many.next()]) == 2
-    # A share the user set below two per batch stands; a natural share above it too.
-    assert BalancedBatches(labels, lengths, 16, 0.0, np.random.default_rng(0),
-                           plentiful=600).per_batch == [15, 1]
-    half = np.array([1, 0] * 600)
-    assert BalancedBatches(half, [5] * 1200, 16, 0.25, np.random.default_rng(0),
-                           plentiful=10).per_batch == [8, 8]
