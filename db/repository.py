@@ -642,12 +642,14 @@ def ensure_view(connection: Connection, name: str, query: sa.Select) -> None:
 def _ensure_view_sqlite(connection: Connection, name: str, body: str) -> None:
     # SQLite keeps the statement that made the view: an identical one needs nothing.
     # It has no CREATE OR REPLACE and no grants, and resolves dependent views lazily.
-    # Two runs starting at once would both find no view and both create it.
-    lock_sqlite_writes(connection)
     create = f"CREATE VIEW {name} AS {body}"
-    existing = connection.execute(
-        sa.text("SELECT sql FROM sqlite_master WHERE type = 'view' AND name = :name"),
-        {"name": name}).scalar_one_or_none()
+    read = sa.text("SELECT sql FROM sqlite_master WHERE type = 'view' AND name = :name")
+    if connection.execute(read, {"name": name}).scalar_one_or_none() == create:
+        return  # the usual case: no write lock, so a run never waits on another's writes
+    # Two runs starting at once would both find no view and both create it: take the
+    # write lock, then look again, since the other run may have made it meanwhile.
+    lock_sqlite_writes(connection)
+    existing = connection.execute(read, {"name": name}).scalar_one_or_none()
     if existing == create:
         return
     if existing is not None:
