@@ -24,9 +24,11 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI 
     cursor = dbapi_connection.cursor()
     # Foreign keys are off by default in SQLite; WAL lets readers work during a write,
     # and a busy timeout makes concurrent runs wait for the write lock instead of failing.
+    # The timeout comes first: switching a new database to WAL needs a lock too, and
+    # several first runs at once would otherwise fail there with "database is locked".
+    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
     # The text hash of db.records.text_hash: the sqlite3 shell ships sha3() (SHA3-256
     # by default); the same function here lets anomdet and the shell read one view.
