@@ -79,6 +79,23 @@ def _f1_from_curve(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
     return np.divide(2 * precision * recall, total, out=np.zeros_like(total), where=total > 0)
 
 
+def best_f1(labels: Sequence[int] | np.ndarray, scores: np.ndarray) -> float:
+    """The highest F1 that any threshold reaches on these labels and scores.
+
+    Measured on a test split it is no honest quality figure, since the threshold is
+    chosen by the very labels it is judged on; beside the F1 at the threshold chosen
+    on validation, it tells how much is lost to the choice of threshold and how much
+    to the ranking itself.
+    """
+    y = as_binary_labels(labels)
+    s = as_scores(scores, y.size)
+    _both_classes(y, "the best F1")
+    from sklearn.metrics import precision_recall_curve
+
+    precision, recall, _ = precision_recall_curve(y, s)
+    return float(_f1_from_curve(precision, recall).max())
+
+
 def choose_threshold(labels: Sequence[int] | np.ndarray, scores: np.ndarray, *,
                      target_precision: float | None = None) -> float:
     """Pick the decision threshold on validation scores.

@@ -35,7 +35,7 @@ from rich.table import Table
 
 from anomdet.baseline import evaluate_baseline
 from anomdet.data import Split, normalise_text, split_records
-from anomdet.metrics import choose_threshold
+from anomdet.metrics import best_f1, choose_threshold
 from anomdet.model import (
     TrainConfig,
     configure_threads,
@@ -47,7 +47,14 @@ from anomdet.model import (
 from anomdet.promotion import EvalResult
 from anomdet.settings import TrainingSettings
 from anomdet.training import Challenger, evaluate, train_challenger
-from bench.suite import BenchSet, default_suite, read_labelled_csv, run_suite, summarise
+from bench.suite import (
+    BEST_THRESHOLD_KEYS,
+    BenchSet,
+    default_suite,
+    read_labelled_csv,
+    run_suite,
+    summarise,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +88,8 @@ def _stage(progress: StageProgress | None, stage: str) -> Callable[[int, int], N
 def _figures(prefix: str, result: EvalResult) -> dict[str, float]:
     keys = ("f1", "precision", "recall", "pr_auc", "roc_auc")
     return ({f"{prefix}{k}": float(result.metrics[k]) for k in keys}
-            | {f"{prefix}threshold": result.threshold})
+            | {f"{prefix}threshold": result.threshold,
+               f"{prefix}f1_best_threshold": best_f1(result.labels, result.scores)})
 
 
 def _timed_rate(marks: Sequence[tuple[float, int]], warmup: int) -> tuple[float, int]:
@@ -404,6 +412,7 @@ def _as_run(result: dict[str, Any]) -> dict[str, Any]:
             "test_anomalies": result.get("test_anomalies"),
             **{k: result[k] for k in keys}, **{f"baseline_{k}": result[f"baseline_{k}"]
                                                for k in keys},
+            **{k: result[k] for k in BEST_THRESHOLD_KEYS},
             "train_seconds": result["fine_tune_seconds"], "steps": result.get("steps"),
             "precision_used": result["inference_precision"]}
 

@@ -19,6 +19,7 @@ from sklearn.metrics import (
 
 from anomdet.metrics import (
     QUALITY_METRICS,
+    best_f1,
     choose_threshold,
     classification_metrics,
     resampled_metric,
@@ -44,6 +45,15 @@ def test_max_f1_threshold_beats_every_other_cut_on_random_scores() -> None:
     best = classification_metrics(labels, scores, choose_threshold(labels, scores))["f1"]
     others = [f1_score(labels, scores >= t) for t in np.unique(scores)]
     assert best == pytest.approx(max(others))
+
+
+def test_best_f1_is_the_hand_worked_maximum_and_no_cut_beats_it() -> None:
+    assert best_f1(LABELS, SCORES) == pytest.approx(6 / 7)
+    rng = np.random.default_rng(4)
+    labels = (rng.random(200) < 0.1).astype(int)
+    scores = np.clip(labels * 0.3 + rng.random(200) * 0.7, 0, 1)
+    assert best_f1(labels, scores) == pytest.approx(
+        max(f1_score(labels, scores >= t) for t in np.unique(scores)))
 
 
 @pytest.mark.parametrize(("target", "expected"), [(1.0, 0.7), (0.8, 0.7), (0.75, 0.4)])

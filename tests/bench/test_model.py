@@ -123,6 +123,12 @@ def test_suite_row_summarises_the_seeds_it_ran(bench: tuple) -> None:
     assert row["f1_mean"] == pytest.approx(np.mean([r["f1"] for r in runs]))
     assert row["f1_std"] == pytest.approx(np.std([r["f1"] for r in runs], ddof=1))
     assert row["f1_gain_mean"] == pytest.approx(row["f1_mean"] - row["baseline_f1_mean"])
+    for run in runs:
+        # No threshold chosen on validation beats the one best for the test split itself.
+        assert run["f1"] <= run["f1_best_threshold"] <= 1.0
+        assert run["baseline_f1"] <= run["baseline_f1_best_threshold"] <= 1.0
+    assert row["f1_best_threshold_mean"] == pytest.approx(
+        np.mean([r["f1_best_threshold"] for r in runs]))
     assert row["rows"] == len(frame) and row["anomalies"] == int(frame["label"].sum())
     assert row["distinct_anomalous_texts"] == frame[frame["label"] == 1]["text"].map(
         normalise_text).nunique()
