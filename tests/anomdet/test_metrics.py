@@ -54,6 +54,9 @@ def test_best_f1_is_the_hand_worked_maximum_and_no_cut_beats_it() -> None:
     scores = np.clip(labels * 0.3 + rng.random(200) * 0.7, 0, 1)
     assert best_f1(labels, scores) == pytest.approx(
         max(f1_score(labels, scores >= t) for t in np.unique(scores)))
+    # A split without anomalies gives 0, as its F1 at any threshold is; all anomalies, 1.
+    assert best_f1([0, 0, 0], np.array([0.1, 0.2, 0.3])) == 0.0
+    assert best_f1([1, 1], np.array([0.1, 0.9])) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize(("target", "expected"), [(1.0, 0.7), (0.8, 0.7), (0.75, 0.4)])
