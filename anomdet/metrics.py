@@ -97,15 +97,56 @@ def best_f1(labels: Sequence[int] | np.ndarray, scores: np.ndarray) -> float:
     return float(_f1_from_curve(precision, recall).max())
 
 
+# Validation anomalies from which `choose_threshold` uses the calibrated cut. With
+# fewer, a calibration fitted to a handful of points is no steadier than the max-F1
+# cut, and on log lines with 3-15 validation anomalies it cut the baseline's test F1
+# from 0.82 to 0 on one split.
+MIN_CALIBRATION_ANOMALIES = 30
+# Scores are clipped this far from 0 and 1 before taking log-odds.
+_LOGIT_CLIP = 1e-12
+
+
+def calibrated_f1_threshold(labels: np.ndarray, scores: np.ndarray,
+                            best_f1_value: float) -> float | None:
+    """The score at which the calibrated probability of an anomaly is half the best F1.
+
+    For calibrated probabilities, the F1-optimal cut is half the optimal F1 (Lipton,
+    Elkan and Narayanaswamy, "Optimal Thresholding of Classifiers to Maximize F1 Measure",
+    ECML PKDD 2014). The probabilities are calibrated by Platt scaling: a logistic
+    regression of the labels on the scores' log-odds. The max-F1 cut itself rests on
+    the one or two validation examples at the peak of a jagged F1 curve and moves
+    with their noise; the two fitted parameters rest on every example. On the
+    Davidson tweets (215 validation anomalies, noisy labels) it raised the mean test
+    F1 over split seeds 42-44 from 0.478 to 0.496. None where the fit is unusable
+    (a non-positive or non-finite slope): the caller then keeps the max-F1 cut.
+    """
+    # Written out because scikit-learn's Platt scaling (`CalibratedClassifierCV`) calibrates
+    # an estimator it refits or wraps, not a column of scores that is already there.
+    from scipy.special import expit, logit
+    from sklearn.linear_model import LogisticRegression
+
+    log_odds = logit(np.clip(scores, _LOGIT_CLIP, 1.0 - _LOGIT_CLIP)).reshape(-1, 1)
+    platt = LogisticRegression().fit(log_odds, labels)
+    slope, intercept = float(platt.coef_[0, 0]), float(platt.intercept_[0])
+    if not (math.isfinite(slope) and math.isfinite(intercept) and slope > 0):
+        logger.warning("the validation scores could not be calibrated (slope %.4g); "
+                       "using the max-F1 threshold", slope)
+        return None
+    cut = float(expit((float(logit(best_f1_value / 2)) - intercept) / slope))
+    return min(max(cut, math.ulp(0.0)), 1.0)
+
+
 def choose_threshold(labels: Sequence[int] | np.ndarray, scores: np.ndarray, *,
                      target_precision: float | None = None) -> float:
     """Pick the decision threshold on validation scores.
 
-    By default the cut maximising F1 among the precision-recall curve's thresholds
-    (ties go to the lowest, which keeps the larger recall). With
-    `target_precision`, the lowest threshold whose precision reaches the target,
-    i.e. the largest recall at that precision; if no threshold reaches it, a
-    warning is logged and the max-F1 threshold is returned. The result lies in (0, 1].
+    By default, with at least `MIN_CALIBRATION_ANOMALIES` anomalies, the calibrated
+    F1 cut (see `calibrated_f1_threshold`); with fewer, or where the calibration fails,
+    the cut maximising F1 among the precision-recall curve's thresholds (ties go to
+    the lowest, which keeps the larger recall). With `target_precision`, the lowest
+    threshold whose precision reaches the target, i.e. the largest recall at that
+    precision; if no threshold reaches it, a warning is logged and the default cut is
+    returned. The result lies in (0, 1].
     """
     y = as_binary_labels(labels)
     s = as_scores(scores, y.size)
@@ -122,11 +163,14 @@ def choose_threshold(labels: Sequence[int] | np.ndarray, scores: np.ndarray, *,
         reached = np.flatnonzero(precision >= target_precision - _PRECISION_SLACK)
         if reached.size:
             # Thresholds ascend, so the first one reaching the target has the most recall.
-            index = int(reached[0])
-        else:
-            logger.warning("no threshold reaches precision %.4f on %d validation examples "
-                           "(best %.4f); using the max-F1 threshold instead",
-                           target_precision, y.size, float(precision.max()))
+            return max(float(thresholds[reached[0]]), math.ulp(0.0))
+        logger.warning("no threshold reaches precision %.4f on %d validation examples "
+                       "(best %.4f); using the F1 threshold instead",
+                       target_precision, y.size, float(precision.max()))
+    if int(y.sum()) >= MIN_CALIBRATION_ANOMALIES:
+        calibrated = calibrated_f1_threshold(y, s, float(_f1_from_curve(precision, recall)[index]))
+        if calibrated is not None:
+            return calibrated
     # The cut stays on the weakest flagged validation example rather than halfway (in
     # log-odds) down to the next lower score. Measured both ways with split seed 42: on
     # 1,300 SMS with 50 spam the halfway cut added a false alarm (F1 0.77 against 0.80); on

@@ -227,6 +227,7 @@ class TrainConfig:
     evaluations: int
     anomaly_share: float
     probe_head: bool
+    plentiful_anomalies: int | None
 
     def total_steps(self, train_rows: int) -> int:
         """Optimizer steps for `train_rows` distinct training texts."""
@@ -364,7 +365,8 @@ def distinct_texts(texts: Sequence[str], labels: Sequence[int]) -> tuple[list[st
 
 
 class BalancedBatches:
-    """Endless training batches in which anomalies make up at least `anomaly_share`.
+    """Endless training batches in which anomalies make up at least `anomaly_share`,
+    or, from `plentiful` distinct anomalous texts on, their natural share (at least one).
 
     Each class is drawn without replacement from its own shuffled cycle, so every text
     is seen before any repeats. Blocks of batches are sorted by length within each class
@@ -374,13 +376,16 @@ class BalancedBatches:
     """
 
     def __init__(self, labels: np.ndarray, lengths: Sequence[int], batch_size: int,
-                 anomaly_share: float, rng: np.random.Generator, block: int = 32) -> None:
+                 anomaly_share: float, rng: np.random.Generator, block: int = 32,
+                 plentiful: int | None = None) -> None:
         self._lengths = np.asarray(lengths)
         self._pools = [np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)]
         if not all(len(pool) for pool in self._pools):
             raise ValueError("training data needs both classes; counts per class: "
                              f"{[len(pool) for pool in self._pools]}")
         natural = len(self._pools[1]) / len(labels)
+        if plentiful is not None and len(self._pools[1]) >= plentiful:
+            anomaly_share = 0.0
         share = min(max(anomaly_share, natural), 1 - 1 / batch_size)
         self.per_batch = [batch_size - max(1, round(batch_size * share)), 0]
         self.per_batch[1] = batch_size - self.per_batch[0]
@@ -553,7 +558,7 @@ def fine_tune(
         logger.info("%d of %d texts were longer than max_length=%d word pieces and were cut",
                     truncated + val_truncated, len(ids) + len(val_ids), config.max_length)
     batches = BalancedBatches(y_train, [len(x) for x in ids], config.batch_size,
-                              config.anomaly_share, rng)
+                              config.anomaly_share, rng, plentiful=config.plentiful_anomalies)
     steps = config.total_steps(len(ids))
     checks = sorted({max(1, round(steps * (i + 1) / config.evaluations))
                      for i in range(config.evaluations)})

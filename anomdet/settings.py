@@ -110,6 +110,15 @@ class TrainingSettings(BaseModel):
     # Every batch holds at least this share of anomalies (more where the data has more):
     # see anomdet.model.BalancedBatches.
     anomaly_share: float = Field(0.25, ge=0, lt=1)
+    # From this many distinct anomalous training texts on, batches keep the anomalies'
+    # natural share (at least one per batch) instead of `anomaly_share`; null never.
+    # Oversampling makes up for anomalies that are few: each of 35 must be seen many
+    # times. With hundreds, one pass already shows plenty, and oversampling only repeats
+    # them, noisy labels and all. Measured both ways over split seeds 42-44: on the
+    # Davidson tweets (929 anomalous training texts) the natural share ranked better on
+    # every seed (test PR-AUC 0.439 against 0.413); on 1,300 SMS with 33 spam in
+    # training, two per batch instead of four lost 0.09 of mean F1 (0.878 -> 0.786).
+    plentiful_anomalies: int | None = Field(500, ge=1)
     # "mean": the head reads the mean of the token states, as all-MiniLM-L6-v2 was
     # trained to be read; "cls": BERT's pooled first token. Non-BERT models keep their own.
     pooling: Literal["mean", "cls"] = "mean"

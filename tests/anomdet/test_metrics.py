@@ -8,6 +8,8 @@ import math
 
 import numpy as np
 import pytest
+from scipy.special import expit, logit
+from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import (
     accuracy_score,
     average_precision_score,
@@ -18,8 +20,10 @@ from sklearn.metrics import (
 )
 
 from anomdet.metrics import (
+    MIN_CALIBRATION_ANOMALIES,
     QUALITY_METRICS,
     best_f1,
+    calibrated_f1_threshold,
     choose_threshold,
     classification_metrics,
     resampled_metric,
@@ -57,6 +61,73 @@ def test_best_f1_is_the_hand_worked_maximum_and_no_cut_beats_it() -> None:
     # A split without anomalies gives 0, as its F1 at any threshold is; all anomalies, 1.
     assert best_f1([0, 0, 0], np.array([0.1, 0.2, 0.3])) == 0.0
     assert best_f1([1, 1], np.array([0.1, 0.9])) == pytest.approx(1.0)
+
+
+def _calibrated_draw(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels drawn from known probabilities (about 8% anomalies), and scores that rank
+    like the probabilities but are over-confident, as a fine-tuned model's often are."""
+    log_odds = rng.normal(-3.2, 1.6, n)
+    labels = (rng.random(n) < expit(log_odds)).astype(int)
+    return labels, expit(2.5 * log_odds + 1.0)
+
+
+def _max_f1_cut(labels: np.ndarray, scores: np.ndarray) -> float:
+    """The lowest score at which flagging gives the best F1, counted out directly."""
+    cuts = np.unique(scores)
+    flagged = scores[None, :] >= cuts[:, None]
+    tp = (flagged & (labels == 1)).sum(axis=1)
+    f1 = 2 * tp / (flagged.sum(axis=1) + labels.sum())
+    return float(cuts[np.flatnonzero(np.isclose(f1, f1.max()))[0]])
+
+
+def test_calibrated_cut_is_where_platt_scaling_gives_half_the_best_f1() -> None:
+    labels, scores = _calibrated_draw(np.random.default_rng(5), 3000)
+    best = best_f1(labels, scores)
+    cut = calibrated_f1_threshold(labels, scores, best)
+    assert cut is not None and 0.0 < cut < 1.0
+    platt = LogisticRegression().fit(logit(scores).reshape(-1, 1), labels)
+    assert platt.predict_proba([[logit(cut)]])[0, 1] == pytest.approx(best / 2, abs=1e-6)
+    # The scores were made over-confident by the factor 2.5 and shift 1: Platt undoes it.
+    assert platt.coef_[0, 0] == pytest.approx(1 / 2.5, rel=0.25)
+
+
+def test_calibrated_cut_beats_the_max_f1_cut_on_fresh_data_on_average() -> None:
+    # Forty validation splits of 800 rows (about 64 anomalies), each judged on its own
+    # fresh test draw of 4,000: the max-F1 cut chases each validation split's noise.
+    rng = np.random.default_rng(0)
+    calibrated, max_f1 = [], []
+    for _ in range(40):
+        val_labels, val_scores = _calibrated_draw(rng, 800)
+        test_labels, test_scores = _calibrated_draw(rng, 4000)
+        assert val_labels.sum() >= MIN_CALIBRATION_ANOMALIES
+        cut = choose_threshold(val_labels, val_scores)
+        assert cut == calibrated_f1_threshold(val_labels, val_scores,
+                                              best_f1(val_labels, val_scores))
+        calibrated.append(f1_score(test_labels, test_scores >= cut))
+        max_f1.append(f1_score(test_labels, test_scores >= _max_f1_cut(val_labels, val_scores)))
+    assert np.mean(calibrated) > np.mean(max_f1)
+
+
+def test_few_anomalies_keep_the_max_f1_cut() -> None:
+    rng = np.random.default_rng(6)
+    labels = np.zeros(600, dtype=int)
+    labels[:MIN_CALIBRATION_ANOMALIES] = 1
+    scores = np.clip(labels * 0.3 + rng.random(600) * 0.7, 0, 1)
+    assert choose_threshold(labels, scores) == calibrated_f1_threshold(
+        labels, scores, best_f1(labels, scores))
+    labels[MIN_CALIBRATION_ANOMALIES - 1] = 0
+    assert choose_threshold(labels, scores) == pytest.approx(_max_f1_cut(labels, scores))
+
+
+def test_scores_that_rank_backwards_keep_the_max_f1_cut_with_a_warning(
+        caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(7)
+    labels = (rng.random(500) < 0.2).astype(int)
+    scores = np.clip(0.6 - labels * 0.3 + rng.random(500) * 0.4, 0, 1)
+    with caplog.at_level(logging.WARNING, logger="anomdet.metrics"):
+        assert calibrated_f1_threshold(labels, scores, best_f1(labels, scores)) is None
+        assert choose_threshold(labels, scores) == pytest.approx(_max_f1_cut(labels, scores))
+    assert "could not be calibrated" in caplog.text
 
 
 @pytest.mark.parametrize(("target", "expected"), [(1.0, 0.7), (0.8, 0.7), (0.75, 0.4)])

@@ -3,6 +3,7 @@ artifacts round-trip and refuse tampering."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,31 @@ def test_balanced_batches_keep_a_natural_share_above_the_floor() -> None:
     labels = np.array([1, 0] * 50)
     batches = BalancedBatches(labels, [5] * 100, 16, 0.25, np.random.default_rng(0))
     assert batches.per_batch == [8, 8]
+
+
+def test_plentiful_anomalies_keep_their_natural_share_and_few_are_oversampled() -> None:
+    labels = np.array([1] * 60 + [0] * 900)  # 6.25%: one per batch of 16
+    rng = np.random.default_rng(0)
+    assert BalancedBatches(labels, [5] * 960, 16, 0.25, rng, plentiful=60).per_batch == [15, 1]
+    assert BalancedBatches(labels, [5] * 960, 16, 0.25, rng, plentiful=61).per_batch == [12, 4]
+    assert BalancedBatches(labels, [5] * 960, 16, 0.25, rng, plentiful=None).per_batch == [12, 4]
+    # Fewer than one per batch by nature still gets one, so every step sees both classes.
+    rare = np.array([1] * 20 + [0] * 980)
+    assert BalancedBatches(rare, [5] * 1000, 16, 0.25, rng, plentiful=10).per_batch == [15, 1]
+
+
+def test_fine_tuning_applies_the_plentiful_rule_from_the_config(
+        caplog: pytest.LogCaptureFixture) -> None:
+    texts, labels = _toy(200, seed=2)
+    anomalous = len(set(t for t, y in zip(texts, labels, strict=True) if y))
+    for plentiful, per_batch in ((anomalous, 3), (anomalous + 1, 4)):
+        model, tok = load_base_model(TINY_RANDOM, seed=1)
+        config = train_config(max_length=16, seed=1, batch_size=16, min_steps=1, max_steps=1,
+                              evaluations=1, plentiful_anomalies=plentiful)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="anomdet.model"):
+            fine_tune(model, tok, texts, labels, texts[:40], labels[:40], config)
+        assert f"anomalous, {per_batch} per batch of 16" in caplog.text
 
 
 def test_training_sees_each_distinct_text_once_with_its_majority_label() -> None:
