@@ -140,9 +140,10 @@ def choose_threshold(labels: Sequence[int] | np.ndarray, scores: np.ndarray, *,
                      target_precision: float | None = None) -> float:
     """Pick the decision threshold on validation scores.
 
-    By default, with at least `MIN_CALIBRATION_ANOMALIES` anomalies, the calibrated
-    F1 cut (see `calibrated_f1_threshold`); with fewer, or where the calibration fails,
-    the cut maximising F1 among the precision-recall curve's thresholds (ties go to
+    By default, with at least `MIN_CALIBRATION_ANOMALIES` anomalies whose scores
+    overlap the normal ones, the calibrated F1 cut (see `calibrated_f1_threshold`); with
+    fewer, with classes that one cut separates, or where the calibration fails, the
+    cut maximising F1 among the precision-recall curve's thresholds (ties go to
     the lowest, which keeps the larger recall). With `target_precision`, the lowest
     threshold whose precision reaches the target, i.e. the largest recall at that
     precision; if no threshold reaches it, a warning is logged and the default cut is
@@ -167,8 +168,13 @@ def choose_threshold(labels: Sequence[int] | np.ndarray, scores: np.ndarray, *,
         logger.warning("no threshold reaches precision %.4f on %d validation examples "
                        "(best %.4f); using the F1 threshold instead",
                        target_precision, y.size, float(precision.max()))
-    if int(y.sum()) >= MIN_CALIBRATION_ANOMALIES:
-        calibrated = calibrated_f1_threshold(y, s, float(_f1_from_curve(precision, recall)[index]))
+    best = float(_f1_from_curve(precision, recall)[index])
+    # Where one cut separates the classes (F1 1), no calibration exists to fit: the
+    # likelihood grows without bound as the slope does, and the regularised slope that
+    # comes out is the penalty's, not the data's. On demo log lines it moved the cut
+    # from the weakest anomaly down among the normal scores.
+    if int(y.sum()) >= MIN_CALIBRATION_ANOMALIES and best < 1.0:
+        calibrated = calibrated_f1_threshold(y, s, best)
         if calibrated is not None:
             return calibrated
     # The cut stays on the weakest flagged validation example rather than halfway (in

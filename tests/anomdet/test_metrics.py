@@ -119,6 +119,14 @@ def test_few_anomalies_keep_the_max_f1_cut() -> None:
     assert choose_threshold(labels, scores) == pytest.approx(_max_f1_cut(labels, scores))
 
 
+def test_classes_that_one_cut_separates_keep_the_max_f1_cut() -> None:
+    rng = np.random.default_rng(8)
+    labels = np.array([1] * 40 + [0] * 400)
+    scores = np.where(labels == 1, 0.6 + rng.random(440) * 0.4, rng.random(440) * 0.5)
+    assert best_f1(labels, scores) == 1.0
+    assert choose_threshold(labels, scores) == pytest.approx(scores[labels == 1].min())
+
+
 def test_scores_that_rank_backwards_keep_the_max_f1_cut_with_a_warning(
         caplog: pytest.LogCaptureFixture) -> None:
     rng = np.random.default_rng(7)
