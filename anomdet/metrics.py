@@ -159,7 +159,8 @@ def choose_threshold(labels: Sequence[int] | np.ndarray, scores: np.ndarray, *,
     precision, recall, thresholds = precision_recall_curve(y, s)
     # The curve's last point (precision 1, recall 0) has no threshold of its own.
     precision, recall = precision[:-1], recall[:-1]
-    index = int(np.argmax(_f1_from_curve(precision, recall)))
+    f1 = _f1_from_curve(precision, recall)
+    index = int(np.argmax(f1))
     if target_precision is not None:
         reached = np.flatnonzero(precision >= target_precision - _PRECISION_SLACK)
         if reached.size:
@@ -168,7 +169,7 @@ def choose_threshold(labels: Sequence[int] | np.ndarray, scores: np.ndarray, *,
         logger.warning("no threshold reaches precision %.4f on %d validation examples "
                        "(best %.4f); using the F1 threshold instead",
                        target_precision, y.size, float(precision.max()))
-    best = float(_f1_from_curve(precision, recall)[index])
+    best = float(f1[index])
     # Where one cut separates the classes (F1 1), no calibration exists to fit: the
     # likelihood grows without bound as the slope does, and the regularised slope that
     # comes out is the penalty's, not the data's. On demo log lines it moved the cut
