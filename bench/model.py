@@ -417,6 +417,18 @@ def _as_run(result: dict[str, Any]) -> dict[str, Any]:
             "precision_used": result["inference_precision"]}
 
 
+def select_sets(available: list[BenchSet], names: str) -> list[BenchSet]:
+    """The sets a comma-separated `--sets` names, in the order it names them, so that a
+    long run can start with the set whose figure is wanted first."""
+    by_name = {b.name: b for b in available}
+    wanted = list(dict.fromkeys(n.strip() for n in names.split(",") if n.strip()))
+    unknown = [n for n in wanted if n not in by_name]
+    if unknown or not wanted:
+        raise ValueError(f"--sets names unknown set(s) {', '.join(unknown) or repr(names)}; "
+                         f"the suite has {', '.join(by_name)}")
+    return [by_name[n] for n in wanted]
+
+
 def bench_command(
     data: list[Path] = typer.Option(None, "--data", exists=True, dir_okay=False,
                                     help="labelled CSV with columns id,text,label; repeat it "
@@ -426,7 +438,7 @@ def bench_command(
     data_dir: Path = typer.Option(Path("../shared/data"), "--data-dir", file_okay=False,
                                   help="where the suite's sms_spam.csv and davidson_hate.csv are"),
     sets: str | None = typer.Option(None, "--sets",
-                                    help="with --suite: a comma-separated subset of its sets"),
+                                    help="with --suite: a comma-separated subset of its sets, run in that order"),
     seeds: int = typer.Option(3, "--seeds", min=1, help="split seeds per set (42, 43, ...)"),
     json_out: Path | None = typer.Option(None, "--json", help="also write the figures here"),
     epochs: int | None = typer.Option(None, min=1, help="fine-tuning epochs (default: settings)"),
@@ -463,13 +475,8 @@ def bench_command(
                   for p in data or []]
         if suite:
             chosen += default_suite(data_dir)
-            wanted = {name.strip() for name in sets.split(",")} if sets else None
-            if wanted:
-                unknown = wanted - {b.name for b in chosen}
-                if unknown:
-                    raise ValueError(f"--sets names unknown set(s) {', '.join(sorted(unknown))}; "
-                                     f"the suite has {', '.join(b.name for b in chosen)}")
-                chosen = [b for b in chosen if b.name in wanted]
+            if sets:
+                chosen = select_sets(chosen, sets)
         if not chosen:
             raise ValueError("give a labelled CSV with --data FILE, or --suite")
         result: dict[str, Any] = {}

@@ -14,7 +14,8 @@ import typer
 from typer.testing import CliRunner
 
 from anomdet.data import normalise_text
-from bench.model import bench_command, load_split, shared_texts
+from bench.model import bench_command, load_split, select_sets, shared_texts
+from bench.suite import BenchSet
 
 SEED = 5
 KEYS = (
@@ -132,3 +133,15 @@ def test_suite_row_summarises_the_seeds_it_ran(bench: tuple) -> None:
     assert row["rows"] == len(frame) and row["anomalies"] == int(frame["label"].sum())
     assert row["distinct_anomalous_texts"] == frame[frame["label"] == 1]["text"].map(
         normalise_text).nunique()
+
+
+def test_sets_run_in_the_order_named_and_unknown_names_are_refused() -> None:
+    available = [BenchSet(name, "regime", lambda: pd.DataFrame())
+                 for name in ("small", "balanced", "davidson_hate")]
+    chosen = select_sets(available, " davidson_hate,small ,davidson_hate")
+    assert [b.name for b in chosen] == ["davidson_hate", "small"]
+    with pytest.raises(ValueError, match=r"unknown set\(s\) tiny; the suite has small, "
+                                         r"balanced, davidson_hate"):
+        select_sets(available, "small,tiny")
+    with pytest.raises(ValueError, match="unknown set"):
+        select_sets(available, " , ")
