@@ -438,7 +438,8 @@ def bench_command(
     data_dir: Path = typer.Option(Path("../shared/data"), "--data-dir", file_okay=False,
                                   help="where the suite's sms_spam.csv and davidson_hate.csv are"),
     sets: str | None = typer.Option(None, "--sets",
-                                    help="with --suite: a comma-separated subset of its sets, run in that order"),
+                                    help="with --suite: a comma-separated subset of its sets, "
+                                         "run in that order"),
     seeds: int = typer.Option(3, "--seeds", min=1, help="split seeds per set (42, 43, ...)"),
     json_out: Path | None = typer.Option(None, "--json", help="also write the figures here"),
     epochs: int | None = typer.Option(None, min=1, help="fine-tuning epochs (default: settings)"),
