@@ -78,7 +78,9 @@ def save_checkpoint(challenger: Challenger, directory: Path) -> None:
                            "base_model": challenger.base_model,
                            "precision": challenger.precision,
                            "val_scores": challenger.val_scores.tolist(),
-                           "val_pr_auc_int8": challenger.val_pr_auc_int8}}
+                           "val_pr_auc_int8": challenger.val_pr_auc_int8,
+                           "val_f1_fp32": challenger.val_f1_fp32,
+                           "val_f1_int8": challenger.val_f1_int8}}
     try:
         save_artifact(challenger.model, challenger.tokenizer, directory, meta)
     except (OSError, ValueError) as exc:
@@ -102,7 +104,8 @@ def load_checkpoint(directory: Path) -> Challenger | None:
             result=TrainResult(**result), precision=kept["precision"],
             scoring_model=for_inference(loaded.model, kept["precision"]),
             val_scores=np.asarray(kept["val_scores"], dtype=np.float64),
-            val_pr_auc_int8=kept["val_pr_auc_int8"])
+            val_pr_auc_int8=kept["val_pr_auc_int8"],
+            val_f1_fp32=kept.get("val_f1_fp32"), val_f1_int8=kept.get("val_f1_int8"))
     except (ValueError, KeyError, TypeError) as exc:
         logger.warning("the kept challenger at %s cannot be used, training again: %s",
                        directory, exc)

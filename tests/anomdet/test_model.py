@@ -283,18 +283,6 @@ def test_unknown_base_model_says_what_to_use(monkeypatch: pytest.MonkeyPatch) ->
         load_base_model("no-such-org/no-such-model", seed=0)
 
 
-def test_auto_precision_keeps_int8_only_when_it_costs_nothing_on_validation() -> None:
-    from anomdet.training import choose_precision
-
-    assert choose_precision("auto", 0.990, 0.989, 0.002) == "int8"
-    assert choose_precision("auto", 0.990, 0.995, 0.002) == "int8"
-    assert choose_precision("auto", 0.990, 0.987, 0.002) == "fp32"
-    assert choose_precision("fp32", 0.5, 0.9, 0.002) == "fp32"
-    assert choose_precision("int8", 0.9, 0.5, 0.002) == "int8"
-    with pytest.raises(ValueError, match="unknown"):
-        choose_precision("int4", 0.9, 0.9, 0.0)
-
-
 def test_checksum_covers_every_file_of_the_artifact(trained: tuple, tmp_path: Path) -> None:
     model, tok, *_ = trained
     directory = tmp_path / "v1"

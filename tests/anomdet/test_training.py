@@ -11,10 +11,12 @@ import pytest
 
 from anomdet.csv_import import read_records_csv
 from anomdet.data import Split, split_records
+from anomdet.metrics import choose_threshold, classification_metrics
 from anomdet.model import load_artifact, predict_scores, save_artifact
 from anomdet.settings import TrainingSettings
 from anomdet.training import (
     Challenger,
+    ValQuality,
     _cap_rows,
     choose_precision,
     evaluate,
@@ -54,11 +56,17 @@ def test_threshold_lies_in_the_unit_interval_and_comes_from_validation(
 
 
 def test_auto_precision_is_decided_on_validation(challenger: tuple[Challenger, object]) -> None:
-    model, _ = challenger
+    model, split = challenger
     assert model.precision in {"int8", "fp32"} and model.val_pr_auc_int8 is not None
-    expected = choose_precision("auto", model.result.best_val_pr_auc, model.val_pr_auc_int8,
-                                0.002)
+    # fp32's validation F1 at the threshold fp32 would have used, computed afresh.
+    y_val = split.val["label"].to_numpy()
+    fp32_cut = choose_threshold(y_val, model.result.val_scores)
+    assert model.val_f1_fp32 == pytest.approx(
+        classification_metrics(y_val, model.result.val_scores, fp32_cut)["f1"])
+    expected = choose_precision("auto", ValQuality(model.result.best_val_pr_auc, model.val_f1_fp32),
+                                ValQuality(model.val_pr_auc_int8, model.val_f1_int8), 0.002)
     assert model.precision == expected
+    assert model.hyperparameters()["val_f1_int8"] == model.val_f1_int8 is not None
     assert (model.scoring_model is model.model) == (model.precision == "fp32")
 
 
@@ -82,16 +90,22 @@ def test_evaluate_scores_the_test_split_at_the_given_threshold(
 
 
 @pytest.mark.parametrize(("setting", "fp32", "int8", "chosen"), [
-    ("fp32", 0.5, 0.9, "fp32"), ("int8", 0.9, 0.1, "int8"),
-    ("auto", 0.90, 0.899, "int8"), ("auto", 0.90, 0.897, "fp32"), ("auto", 0.5, 0.6, "int8"),
+    ("fp32", (0.5, 0.5), (0.9, 0.9), "fp32"), ("int8", (0.9, 0.9), (0.1, 0.1), "int8"),
+    ("auto", (0.90, 0.60), (0.899, 0.599), "int8"),  # within the tolerance on both
+    ("auto", (0.90, 0.60), (0.897, 0.60), "fp32"),  # the ranking suffers
+    # The ranking holds, but the scores near the threshold moved: F1 suffers.
+    ("auto", (0.90, 0.60), (0.90, 0.58), "fp32"),
+    ("auto", (0.5, 0.5), (0.6, 0.6), "int8"),
 ])
-def test_choose_precision(setting: str, fp32: float, int8: float, chosen: str) -> None:
-    assert choose_precision(setting, fp32, int8, tolerance=0.002) == chosen
+def test_choose_precision(setting: str, fp32: tuple[float, float], int8: tuple[float, float],
+                          chosen: str) -> None:
+    assert choose_precision(setting, ValQuality(*fp32), ValQuality(*int8),
+                            tolerance=0.002) == chosen
 
 
 def test_choose_precision_refuses_an_unknown_setting() -> None:
     with pytest.raises(ValueError, match="fp16"):
-        choose_precision("fp16", 0.5, 0.5, 0.002)
+        choose_precision("fp16", ValQuality(0.5, 0.5), ValQuality(0.5, 0.5), 0.002)
 
 
 def test_train_config_carries_every_training_setting() -> None:
