@@ -139,9 +139,10 @@ class TrainingSettings(BaseModel):
     eval_batch_size: int = Field(64, ge=1)
     # How the model scores (see anomdet.model.PRECISIONS): int8 scored about twice as
     # fast as fp32 on this CPU, but can blur a model whose scores sit close together.
-    # "auto" keeps int8 only when its validation PR-AUC is within `int8_tolerance` of
-    # fp32's. The challenger is thresholded and evaluated in the chosen precision, so
-    # the decision is about the model as it will score. Use fp32 on GPUs.
+    # "auto" keeps int8 only when its validation PR-AUC, and its validation F1 at its own
+    # threshold, are both within `int8_tolerance` of fp32's. The challenger is thresholded
+    # and evaluated in the chosen precision, so the decision is about the model as it will
+    # score. Use fp32 on GPUs.
     inference_precision: Literal["auto", "int8", "fp32"] = "auto"
     int8_tolerance: float = Field(0.002, ge=0, le=1)
 

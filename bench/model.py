@@ -447,7 +447,7 @@ def bench_command(
                                          help="floor of the step schedule (default: settings)"),
     max_train_rows: int | None = typer.Option(None, min=10, help="cap on training rows"),
     precision: str = typer.Option(
-        "auto", help="inference precision: auto (int8 unless it costs validation PR-AUC), "
+        "auto", help="inference precision: auto (int8 unless it costs validation PR-AUC or F1), "
                      "int8 or fp32"),
     base_model: str = typer.Option("bundled", help="'bundled', 'tiny-random' or a local dir"),
     seed: int = typer.Option(42, help="seed for the split, the models and the samples"),
