@@ -94,17 +94,18 @@ def _cap_rows(train: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFr
 
 @dataclass(frozen=True)
 class ValQuality:
-    """A model's validation PR-AUC, and its validation F1 at the threshold it would use."""
+    """A model's validation PR-AUC, the threshold it would use, and its F1 there."""
 
     pr_auc: float
     f1: float
+    threshold: float
 
 
 def val_quality(labels: np.ndarray, scores: np.ndarray,
                 target_precision: float | None) -> ValQuality:
     threshold = choose_threshold(labels, scores, target_precision=target_precision)
     return ValQuality(float(average_precision_score(labels, scores)),
-                      float(classification_metrics(labels, scores, threshold)["f1"]))
+                      float(classification_metrics(labels, scores, threshold)["f1"]), threshold)
 
 
 def choose_precision(setting: str, fp32: ValQuality, int8: ValQuality, tolerance: float) -> str:
@@ -154,7 +155,9 @@ def train_challenger(
                     int8_quality.f1, precision)
         if precision == "int8":
             scoring_model, val_scores = int8_model, int8_scores
-    threshold = choose_threshold(y_val, val_scores, target_precision=settings.target_precision)
+        threshold = (int8_quality if precision == "int8" else fp32_quality).threshold
+    else:
+        threshold = choose_threshold(y_val, val_scores, target_precision=settings.target_precision)
     logger.info("challenger: best epoch %d, validation PR-AUC %.4f, threshold %.4f (%s)",
                 result.best_epoch, result.best_val_pr_auc, threshold, precision)
     return Challenger(model=model, tokenizer=tokenizer, threshold=threshold, config=config,

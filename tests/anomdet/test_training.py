@@ -63,8 +63,9 @@ def test_auto_precision_is_decided_on_validation(challenger: tuple[Challenger, o
     fp32_cut = choose_threshold(y_val, model.result.val_scores)
     assert model.val_f1_fp32 == pytest.approx(
         classification_metrics(y_val, model.result.val_scores, fp32_cut)["f1"])
-    expected = choose_precision("auto", ValQuality(model.result.best_val_pr_auc, model.val_f1_fp32),
-                                ValQuality(model.val_pr_auc_int8, model.val_f1_int8), 0.002)
+    expected = choose_precision(
+        "auto", ValQuality(model.result.best_val_pr_auc, model.val_f1_fp32, fp32_cut),
+        ValQuality(model.val_pr_auc_int8, model.val_f1_int8, model.threshold), 0.002)
     assert model.precision == expected
     assert model.hyperparameters()["val_f1_int8"] == model.val_f1_int8 is not None
     assert (model.scoring_model is model.model) == (model.precision == "fp32")
@@ -99,13 +100,13 @@ def test_evaluate_scores_the_test_split_at_the_given_threshold(
 ])
 def test_choose_precision(setting: str, fp32: tuple[float, float], int8: tuple[float, float],
                           chosen: str) -> None:
-    assert choose_precision(setting, ValQuality(*fp32), ValQuality(*int8),
-                            tolerance=0.002) == chosen
+    assert choose_precision(setting, ValQuality(*fp32, threshold=0.5),
+                            ValQuality(*int8, threshold=0.5), tolerance=0.002) == chosen
 
 
 def test_choose_precision_refuses_an_unknown_setting() -> None:
     with pytest.raises(ValueError, match="fp16"):
-        choose_precision("fp16", ValQuality(0.5, 0.5), ValQuality(0.5, 0.5), 0.002)
+        choose_precision("fp16", ValQuality(0.5, 0.5, 0.5), ValQuality(0.5, 0.5, 0.5), 0.002)
 
 
 def test_train_config_carries_every_training_setting() -> None:
