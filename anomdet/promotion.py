@@ -6,7 +6,8 @@ MLflow's validation thresholds, and stricter than both:
 
 - floors bind the challenger on every run, the first one included;
 - a TF-IDF + logistic-regression baseline, fitted on the same train split, is the bar
-  a first challenger must reach (and, opted in, every later one);
+  of a first challenger (and, opted in, of every later one): it is refused only when the
+  paired bootstrap shows the baseline better beyond noise;
 - the primary metric must strictly improve: ties never promote;
 - guard metrics may not regress by more than a tolerance;
 - a paired bootstrap on the shared test split must show the gain is more than noise;
@@ -41,8 +42,7 @@ FIRST_RUN_POLICIES: tuple[str, ...] = ("beat_baseline", "promote_if_floors_pass"
                                        "never")
 # Below this many anomalies in the test split a metric is too coarse to be judged as a
 # point figure: one anomaly more or less moves F1 by several points. Decisions then carry
-# the challenger's own bootstrap interval, and a lead of the baseline that the paired
-# bootstrap cannot tell from noise does not block a first champion.
+# the challenger's own bootstrap interval.
 FEW_ANOMALIES = 30
 # Bounds and tolerances are compared with this slack so that a regression of exactly
 # the allowed 0.02 (0.80 - 0.78 = 0.0200000000000000018 in floats) is not rejected.
@@ -191,6 +191,8 @@ class Decision:
     bootstrap: dict[str, Any] | None = None
     # The challenger's own bootstrap interval, when the test split holds few anomalies.
     uncertainty: dict[str, Any] | None = None
+    # The paired bootstrap of the challenger against the TF-IDF baseline, when measured.
+    baseline_bootstrap: dict[str, Any] | None = None
 
     def failed(self) -> tuple[Check, ...]:
         """The checks that did not pass, in the order they were made."""
@@ -410,40 +412,55 @@ def metric_interval(result: EvalResult, metric: str, *, resamples: int, confiden
             "confidence": float(confidence), "anomalies": int(y.sum())}
 
 
+def _found(result: EvalResult) -> int:
+    """Test anomalies the model flags at its own threshold."""
+    y = as_binary_labels(result.labels)
+    return int(((as_scores(result.scores, y.size) >= result.threshold) & (y == 1)).sum())
+
+
 def _baseline_check(challenger: EvalResult, baseline: EvalResult | None,
-                    policy: PromotionPolicy) -> Check:
+                    policy: PromotionPolicy) -> tuple[Check, dict[str, Any] | None]:
     """The challenger's primary metric against the baseline's on the same test split.
 
-    At or above passes. With fewer than FEW_ANOMALIES anomalies in the split, a lead of
-    the baseline also passes when the paired bootstrap interval of the difference
-    reaches 0: so few examples cannot tell the two apart, and the detail says so.
+    Judged with the paired bootstrap that judges a challenger against a champion, at any
+    test size: the check fails only when the baseline is better beyond noise, that is
+    when the interval of the difference lies wholly below 0. A challenger a few test
+    anomalies behind passes, and the detail says how many. Returns the check and the
+    paired bootstrap (None when the policy disables resampling).
     """
     name = policy.primary_metric
     if baseline is None:
         return Check("baseline", False, "no baseline was measured on this test split, so "
-                     "the challenger cannot be compared with it")
+                     "the challenger cannot be compared with it"), None
     _same_labels(challenger, baseline)
     c, b = _value(challenger.metrics, name), _value(baseline.metrics, name)
     if c is None or b is None:
         return Check("baseline", False, _unusable(challenger.metrics, name, "challenger")
-                     if c is None else _unusable(baseline.metrics, name, "baseline"))
+                     if c is None else _unusable(baseline.metrics, name, "baseline")), None
     numbers = f"challenger {name} {c:.4f} vs TF-IDF baseline {b:.4f} ({c - b:+.4f})"
+    paired = None if policy.bootstrap_resamples == 0 else paired_bootstrap(
+        challenger.labels, challenger.scores, challenger.threshold, baseline.scores,
+        baseline.threshold, name, resamples=policy.bootstrap_resamples,
+        confidence=policy.confidence, seed=policy.seed)
+    interval = "" if paired is None else (
+        f"; the {policy.confidence:.0%} interval of the difference over "
+        f"{paired['valid_resamples']} paired resamples is "
+        f"[{paired['ci_low']:+.4f}, {paired['ci_high']:+.4f}]")
     if c >= b - _SLACK:
-        return Check("baseline", True, f"{numbers}: at or above the baseline")
-    anomalies = int(np.asarray(challenger.labels).sum())
-    if anomalies >= FEW_ANOMALIES or policy.bootstrap_resamples == 0:
-        return Check("baseline", False, f"{numbers}: below the baseline")
-    paired = paired_bootstrap(challenger.labels, challenger.scores, challenger.threshold,
-                              baseline.scores, baseline.threshold, name,
-                              resamples=policy.bootstrap_resamples,
-                              confidence=policy.confidence, seed=policy.seed)
+        return Check("baseline", True, f"{numbers}: at or above the baseline{interval}"), paired
+    if paired is None:
+        return Check("baseline", False, f"{numbers}: below the baseline (the significance "
+                     "check is disabled, bootstrap_resamples=0)"), None
     high = paired["ci_high"]
-    within = math.isfinite(high) and high >= 0
-    verdict = ("so few anomalies cannot tell the two apart" if within
-               else "the baseline is better even allowing for that")
-    return Check("baseline", within, f"{numbers}: below the baseline, but the test split holds "
-                 f"only {anomalies} anomalies and the {policy.confidence:.0%} interval of the "
-                 f"difference is [{paired['ci_low']:+.4f}, {high:+.4f}]: {verdict}")
+    within = math.isfinite(high) and high >= -_SLACK
+    anomalies = int(np.asarray(challenger.labels).sum())
+    behind = (f"it finds {_found(challenger)} of the {anomalies} test anomalies, the "
+              f"baseline {_found(baseline)}")
+    verdict = ("the interval reaches 0, so the baseline is not better beyond noise"
+               if within else "the interval lies wholly below 0: the baseline is better "
+               "beyond noise")
+    return Check("baseline", within, f"{numbers}: below the baseline ({behind}){interval}; "
+                 f"{verdict}"), paired
 
 
 def _same_labels(challenger: EvalResult, champion: EvalResult) -> None:
@@ -477,14 +494,19 @@ def _first_run_reason(promote: bool, checks: list[Check], policy: PromotionPolic
                 f"champion although some floors failed: {_list(failed)}.")
     if promote:
         held = _list([c for c in checks if c.name.startswith("floor:") or c.name == "baseline"])
+        trails = any(c.name == "baseline" and "below the baseline" in c.detail for c in checks)
+        note = (" It trails the baseline on this test split, but by no more than the split's "
+                "noise, so it is promoted; the next runs must beat it." if trails else "")
         return (f"{head} The challenger becomes the first champion; "
-                f"{held or 'no floors are configured'}.")
+                f"{held or 'no floors are configured'}.{note}")
     failed += [check for check in checks if check.name == "baseline" and not check.passed]
     floor_hint = (", or lower the floors (ANOMDET_PROMOTION__F1_FLOOR, __PR_AUC_FLOOR)"
                   if failed and failed[0].name.startswith("floor:") else "")
     return (f"{head} The challenger is not promoted because {_list(failed)}. To get a first "
-            "champion: label more anomalies (a larger test split judges more surely), or set "
-            f"ANOMDET_PROMOTION__FIRST_RUN=always to accept this model as it is{floor_hint}.")
+            "champion: label more anomalies (a larger test split judges more surely), train "
+            "longer (`anomdet retrain --epochs N`) or from another base model "
+            "(`--base-model`), or set ANOMDET_PROMOTION__FIRST_RUN=always to accept this model "
+            f"as it is{floor_hint}.")
 
 
 def _comparison_reason(promote: bool, checks: list[Check], challenger: EvalResult,
@@ -540,29 +562,31 @@ def decide(challenger: EvalResult, champion: EvalResult | None,
     interval = _uncertainty(challenger, policy)
     if champion is None:
         floors = list(checks)
-        against = None
+        against, paired = None, None
         if policy.first_run == "beat_baseline" or baseline is not None:
-            against = _baseline_check(challenger, baseline, policy)
+            against, paired = _baseline_check(challenger, baseline, policy)
             checks.append(against)
         first_run = _first_run_check(floors, policy, against)
         checks.append(first_run)
         reason = _first_run_reason(first_run.passed, checks, policy) + _uncertainty_note(interval)
         logger.info("first-run decision: promote=%s", first_run.passed)
-        return Decision(first_run.passed, tuple(checks), reason, None, interval)
+        return Decision(first_run.passed, tuple(checks), reason, None, interval, paired)
     _same_labels(challenger, champion)
     checks += _improvement_checks(challenger.metrics, champion.metrics, policy)
     checks += [_guard_check(challenger.metrics, champion.metrics, name, tolerance)
                for name, tolerance in policy.guard_metrics.items()]
     bootstrap_check, bootstrap = _bootstrap_check(challenger, champion, policy)
     checks.append(bootstrap_check)
+    paired = None
     if policy.must_beat_baseline:
-        checks.append(_baseline_check(challenger, baseline, policy))
+        against, paired = _baseline_check(challenger, baseline, policy)
+        checks.append(against)
     promote = all(check.passed for check in checks)
     logger.info("decision: promote=%s, %d of %d checks failed", promote,
                 sum(not check.passed for check in checks), len(checks))
     reason = _comparison_reason(promote, checks, challenger, champion, policy)
     return Decision(promote, tuple(checks), reason + _uncertainty_note(interval), bootstrap,
-                    interval)
+                    interval, paired)
 
 
 @dataclass(frozen=True)

@@ -204,6 +204,7 @@ def _retrain(settings: Settings, run_id: int) -> State:
         details={"checks": [c.__dict__ for c in decision.checks],
                  "decision_reason": decision.reason,
                  "bootstrap": decision.bootstrap, "uncertainty": decision.uncertainty,
+                 "baseline_bootstrap": decision.baseline_bootstrap,
                  "training": challenger.result.history}))
     champion_version = champion[0].version if champion else None
     reason = decision.reason

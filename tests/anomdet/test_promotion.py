@@ -358,6 +358,8 @@ def test_first_run_below_a_clearly_better_baseline_is_rejected_with_what_to_do()
     decision = decide(ours, None, BASELINE_POLICY, baseline)
     assert not decision.promote and _failed(decision) == ["baseline", "first_run"]
     assert "below the baseline" in decision.reason
+    assert decision.baseline_bootstrap["ci_high"] < 0
+    assert "better beyond noise" in decision.reason
     assert "label more anomalies" in decision.reason
     assert "ANOMDET_PROMOTION__FIRST_RUN=always" in decision.reason
     assert decision.uncertainty is None  # 40 test anomalies: no caveat needed
@@ -370,11 +372,39 @@ def test_with_few_anomalies_a_lead_within_noise_does_not_block_the_first_champio
     decision = decide(ours, None, BASELINE_POLICY, baseline)
     assert decision.promote
     detail = _check(decision, "baseline").detail
-    assert "only 4 anomalies" in detail and "cannot tell the two apart" in detail
+    assert "finds 3 of the 4 test anomalies, the baseline 4" in detail
+    assert "not better beyond noise" in detail
     # The decision carries the challenger's own interval and says the figure is rough.
     assert decision.uncertainty["anomalies"] == 4
     assert decision.uncertainty["ci_low"] < decision.uncertainty["value"] <= 1.0
     assert "only 4 anomalies" in decision.reason and "rough figure" in decision.reason
+
+
+@pytest.mark.parametrize("behind", [1, 2])
+def test_a_first_challenger_a_few_anomalies_behind_is_promoted_at_any_test_size(
+        behind: int) -> None:
+    # 48 test anomalies, as a demo split holds: the baseline's lead of one or two of them
+    # is within the split's noise, so the first champion is not left to the training seed.
+    labels = np.array([1] * 48 + [0] * 429)
+    ours = _scored(labels, np.arange(477) < 48 - behind)
+    baseline = _scored(labels, np.arange(477) < 48)
+    decision = decide(ours, None, BASELINE_POLICY, baseline)
+    assert decision.promote and _failed(decision) == []
+    detail = _check(decision, "baseline").detail
+    assert f"finds {48 - behind} of the 48 test anomalies, the baseline 48" in detail
+    paired = decision.baseline_bootstrap
+    assert paired["ci_low"] < 0 <= paired["ci_high"] + 1e-12
+    assert f"[{paired['ci_low']:+.4f}, {paired['ci_high']:+.4f}]" in detail
+    assert "trails the baseline" in decision.reason
+
+
+def test_the_baseline_interval_is_reported_when_the_challenger_leads_too() -> None:
+    labels = np.array([1] * 40 + [0] * 160)
+    decision = decide(_scored(labels, np.arange(200) < 38), None, BASELINE_POLICY,
+                      _scored(labels, np.arange(200) < 30))
+    assert decision.promote and decision.baseline_bootstrap["ci_high"] > 0
+    assert "interval of the difference" in _check(decision, "baseline").detail
+    assert "trails" not in decision.reason
 
 
 def test_without_a_baseline_the_baseline_policy_cannot_promote() -> None:
