@@ -63,19 +63,49 @@ def _positions(sizes: pd.Series, seed: int) -> pd.Series:
     return place
 
 
-def _deal(place: pd.Series, test_fraction: float, val_fraction: float) -> pd.Series:
-    """Sides by place; a side left without a group of this class takes the nearest one."""
+# A held-out side should hold at least this many distinct texts of each class (fewer when
+# the class has few): one or two texts judge a model on what it makes of them alone.
+MIN_HELD_OUT_TEXTS = 3
+
+
+def _held_out_want(groups: int) -> int:
+    """Distinct texts of a class that validation and test each get at least."""
+    return 0 if groups < 3 else max(1, min(MIN_HELD_OUT_TEXTS, groups // 5))
+
+
+def _oversized(sizes: pd.Series, test_fraction: float, val_fraction: float) -> pd.Index:
+    """Groups with more rows than a held-out side's share of their class.
+
+    Such a text cannot be dealt fairly: on the test side it would be most of the class's
+    test rows (the score would judge one text), and training would lose all its copies.
+    It goes to training, where its copies count once anyway.
+    """
+    limit = min(test_fraction, val_fraction) * float(sizes.sum())
+    return sizes.index[sizes > max(limit, 1.0)]
+
+
+def _deal(place: pd.Series, sizes: pd.Series, test_fraction: float, val_fraction: float,
+          fixed: pd.Index) -> pd.Series:
+    """Sides by place, `fixed` groups in training; a held-out side left with fewer than
+    a few groups of this class takes the smallest free ones from training, and only
+    when none is left the smallest fixed one."""
     bounds = {"test": (0.0, test_fraction), "val": (test_fraction, test_fraction + val_fraction)}
     side = pd.Series("train", index=place.index)
+    free = ~place.index.isin(fixed)
     for name, (low, high) in bounds.items():
-        side[(place >= low) & (place < high)] = name
-    if len(place) >= 3:
-        for name, (low, high) in bounds.items():
-            if (side == name).any():
+        side[free & (place >= low) & (place < high)] = name
+    want = _held_out_want(len(place))
+    for name, (low, high) in bounds.items():
+        while (side == name).sum() < want:
+            spare = place[(side == "train") & free]
+            if spare.empty:
+                side[sizes[side.index[side == "train"]].idxmin()] = name
                 continue
-            spare = place[side == "train"]
+            # The smallest free group, the nearest among equals: a side topped up to a few
+            # texts keeps its share of the rows.
             distance = np.minimum(abs(spare - low), abs(spare - high))
-            side[distance.idxmin()] = name
+            order = pd.DataFrame({"size": sizes[spare.index], "distance": distance})
+            side[order.sort_values(["size", "distance"], kind="stable").index[0]] = name
     return side
 
 
@@ -87,7 +117,9 @@ def split_records(
     Rows whose normalised texts are equal form one group and land on one side, so
     duplicates never inflate test scores. The group's label is its majority label.
     Groups are dealt class by class (see `_positions`), so each side gets its share of
-    the anomalies and of the distinct anomalous texts.
+    the anomalies and of the distinct anomalous texts. A group too big to deal fairly
+    goes to training (see `_oversized`), and validation and test each keep at least a
+    few distinct texts of each class.
     """
     if not 0 < val_fraction < 1 or not 0 < test_fraction < 1 or val_fraction + test_fraction >= 1:
         raise ValueError("val_fraction and test_fraction must be in (0, 1) with a sum below 1")
@@ -101,8 +133,12 @@ def split_records(
         members = group_label.index[group_label == label]
         if len(members) == 0:
             continue
-        place = _positions(sizes[members], seed)
-        side[place.index] = _deal(place, test_fraction, val_fraction)
+        fixed = _oversized(sizes[members], test_fraction, val_fraction)
+        free = members[~members.isin(fixed)]
+        place = _positions(sizes[free], seed) if len(free) else pd.Series(dtype=float)
+        place = pd.concat([place, pd.Series(1.0, index=fixed)])
+        side[place.index] = _deal(place, sizes[place.index], test_fraction, val_fraction,
+                                  fixed)
     assigned = keys.map(side)
     parts = {
         name: data[assigned == name].reset_index(drop=True) for name in ("train", "val", "test")

@@ -85,9 +85,44 @@ def test_each_side_gets_its_share_of_anomalies_and_of_distinct_anomalous_texts()
         split = split_records(frame, val_fraction=0.15, test_fraction=0.2, seed=seed)
         sides = [part[part["label"] == 1] for part in (split.test, split.val)]
         dealt.append([n for side in sides for n in (len(side), side["text"].nunique())])
-        assert all(len(side) for side in sides)  # every side holds an anomaly
+        # Every held-out side holds a few distinct anomalous texts (2 of 12 here).
+        assert all(side["text"].nunique() >= 2 for side in sides)
+        # The text repeated 19 times is more than a held-out side's share of the 50
+        # anomalies (7.5 rows): it cannot be dealt fairly, so it trains.
+        assert (split.train["text"] == anomalies[0]).sum() == 19
     rows_test, texts_test, rows_val, texts_val = np.mean(dealt, axis=0)
-    # On average each side gets its share of the 50 anomalies and of the 12 texts.
-    assert 0.2 * 50 * 0.75 <= rows_test <= 0.2 * 50 * 1.25
-    assert 0.15 * 50 * 0.75 <= rows_val <= 0.15 * 50 * 1.25
-    assert abs(texts_test - 0.2 * 12) < 0.5 and abs(texts_val - 0.15 * 12) < 0.5
+    # On average each side gets its share of the other 31 anomalies and of the 11 texts.
+    assert 0.2 * 31 * 0.75 <= rows_test <= 0.2 * 31 * 1.25
+    assert 0.15 * 31 * 0.75 <= rows_val <= 0.15 * 31 * 1.25
+    # Validation's share (1.65 texts) is topped up to the 2 texts every side keeps.
+    assert abs(texts_test - 0.2 * 11) < 0.5 and 2 <= texts_val < 0.15 * 11 + 1
+
+
+def test_an_oversized_group_trains_and_the_held_out_sides_keep_distinct_texts() -> None:
+    # One alert text makes 40 of 97 alert rows: dealt by place it would be most of a
+    # held-out side's alerts and leave training a handful of rows.
+    repeats = [40, 9, 6, 5, 4, 3, 3, 2, 2, 2] + [1] * 21
+    alerts = [f"kernel: error {k} on node {k * 13}" for k, n in enumerate(repeats)
+              for _ in range(n)]
+    normal = [f"sshd: session opened for user u{k}" for k in range(1251)]
+    frame = pd.DataFrame({"id": range(1, 1349), "text": normal + alerts,
+                          "label": [0] * 1251 + [1] * 97})
+    for seed in (42, 43, 44):
+        split = split_records(frame, val_fraction=0.15, test_fraction=0.2, seed=seed)
+        assert (split.train["text"] == alerts[0]).sum() == 40
+        for part in (split.val, split.test):
+            assert part.loc[part["label"] == 1, "text"].nunique() >= 3
+        sides = [set(p["text"].map(str.lower)) for p in (split.train, split.val, split.test)]
+        assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+
+
+def test_a_class_of_only_big_groups_still_reaches_every_side() -> None:
+    # Every anomalous text is oversized: the smallest go to validation and test, so the
+    # split still holds both classes on every side.
+    alerts = [f"disk {k} full" for k, n in enumerate([30, 25, 20]) for _ in range(n)]
+    normal = [f"ok {k}" for k in range(400)]
+    frame = pd.DataFrame({"id": range(1, 476), "text": normal + alerts,
+                          "label": [0] * 400 + [1] * 75})
+    split = split_records(frame, val_fraction=0.15, test_fraction=0.2, seed=1)
+    held = [set(p.loc[p["label"] == 1, "text"]) for p in (split.train, split.val, split.test)]
+    assert held == [{"disk 0 full"}, {"disk 2 full"}, {"disk 1 full"}] or all(held)
