@@ -30,8 +30,8 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI 
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.close()
-    # The text hash of db.records.text_hash: the sqlite3 shell ships sha3() (SHA3-256
-    # by default); the same function here lets anomdet and the shell read one view.
+    # The text hash of db.records.text_hash, for anomdet's own queries only: SQLite has
+    # no hash function built in, so no view may call it (see db.records.text_unchanged).
     dbapi_connection.create_function("sha3", 1, _sha3, deterministic=True)
     # anomdet_version_quality takes a square root and anomdet_label_queue a logarithm:
     # SQLite has sqrt() and ln() only when built with its math functions, so a build

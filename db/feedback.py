@@ -33,7 +33,14 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from db.models import Flag, ModelVersion, Run, Score
-from db.records import RecordsMapping, key_matches, label_classes, record_key, text_hash
+from db.records import (
+    RecordsMapping,
+    key_matches,
+    label_classes,
+    record_key,
+    text_hash,
+    text_unchanged,
+)
 from db.repository import ensure_view
 
 QUALITY_VIEW = "anomdet_version_quality"
@@ -47,11 +54,6 @@ SERVED = ("champion", "retired")
 
 NEAR_THRESHOLD = "closest to the threshold"
 HIGH_SCORE_SAMPLE = "high score, sampled across distinct texts"
-
-
-def _same_text(stored_hash: sa.ColumnElement[Any], text: sa.Column) -> sa.ColumnElement[bool]:
-    # A CASE, not an equality, for the planner's sake (see db.repository.flagged_view_select).
-    return sa.case((stored_hash == text_hash(text), sa.true()), else_=sa.false())
 
 
 def _float(value: sa.ColumnElement[Any]) -> sa.ColumnElement[float]:
@@ -75,16 +77,18 @@ def version_quality_select(records: sa.Table, mapping: RecordsMapping,
                            dialect: sa.Dialect) -> sa.Select:
     """The query behind `anomdet_version_quality`: per served version, its reviewed flags.
 
-    A flag is reviewed when its record still exists, now holds the label 0 or 1, and its
-    text hashes as it did when it was flagged. Each flag's record is found through the
-    records' own id index (`key_matches`).
+    A flag is reviewed when its record still exists, now holds the label 0 or 1, and it
+    was given for the record's current text: not marked as given for an earlier one (see
+    `db.repository.retire_changed_flags`), and on PostgreSQL its text hash still matches.
+    Each flag's record is found through the records' own id index (`key_matches`).
     """
     flags, versions = Flag.__table__, ModelVersion.__table__
     label, text = records.c[mapping.label_column], records.c[mapping.text_column]
     negative, positive = label_classes(label)
     reviewed_record = sa.and_(key_matches(records, mapping, flags.c.record_id, dialect),
                               label.in_((negative, positive)),
-                              _same_text(flags.c.text_hash, text))
+                              flags.c.text_changed_at.is_(None),
+                              text_unchanged(flags.c.text_hash, text, dialect))
     joined = (versions.outerjoin(flags, flags.c.model_version_id == versions.c.id)
               .outerjoin(records, reviewed_record))
     # Distinct flag ids: an id the user's table holds twice must not count a flag twice.
@@ -121,14 +125,16 @@ def label_queue_select(records: sa.Table, mapping: RecordsMapping, dialect: sa.D
                        sample_every: int) -> sa.Select:
     """The query behind `anomdet_label_queue`, ranked per model by its `rank` column.
 
-    Candidates are the unlabelled records whose current text the champion scored (its
-    kept score, so reading the queue scores nothing). Each distinct text appears once,
+    Candidates are the unlabelled records the champion scored (its kept score, so reading
+    the queue scores nothing), for their current text: on PostgreSQL the view compares the
+    text's md5 with the score's; on SQLite, which has no hash function built in, a text
+    edited since is scored again by the next scoring run. Each distinct text appears once,
     as its lowest record id, with `copies` saying how many unlabelled records share it.
     Texts are ranked by how close their score is to the threshold, in log-odds; every
-    `sample_every`-th place goes to a text scored at or above the threshold, taken in
-    the order of its text hash, a fixed order unrelated to the score, so that the flags
-    reviewers see are a fair sample of all the champion's flags, not only its
-    borderline ones.
+    `sample_every`-th place goes to a text scored at or above the threshold, taken in the
+    order of its text hash, a fixed order unrelated to the score, so that the flags
+    reviewers see are a fair sample of all the champion's flags, not only its borderline
+    ones.
     """
     if sample_every < 2:
         raise ValueError(f"sample_every must be at least 2, got {sample_every}")
@@ -149,7 +155,7 @@ def label_queue_select(records: sa.Table, mapping: RecordsMapping, dialect: sa.D
             .join(records, key_matches(records, mapping, scores.c.record_id, dialect)))
         .where(versions.c.status == sa.literal_column("'champion'"),
                scores.c.score.is_not(None), label.is_(None),
-               _same_text(scores.c.text_hash, text))
+               text_unchanged(scores.c.text_hash, text, dialect))
         .subquery("scored")
     )
     high = sa.case((scored.c.score >= scored.c.threshold, 1), else_=0)

@@ -125,6 +125,11 @@ class Flag(Base):
     # Hash of the text that was scored (see db.records.text_hash): the view shows a flag
     # only beside the text it was given for.
     text_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    # Set by a scoring run that found the record's text changed since this flag was given
+    # (see db.repository.retire_changed_flags); cleared when the record is scored again.
+    # The views read this mark, a plain column, since SQLite has no hash function built
+    # in that they could compare the text with.
+    text_changed_at: Mapped[datetime | None] = mapped_column(sa.DateTime(timezone=True))
 
 
 class Score(Base):

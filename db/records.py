@@ -279,12 +279,29 @@ def _text_hash_sqlite(element: _TextHash, compiler: SQLCompiler, **kw: object) -
 def text_hash(text: sa.ColumnElement[object]) -> sa.ColumnElement[str]:
     """The hash of a record's text that scores and flags keep, computed by the database.
 
-    PostgreSQL: md5 of the text. SQLite: SHA3-256 in hex through sha3(), the function the
-    sqlite3 shell ships and `db.engine` registers on anomdet's connections, so that the
-    `anomdet_flagged` view reads the same in both. Either way the value is only ever
-    compared with another value computed the same way on the same database.
+    PostgreSQL: md5 of the text. SQLite: SHA3-256 in hex through sha3(), which `db.engine`
+    registers on anomdet's connections (no view uses it: see `text_unchanged`). Either
+    way the value is only ever compared with another value computed the same way on the
+    same database.
     """
     return _TextHash(text)
+
+
+def text_unchanged(stored_hash: sa.ColumnElement[object], text: sa.ColumnElement[object],
+                   dialect: sa.Dialect) -> sa.ColumnElement[bool]:
+    """For a view: the record's text still hashes to `stored_hash`, where the database
+    has a hash function built in (PostgreSQL's md5); elsewhere always true.
+
+    A view must read from any client, and SQLite has no hash function of its own (the
+    sqlite3 shell's sha3() is the shell's, not the library's), so there a view relies on
+    the mark that scoring runs set on flags of changed texts instead
+    (`db.repository.retire_changed_flags`). Written as a CASE on purpose: as a plain
+    equality PostgreSQL's planner counts it as a second join key (see
+    db.repository.flagged_view_select).
+    """
+    if dialect.name != "postgresql":
+        return sa.true()
+    return sa.case((stored_hash == text_hash(text), sa.true()), else_=sa.false())
 
 
 def record_key(table: sa.Table, mapping: RecordsMapping) -> sa.ColumnElement[str]:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from db.engine import lock_sqlite_writes
 from db.models import RUN_DECISIONS, Flag, ModelVersion, Run, Score, utcnow
-from db.records import RecordsMapping, key_matches, plain, text_hash
+from db.records import RecordsMapping, key_matches, plain, text_hash, text_unchanged
 
 logger = logging.getLogger(__name__)
 
@@ -418,7 +418,9 @@ def insert_flags(
 # Flag rows travel as tuples in this order; the time comes last (see the SQLite writer).
 _FLAG_COLUMNS = ("record_id", "model_version_id", "score", "threshold", "run_id", "text_hash",
                  "flagged_at")
-_FLAG_UPDATE = ", ".join(f"{c} = excluded.{c}" for c in _FLAG_COLUMNS[2:])
+# A flag given again (a record scored anew) is for the record's current text.
+_FLAG_UPDATE = (", ".join(f"{c} = excluded.{c}" for c in _FLAG_COLUMNS[2:])
+                + ", text_changed_at = NULL")
 _ON_FLAG = "ON CONFLICT (record_id, model_version_id) DO "
 _SQLITE_INSERT_FLAGS = {
     replace: f"INSERT INTO {Flag.__tablename__} ({', '.join(_FLAG_COLUMNS)}) "
@@ -573,6 +575,32 @@ def prune_scores(*, session: Session, model_name: str, keep_versions: int) -> in
     return max(0, result.rowcount)
 
 
+def retire_changed_flags(*, session: Session, records: sa.Table,
+                         mapping: RecordsMapping) -> tuple[int, int]:
+    """Mark the flags whose record's text no longer hashes as it did when flagged, and
+    unmark those whose text is back; returns (marked, unmarked).
+
+    The views hide marked flags. A scoring run calls this first, then scores the changed
+    texts, which writes their flags anew: so on SQLite, whose views cannot hash a text,
+    an edited record keeps its old flag in `anomdet_flagged` only until the next scoring
+    run. Records that were deleted are left alone: the views' joins drop them.
+    """
+    flags = Flag.__table__
+    dialect = session.get_bind().dialect
+    found = key_matches(records, mapping, flags.c.record_id, dialect)
+    current = text_hash(records.c[mapping.text_column])
+    changed = sa.exists().where(found, current.is_distinct_from(flags.c.text_hash))
+    back = sa.exists().where(found, current == flags.c.text_hash)
+    marked = session.execute(sa.update(flags).where(flags.c.text_changed_at.is_(None), changed)
+                             .values(text_changed_at=utcnow())).rowcount
+    unmarked = session.execute(sa.update(flags).where(flags.c.text_changed_at.is_not(None), back)
+                               .values(text_changed_at=None)).rowcount
+    if marked or unmarked:
+        logger.info("flags of changed texts: %d marked, %d whose text is back unmarked",
+                    marked, unmarked)
+    return max(0, marked), max(0, unmarked)
+
+
 def flagged_rows(*, session: Session, limit: int = 20) -> list[dict[str, Any]]:
     """The top rows of the `anomdet_flagged` view, highest score first."""
     view = sa.table(FLAGGED_VIEW, sa.column("score"))
@@ -584,10 +612,13 @@ def flagged_view_select(records: sa.Table, mapping: RecordsMapping,
                         dialect: sa.Dialect) -> sa.Select:
     """The query behind `anomdet_flagged`: current-champion flags joined with record text.
 
-    A flag is shown only beside the text it was given for: the record must still exist,
-    still be unlabelled, and its text must hash to the flag's text hash. A record whose
-    text was edited, that was labelled or deleted drops out at once, before any scoring
-    run; an edited text comes back with its own flag once `anomdet score` has scored it.
+    A flag is shown only beside the text it was given for: the record must still exist
+    and still be unlabelled, and its flag must not be marked as given for an earlier
+    text. A record that was labelled or deleted drops out at once. One whose text was
+    edited drops out at once on PostgreSQL, where the view compares the text's md5 with
+    the flag's; on SQLite, which has no hash function built in, at the next scoring run,
+    which marks the flags of changed texts (`retire_changed_flags`) and scores the new
+    texts. Either way the edited text comes back with its own flag once scored.
 
     Served by indexes: a flag is found by score (`ix_anomdet_flags_score`) or by record
     id (the flags' unique key), its record by the records' own id index (`key_matches`).
@@ -597,7 +628,7 @@ def flagged_view_select(records: sa.Table, mapping: RecordsMapping,
     """
     flags, versions = Flag.__table__, ModelVersion.__table__
     text = records.c[mapping.text_column]
-    same_text = sa.case((flags.c.text_hash == text_hash(text), sa.true()), else_=sa.false())
+    same_text = text_unchanged(flags.c.text_hash, text, dialect)
     return (
         sa.select(
             flags.c.record_id, text.label("text"),
@@ -609,7 +640,8 @@ def flagged_view_select(records: sa.Table, mapping: RecordsMapping,
             .join(records, key_matches(records, mapping, flags.c.record_id, dialect))
         )
         .where(versions.c.status == sa.literal_column("'champion'"),
-               records.c[mapping.label_column].is_(None), same_text)
+               records.c[mapping.label_column].is_(None), flags.c.text_hash.is_not(None),
+               flags.c.text_changed_at.is_(None), same_text)
     )
 
 

@@ -48,10 +48,17 @@ class ScoringPlan:
 @task(name="plan scoring", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5],
       retry_condition_fn=only_transient)
 def plan_scoring(settings: Settings, chunks: int) -> ScoringPlan | None:
-    """The champion and the unlabelled records it has not scored, cut into id ranges."""
-    engine = get_engine(settings.database_url)
+    """The champion and the unlabelled records it has not scored, cut into id ranges.
+
+    First the flags of records whose text changed since they were flagged are marked, so
+    that the views hide them until the new texts are scored (see
+    `db.repository.retire_changed_flags`)."""
+    engine, mapping = get_engine(settings.database_url), settings.records.mapping()
     with session_scope(engine) as session:
         champion = repo.get_champion(session=session, model_name=settings.model_name)
+        if champion is not None:
+            records = reflect_records_table(session.connection(), mapping)
+            repo.retire_changed_flags(session=session, records=records, mapping=mapping)
     return None if champion is None else plan_for(settings, champion, chunks)
 
 

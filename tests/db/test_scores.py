@@ -151,7 +151,16 @@ def test_rescoring_an_edited_text_replaces_or_removes_its_flag(db_url: str) -> N
         conn.execute(table.update().where(table.c.id == 1).values(text="new words"))
         conn.execute(table.update().where(table.c.id == 2).values(text="calm words"))
         conn.execute(table.update().where(table.c.id == 3).values(label=0))
-    # Before any rescoring the view hides flags given for another text or a labelled record.
+    # A labelled record's flag goes at once; on PostgreSQL, whose view compares the
+    # text's md5, so do flags given for another text.
+    expected = {} if engine.dialect.name == "postgresql" else {"1": "new words",
+                                                                 "2": "calm words"}
+    assert _flag_keys(engine) == expected
+    # A scoring run first marks the flags of changed texts: hidden on every database.
+    with session_scope(engine) as session:
+        records = reflect_records_table(session.connection(), EVENTS)
+        assert repo.retire_changed_flags(session=session, records=records,
+                                         mapping=EVENTS) == (2, 0)
     assert _flag_keys(engine) == {}
     with engine.connect() as conn:
         chunk = next(iter_unlabelled(conn, reflect_records_table(conn, EVENTS), EVENTS,

@@ -83,3 +83,28 @@ def _flag_scores(url: str) -> dict[str, float]:
     with get_engine(url).connect() as conn:
         return {r[0]: r[1] for r in conn.execute(sa.text(
             "SELECT record_id, score FROM anomdet_flags WHERE run_id IS NULL"))}
+
+
+def test_a_scoring_run_retires_the_flag_of_an_edited_text(anomdet_env: str) -> None:
+    from flows.retrain import retrain
+    from flows.score import score
+
+    seed_records(anomdet_env, toy_records(400))
+    assert retrain().decision == "promoted"
+    engine = get_engine(anomdet_env)
+    with engine.connect() as conn:
+        key, old_score = conn.execute(sa.text(
+            "SELECT record_id, score FROM anomdet_flagged ORDER BY score DESC")).first()
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE records SET text = 'an entirely new text' "
+                             "WHERE CAST(id AS TEXT) = :k"), {"k": key})
+    rescored = score()
+    assert rescored["scored"] == 1
+    with engine.connect() as conn:
+        shown = conn.execute(sa.text("SELECT text, score FROM anomdet_flagged "
+                                     "WHERE record_id = :k"), {"k": key}).all()
+        kept = conn.execute(sa.text("SELECT score FROM anomdet_scores "
+                                    "WHERE record_id = :k"), {"k": key}).scalar_one()
+    # Flagged again only for the new text, with the new text's score; else not at all.
+    assert shown in ([], [("an entirely new text", pytest.approx(kept))])
+    assert kept != pytest.approx(old_score)
