@@ -521,6 +521,18 @@ class _Best:
         return True
 
 
+#: Fine-tuning stops at a check that ranks every validation anomaly above every normal
+#: text (PR-AUC 1.0, which no later check can beat) when there are at least this many
+#: anomalies: a perfect ranking of so many is no accident of a small split, while on a
+#: handful of validation anomalies it comes early and cheaply, and the steps that follow
+#: still teach the model what the test split holds.
+PERFECT_RANKING_MIN_ANOMALIES = 30
+
+
+def _ranks_perfectly(pr_auc: float, y_val: np.ndarray) -> bool:
+    return pr_auc >= 1.0 and int(y_val.sum()) >= PERFECT_RANKING_MIN_ANOMALIES
+
+
 #: Fine-tuning logs its progress at least this often, so that a run's logs show it is
 #: alive and when it should end: validation checks log too, but can be minutes apart.
 PROGRESS_LOG_SECONDS = 30.0
@@ -544,7 +556,9 @@ def fine_tune(
     One example per distinct text; balanced batches (see `BalancedBatches`); a schedule
     in optimizer steps (`TrainConfig.total_steps`) with linear warm-up and decay; AdamW
     with gradient clipping; `config.evaluations` validation checks spread over the
-    schedule, stopping after `patience` checks without a better one. All seeded.
+    schedule, stopping after `patience` checks without a better one, or at a check that
+    ranks enough validation anomalies perfectly (`PERFECT_RANKING_MIN_ANOMALIES`). All
+    seeded.
     """
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
@@ -608,6 +622,10 @@ def fine_tune(
                     "PR-AUC %.4f, %.0f samples/s", step, steps, seen / len(ids),
                     history[-1]["train_loss"], val_loss, pr_auc, seen / train_seconds)
         stale = 0 if best.offer(len(history), pr_auc, val_loss, model, scores) else stale + 1
+        if _ranks_perfectly(pr_auc, y_val):
+            logger.info("validation PR-AUC is 1.0 over %d anomalies, the most it can be: "
+                        "stopping at step %d", int(y_val.sum()), step)
+            break
         if stale >= config.patience:
             logger.info("no better validation check for %d checks: stopping at step %d",
                         stale, step)

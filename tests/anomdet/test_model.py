@@ -327,3 +327,23 @@ def test_artifacts_saved_before_manifests_load_on_their_weights_checksum(
     assert loaded.threshold == 0.6
     with pytest.raises(ValueError, match="weights checksum .* does not match the database"):
         load_artifact(directory, expected_sha256="0" * 64)
+
+
+@pytest.mark.parametrize("val_anomalies", [20, 40])
+def test_fine_tuning_stops_at_a_perfect_ranking_of_enough_validation_anomalies(
+        val_anomalies: int) -> None:
+    # Anomalies that one word gives away: the tiny model ranks them perfectly at once.
+    texts = [f"heartbeat {i} ok" for i in range(240)] + [f"alarm {i} fire" for i in range(60)]
+    labels = np.array([0] * 240 + [1] * 60)
+    val_texts = [f"heartbeat {i} ok" for i in range(300, 400)] + [
+        f"alarm {i} fire" for i in range(300, 300 + val_anomalies)]
+    val_labels = np.array([0] * 100 + [1] * val_anomalies)
+    model, tok = load_base_model(TINY_RANDOM, seed=3)
+    config = train_config(epochs=3, learning_rate=1e-3, max_length=16, seed=3, batch_size=16,
+                          min_steps=120, patience=6)
+    result = fine_tune(model, tok, texts, labels, val_texts, val_labels, config)
+    assert all(h["val_pr_auc"] == 1.0 for h in result.history)
+    if val_anomalies >= 30:  # a perfect ranking that no check can beat: stop at the first
+        assert [h["step"] for h in result.history] == [result.steps] == [20]
+    else:  # a perfect ranking of so few anomalies is no reason to stop
+        assert result.steps == config.total_steps(len(texts)) == 120
