@@ -221,12 +221,15 @@ def _settings() -> Any:
         _fail("invalid configuration (ANOMDET_* environment variables): "
               f"{describe_invalid(exc)}")
     except ValueError as exc:
-        _fail(f"invalid configuration: {exc}")
+        from anomdet.settings import describe_unparsed
+
+        _fail(f"invalid configuration (ANOMDET_* environment variables): "
+              f"{describe_unparsed(exc) or exc}")
 
 
 def _fail(message: str, code: int = 1) -> None:
     # Escaped: messages name columns in brackets ("[text]"), which rich would take as markup.
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {_markup_free(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -235,10 +238,42 @@ def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else "-"
 
 
+def _escape_code(char: str) -> str:
+    named = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+    if char in named:
+        return named[char]
+    return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+# Control characters (C0, DEL, C1) and the bidirectional overrides and isolates. Record
+# text comes from anyone who can write a record: printed raw, an ESC sequence recolours,
+# hides or relinks (OSC 8) what the operator reads, and a bidi override reorders it. Rich
+# strips only bell, backspace and carriage return, not ESC.
+_UNSAFE = [*range(0x20), 0x7F, *range(0x80, 0xA0), *range(0x202A, 0x202F),
+           *range(0x2066, 0x206A)]
+_VISIBLE = str.maketrans({code: _escape_code(chr(code)) for code in _UNSAFE})
+# Messages of several lines (a validation report) keep their line breaks.
+_VISIBLE_LINES = str.maketrans({code: _escape_code(chr(code)) for code in _UNSAFE
+                                if code != ord("\n")})
+
+
+def _visible(value: Any, *, lines: bool = False) -> str:
+    """`value` as text whose control characters show as escapes (ESC as \\x1b); with
+    `lines`, line breaks stay line breaks."""
+    return str(value).translate(_VISIBLE_LINES if lines else _VISIBLE)
+
+
+def _markup_free(value: Any) -> str:
+    """`value` for a rich string with markup: visible escapes, brackets taken literally;
+    line breaks kept."""
+    return escape(_visible(value, lines=True))
+
+
 def _cell(value: Any, limit: int | None = None) -> Text:
-    """A table cell that shows the value as it is: record text is data, never markup."""
+    """A table cell that shows the value as it is: record text is data, never markup,
+    and never terminal control (see `_visible`)."""
     text = "" if value is None else str(value)
-    return Text(text[:limit] if limit else text)
+    return Text(_visible(text[:limit] if limit else text))
 
 
 def _print_outcome(outcome: RetrainOutcome) -> None:
@@ -252,9 +287,9 @@ def _print_outcome(outcome: RetrainOutcome) -> None:
         table.add_row(*map(_cell, row.values()))
     out.print(table)
     for name, passed, detail in outcome.checks:
-        out.print(f"  {'[green]pass[/]' if passed else '[red]FAIL[/]'} {escape(name)}: "
-                  f"{escape(str(detail))}", highlight=False)
-    out.print(f"decision: [bold]{outcome.decision}[/] - {escape(outcome.reason)}",
+        out.print(f"  {'[green]pass[/]' if passed else '[red]FAIL[/]'} {_markup_free(name)}: "
+                  f"{_markup_free(detail)}", highlight=False)
+    out.print(f"decision: [bold]{outcome.decision}[/] - {_markup_free(outcome.reason)}",
               highlight=False)
     if outcome.promoted:
         from anomdet.report import flagged_sql
@@ -443,13 +478,57 @@ def score(
     out.print(json.dumps(summary, indent=2, default=str), markup=False, highlight=False)
 
 
-def _session():
+def _session(*, writes: bool = False):
+    """Settings and a session of a command that reads (`status`, `models`, `flagged`,
+    `queue`), or with `writes` changes (`rollback`), anomdet's tables. Neither creates the
+    database or its tables: a database without them ends the command with what to do.
+    Tables of an older schema are migrated for a command that writes, refused by one
+    that reads."""
     from db.engine import migrate, session_scope
 
     settings = _settings()
     engine = settings.engine()
-    migrate(engine)
+    problem = _schema_problem(engine, settings, writes=writes)
+    if problem == "older":
+        migrate(engine)
+    elif problem:
+        _fail(problem)
     return settings, session_scope(engine)
+
+
+def _schema_problem(engine: sa.Engine, settings: Any, *, writes: bool) -> str | None:
+    """Why anomdet's tables cannot be used in this database ("older": a migration would
+    make them usable), or None when they can."""
+    from sqlalchemy.engine import make_url
+
+    from db.engine import NoDatabaseFile, head_revision, schema_revision
+
+    url = make_url(settings.database_url)
+    only = ("this command changes only anomdet's own tables" if writes
+            else "this command only reads")
+    start = ("point ANOMDET_DATABASE_URL at anomdet's database, or start one there with "
+             "`anomdet import-csv` or `anomdet demo`")
+    try:
+        revision = schema_revision(engine)
+    except NoDatabaseFile as missing:
+        if not missing.path.parent.is_dir():
+            return (f"cannot open SQLite database {missing.path}: the folder "
+                    f"{missing.path.parent} does not exist; create it or fix "
+                    "ANOMDET_DATABASE_URL")
+        return f"SQLite database {missing.path} does not exist, and {only}; {start}"
+    where = (f"SQLite database {url.database}" if url.get_backend_name() == "sqlite" else
+             f"PostgreSQL database {url.database!r} on {url.host or 'localhost'}:"
+             f"{url.port or 5432}")
+    if revision is None:
+        return f"{where} holds no anomdet tables, and {only}; {start}"
+    head = head_revision()
+    if revision == head:
+        return None
+    if writes:
+        return "older"
+    return (f"{where} holds anomdet tables of schema revision {revision}, not this "
+            f"anomdet's {head}, and {only}; `anomdet retrain` or `anomdet score` migrates "
+            "them (or `alembic upgrade head`)")
 
 
 @app.command()
@@ -615,7 +694,7 @@ def rollback(
     from anomdet.artifact import verify_artifact
     from db import repository as repo
 
-    settings, scope = _session()
+    settings, scope = _session(writes=True)
     try:
         with scope as session:
             # The artifact is checked inside the transaction: a version whose files are

@@ -442,9 +442,42 @@ def check_environment(environ: Mapping[str, Any]) -> None:
     for name in sorted(environ):
         upper = name.upper()
         if upper.startswith("ANOMDET_") and upper not in known:
-            near = difflib.get_close_matches(upper, valid, n=1, cutoff=0.6)
-            hint = f"did you mean {near[0]}?" if near else "no setting has a similar name"
+            near = nearest_variable(upper, valid)
+            hint = f"did you mean {near}?" if near else "no setting has a similar name"
             problems.append(f"unknown variable {name} ({hint})")
     if problems:
         raise ValueError("; ".join(problems) + "; rename or unset it (the settings are "
                          "listed in anomdet/settings.py)")
+
+
+def nearest_variable(name: str, valid: list[str]) -> str | None:
+    """The valid variable spelled most like `name`, or None when none comes close.
+
+    Compared without the shared `ANOMDET_` prefix, which would otherwise make any two
+    names look alike (ANOMDET_FOO and ANOMDET_DRIFT share 8 of their 11 letters)."""
+    bare = {v.removeprefix("ANOMDET_"): v for v in valid}
+    near = difflib.get_close_matches(name.upper().removeprefix("ANOMDET_"), list(bare), n=1,
+                                     cutoff=0.6)
+    return bare[near[0]] if near else None
+
+
+def describe_unparsed(error: Exception) -> str | None:
+    """The variable behind pydantic-settings' `error parsing value for field "x"`, and
+    how to set it; None for another error.
+
+    A group of settings (ANOMDET_RECORDS) read from one variable must be a JSON object;
+    its settings are usually set one by one (ANOMDET_RECORDS__TABLE)."""
+    import re
+
+    found = re.search(r'error parsing value for field "([a-z_]+)"', str(error))
+    if found is None or found.group(1) not in Settings.model_fields:
+        return None
+    name = found.group(1)
+    variable = variable_name((name,))
+    group = Settings.model_fields[name].annotation
+    if isinstance(group, type) and issubclass(group, BaseModel):
+        example = next(iter(group.model_fields))
+        return (f"{variable} is not a JSON object: set the {name} settings one by one, as "
+                f"{variable}__{example.upper()} and the others of {variable}__*, or unset "
+                f"{variable}")
+    return f"{variable} could not be read as a value of that setting; fix or unset it"

@@ -7,8 +7,9 @@ import logging
 import math
 import sqlite3
 import threading
+from urllib.parse import quote
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -151,3 +152,66 @@ def migrate(engine: Engine) -> None:
         # db/migrations/env.py migrates on this connection, inside this transaction.
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
+
+
+def head_revision() -> str:
+    """The newest Alembic revision of anomdet's tables, as this code ships it."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    return str(ScriptDirectory.from_config(config).get_current_head())
+
+
+class NoDatabaseFile(LookupError):
+    """A SQLite URL names a file that does not exist (and reading must not create it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(str(path))
+
+
+def schema_revision(engine: Engine) -> str | None:
+    """The Alembic revision of anomdet's tables in the database; None when it holds none.
+
+    Reads only. On SQLite the file is opened read-only by the driver itself, since the
+    engine's own connections would create a missing file and switch a foreign one to WAL;
+    a missing file raises `NoDatabaseFile`.
+    """
+    if engine.dialect.name == "sqlite":
+        return _sqlite_revision(engine)
+    with engine.connect() as conn:
+        return _revision_of(conn)
+
+
+def _revision_of(conn: Connection) -> str | None:
+    inspector = sa.inspect(conn)
+    # Another application may keep its own alembic_version: anomdet's runs table says
+    # whether anomdet's tables are there at all.
+    if not (inspector.has_table("anomdet_runs") and inspector.has_table("alembic_version")):
+        return None
+    return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def _sqlite_revision(engine: Engine) -> str | None:
+    name = engine.url.database or ""
+    if name in ("", ":memory:") or name.startswith("file:"):
+        # In memory, or a URI filename whose mode (ro, rwc) the URL itself chose.
+        with engine.connect() as conn:
+            return _revision_of(conn)
+    path = Path(name)
+    if not path.is_file():
+        raise NoDatabaseFile(path.resolve())
+    try:
+        with closing(sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode=ro",
+                                     uri=True)) as raw:
+            tables = {r[0] for r in raw.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not {"anomdet_runs", "alembic_version"} <= tables:
+                return None
+            row = raw.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.Error as exc:
+        # Reported as the engine's own failures are (not a database, locked, ...).
+        raise sa.exc.OperationalError("reading the schema revision", None, exc) from exc
+    return row[0] if row else None

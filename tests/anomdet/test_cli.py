@@ -161,6 +161,9 @@ def test_retrain_takes_the_backfills_task_runner_as_the_setting_it_sets(
 
 
 def test_queue_and_models_before_any_champion_say_so(anomdet_env: str) -> None:
+    from db.engine import migrate
+
+    migrate(get_engine(anomdet_env))  # the read-only commands never migrate
     queue = runner.invoke(app, ["queue"])
     assert queue.exit_code == 0, queue.output
     assert "no champion of 'anomdet' yet" in queue.output

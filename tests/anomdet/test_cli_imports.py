@@ -41,7 +41,12 @@ def _run(args: tuple[str, ...], folder: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, ...], dict]:
+    from db.engine import get_engine, migrate
+
     folder = tmp_path_factory.mktemp("cli-imports")
+    # The tables a first run makes: `status` and the like read them, never create them.
+    migrate(get_engine(f"sqlite:///{folder / 'anomdet.db'}"))
+    get_engine(f"sqlite:///{folder / 'anomdet.db'}").dispose()
     return {args: _run(args, folder) for args in COMMANDS}
 
 
