@@ -191,7 +191,7 @@ PREFECT_DEFAULTS = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "DO_NOT_TRACK": "1",
     # anomdet's own loggers reach each run's logs in the UI (flows.logs sets their level).
-    "PREFECT_LOGGING_EXTRA_LOGGERS": "anomdet,db,tasks",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": "anomdet,db,tasks,flows",
 }
 
 
@@ -307,15 +307,16 @@ def _print_outcome(outcome: RetrainOutcome) -> None:
 
 def _run_retrain(base_model: str | None, epochs: int | None, seed: int | None,
                  max_train_rows: int | None, learning_rate: float | None = None) -> None:
+    from prefect import tags
+
     from anomdet.errors import DataValidationError
-    from flows.retrain import RetrainParams, retrain
+    from flows.retrain import retrain
 
     _check_before_training(_settings())
-    params = RetrainParams(base_model=base_model, epochs=epochs, seed=seed,
-                           max_train_rows=max_train_rows, learning_rate=learning_rate)
     try:
-        with _flow_terminal():
-            outcome = retrain(params)
+        with _flow_terminal(), tags("anomdet", "retrain"):  # as the deployments' runs
+            outcome = retrain(base_model=base_model, epochs=epochs, seed=seed,
+                              max_train_rows=max_train_rows, learning_rate=learning_rate)
     except DataValidationError as exc:
         _fail(str(exc))
     except Exception as exc:  # the flow run is marked Failed; say why and exit non-zero
@@ -464,11 +465,13 @@ def score(
     """Score unlabelled records that the champion has not scored yet."""
     _settings()  # a bad setting is reported before a model library loads or a flow starts
     _model_environment()
+    from prefect import tags
+
     from flows.score import score as score_flow
     from flows.score import with_task_runner
 
     try:
-        with _flow_terminal():
+        with _flow_terminal(), tags("anomdet", "score"):
             summary = with_task_runner(score_flow, task_runner, dask_workers)(chunks=chunks)
     except Exception as exc:
         if _debug():

@@ -119,8 +119,8 @@ def rejected_message(decision: Decision, metric: str, challenger: dict[str, Any]
         gain_text = f" {gain:+.3f}" if gain is not None else ""
         return (f"rejected: {metric} gain{gain_text} may be noise ({boot['confidence']:.0%} "
                 f"interval [{boot['ci_low']:+.3f}, {boot['ci_high']:+.3f}])")
-    if failed:
-        return _short(f"rejected: {failed[0].name}: {failed[0].detail}")
+    if failed:  # the detail names its metric and numbers; the check's id is for machines
+        return _short(f"rejected: {failed[0].detail}")
     return _short(f"rejected: {decision.reason}")
 
 

@@ -326,6 +326,12 @@ class Settings(BaseSettings):
     # machines and tables of millions of rows, and still free the 02:00 slot by morning.
     fine_tune_timeout_minutes: float = Field(120, gt=0)
     retrain_timeout_minutes: float = Field(240, gt=0)
+    # Scoring and checking cancel a run that would overlap a running one, so a hung run
+    # would get every later one cancelled: each ends before its next scheduled start
+    # (hourly and every ten minutes by default). Scoring resumes where a stopped run left
+    # off, and a champion scores ~400 records/s, so 50 minutes cover a million new records.
+    score_timeout_minutes: float = Field(50, gt=0)
+    check_timeout_minutes: float = Field(8, gt=0)
     records: RecordsSettings = RecordsSettings()
     training: TrainingSettings = TrainingSettings()
     promotion: PromotionSettings = PromotionSettings()

@@ -35,11 +35,16 @@ from anomdet.promotion import Decision
 from anomdet.report import approval_markdown
 from anomdet.settings import Settings
 from tasks.events import emit_approval_requested
+from tasks.report import tag_run
 
 logger = logging.getLogger(__name__)
 
 #: How often a paused run asks the server whether it was answered.
 POLL_SECONDS = 5
+#: The tag a run carries while it waits for an answer.
+AWAITING = "awaiting-approval"
+#: Tries, 0.2 s apart, to find the run paused and give its state a message.
+PAUSE_NOTICE_TRIES = 150
 #: Seconds the pause outlives the approval timeout, for anomdet's own "reject" to land.
 EXPIRY_GRACE = 60
 
@@ -67,13 +72,14 @@ class Approval:
     def approved(self) -> bool:
         return self.answer == "approve"
 
-    def describe(self) -> str:
-        """The answer in words, for the run's reason."""
+    def describe(self, comment: bool = True) -> str:
+        """The answer in words, for the run's reason (`approved by Ada: looks right`);
+        without the comment for a state message."""
         if self.answer == "timed out":
             minutes = self.waited_seconds / 60
             return f"no answer to the approval request within {minutes:.1f} minutes"
         who = f" by {self.reviewer}" if self.reviewer else ""
-        said = f": {self.comment}" if self.comment else ""
+        said = f": {self.comment}" if self.comment and comment else ""
         return f"{'approved' if self.approved else 'rejected'}{who}{said}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,8 +98,10 @@ def ask_for_approval(settings: Settings, run_id: int, decision: Decision,
     emit_approval_requested(settings.model_name, run_id=run_id,
                             champion_version=champion_version, metrics=challenger,
                             timeout_minutes=minutes, reason=decision.reason)
-    run_log.info("the challenger passed the promotion rule and waits for approval: answer the "
-                "form of this flow run in the Prefect UI (Resume) within %g minutes", minutes)
+    waiting = (f"awaiting approval: the challenger passed the promotion rule; answer the form "
+               f"(Resume, in this run's menu) within {minutes:g} minutes")
+    run_log.info("%s", waiting)
+    tag_run(AWAITING)
     started = time.monotonic()
     seconds = max(1.0, minutes * 60)
     # The timeout is an answer too: a run whose pause expires can no longer leave it (the
@@ -103,6 +111,7 @@ def ask_for_approval(settings: Settings, run_id: int, decision: Decision,
     timer = threading.Timer(seconds, contextvars.copy_context().run, args=(expired.answer,))
     timer.daemon = True
     timer.start()
+    _say_why_paused(flow_run.get_id(), waiting)
     try:
         answer = pause_flow_run(wait_for_input=form, timeout=round(seconds) + EXPIRY_GRACE,
                                 poll_interval=POLL_SECONDS, key=f"approve-run-{run_id}")
@@ -110,6 +119,7 @@ def ask_for_approval(settings: Settings, run_id: int, decision: Decision,
         answer = None
     finally:
         timer.cancel()
+        tag_run(remove=(AWAITING,))
     waited = round(time.monotonic() - started, 1)
     if answer is None or expired.answered.is_set():
         approval = Approval("timed out", None, "", None, waited)
@@ -118,6 +128,32 @@ def ask_for_approval(settings: Settings, run_id: int, decision: Decision,
                             answer.comment.strip(), datetime.now(UTC).isoformat(), waited)
     run_log.info("approval: %s", approval.describe())
     return approval
+
+
+def _say_why_paused(flow_run_id: str | None, message: str) -> None:
+    """Give the run's Paused state a message, in the background: Prefect's pause sets
+    none, and the run list would show only "Paused". The state is set again, forced,
+    with its details (pause key, input form, expiry) unchanged, the moment it appears."""
+    if flow_run_id is None:
+        return
+
+    def say() -> None:
+        with get_client(sync_client=True) as client:
+            for _ in range(PAUSE_NOTICE_TRIES):
+                state = client.read_flow_run(UUID(flow_run_id)).state
+                if state is not None and state.is_paused():
+                    client.set_flow_run_state(UUID(flow_run_id), state.model_copy(
+                        update={"message": message}), force=True)
+                    return
+                time.sleep(0.2)
+
+    def run() -> None:
+        try:
+            say()
+        except Exception as exc:  # noqa: BLE001 - the pause itself stands without it
+            logger.warning("could not give the paused run its message: %s", exc)
+
+    threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True).start()
 
 
 class _Expiry:

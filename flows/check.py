@@ -15,8 +15,8 @@ from __future__ import annotations
 from prefect import flow
 from prefect.states import Completed, State
 
-from anomdet.settings import Settings
-from flows.logs import run_namer, show_domain_logs
+from flows.logs import flow_timeout, new_run_name, run_namer, show_domain_logs
+from flows.parameters import ModelName, settings_for
 from tasks.check import gather_findings, retrain_under_way, start_retrain
 from tasks.database import prepare_database
 from tasks.events import emit_labels_arrived
@@ -25,12 +25,21 @@ from tasks.events import emit_labels_arrived
 RETRAIN_DEPLOYMENT = "retrain/retrain-nightly"
 
 
-@flow(name="check", flow_run_name=run_namer("check"), log_prints=False)
-def check(retrain_deployment: str = RETRAIN_DEPLOYMENT) -> State:
+# Bounded by ANOMDET_CHECK_TIMEOUT_MINUTES: overlapping checks are cancelled, so one that
+# hung would have every later one cancelled.
+@flow(name="check", flow_run_name=run_namer("check"), log_prints=False,
+      timeout_seconds=flow_timeout("check"))
+def check(retrain_deployment: str = RETRAIN_DEPLOYMENT, model_name: ModelName = None) -> State:
     """Start the retrain deployment if enough labels arrived, or the unlabelled records
-    drifted, since the champion's training data."""
+    drifted, since the champion's training data.
+
+    Args:
+        retrain_deployment: The deployment to start, as flow/deployment.
+        model_name: Model whose labels are counted, and which the started run retrains;
+            empty: ANOMDET_MODEL_NAME ("anomdet").
+    """
     show_domain_logs()
-    settings = Settings()
+    settings = settings_for(model_name)
     prepare_database(settings)
     findings = gather_findings(settings)
     review = settings.review
@@ -40,7 +49,8 @@ def check(retrain_deployment: str = RETRAIN_DEPLOYMENT) -> State:
     busy = retrain_under_way(settings, retrain_deployment)
     if busy:
         return Completed(message=f"a retrain is under way ({busy}); {'; '.join(reasons)}")
-    started = start_retrain(retrain_deployment, reasons)
-    emit_labels_arrived(settings.model_name, labels=findings.labels, started=started,
-                        reasons=reasons)
-    return Completed(message=f"started {started}: {'; '.join(reasons)}")
+    started = start_retrain(retrain_deployment, reasons, settings.model_name,
+                            new_run_name("retrain", settings.model_name))
+    emit_labels_arrived(settings.model_name, labels=findings.labels, started=started.name,
+                        started_id=str(started.id), reasons=reasons)
+    return Completed(message=f"started {started.name}: {'; '.join(reasons)}")

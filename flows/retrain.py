@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 from prefect.transactions import transaction
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel
 
 from anomdet.data import fingerprint
 from anomdet.drift import DataProfile
@@ -19,7 +19,8 @@ from anomdet.report import RunSummary, promoted_message, rejected_message
 from anomdet.settings import Settings
 from db.repository import ChampionChanged, RunEnding, RunProgress
 from flows.approval import Approval, ask_for_approval
-from flows.logs import run_namer, show_domain_logs
+from flows.logs import flow_timeout, run_namer, show_domain_logs
+from flows.parameters import Epochs, LearningRate, MaxTrainRows, ModelName, settings_for
 from flows.score import backfill, with_task_runner
 from flows.slots import retrain_slot
 from tasks.database import (
@@ -71,45 +72,57 @@ from tasks.report import (
 
 
 class RetrainParams(BaseModel):
-    """Per-run overrides of the configured training settings (None keeps the setting)."""
+    """A run's overrides of the configured training settings (None keeps the setting)."""
 
-    base_model: str | None = Field(None, description="'bundled', 'tiny-random', a dir or a hub id")
-    epochs: int | None = Field(None, ge=1, le=100)
+    base_model: str | None = None
+    epochs: Epochs = None
     seed: int | None = None
-    max_train_rows: int | None = Field(None, ge=10)
-    learning_rate: float | None = Field(None, gt=0, lt=1)
+    max_train_rows: MaxTrainRows = None
+    learning_rate: LearningRate = None
 
 
-def effective_settings(params: RetrainParams) -> Settings:
-    """Configured settings with this run's overrides applied."""
-    settings = Settings()
+def effective_settings(params: RetrainParams, model_name: str | None = None) -> Settings:
+    """Configured settings (of `model_name` when given) with this run's overrides applied."""
+    settings = settings_for(model_name)
     overrides = params.model_dump(exclude_none=True)
     training = settings.training.model_copy(update=overrides)
     return settings.model_copy(update={"training": type(training).model_validate(training)})
 
 
-def _retrain_timeout() -> float | None:
-    """ANOMDET_RETRAIN_TIMEOUT_MINUTES in seconds, read when the flow is defined (Prefect
-    takes it in the decorator), plus the approval timeout when promotions wait for one;
-    None when the settings are invalid, which the run then reports by variable name."""
-    try:
-        return Settings().run_timeout_minutes() * 60
-    except (ValidationError, ValueError):
-        return None
-
-
-# A failed or crashed run emits anomdet.run.failed, which automations can notify on.
-# The run ends in a state whose message says what happened (promoted v4: ..., rejected:
-# ...); calling the flow returns its `RetrainOutcome` all the same. A run that passes
+# A failed or crashed run emits anomdet.run.failed, which automations can notify on; a
+# run that the data stopped emits anomdet.validation.failed instead. The run ends in a
+# state whose message says what happened (promoted v4: ..., not promoted: ...); calling
+# the flow returns its `RetrainOutcome` all the same. A run that passes
 # ANOMDET_RETRAIN_TIMEOUT_MINUTES, waiting for its slot included, ends TimedOut (Failed).
 @flow(name="retrain", log_prints=False, on_failure=[on_run_failed],
       on_crashed=[on_run_failed], flow_run_name=run_namer("retrain"),
-      timeout_seconds=_retrain_timeout())
-def retrain(params: RetrainParams | None = None) -> State:
-    """Retrain the detector and promote the challenger only if it beats the champion."""
+      timeout_seconds=flow_timeout("retrain"))
+def retrain(model_name: ModelName = None, base_model: str | None = None, epochs: Epochs = None,
+            seed: int | None = None, max_train_rows: MaxTrainRows = None,
+            learning_rate: LearningRate = None) -> State:
+    """Retrain the detector and promote the challenger only if it beats the champion.
+
+    A parameter left empty takes the configured setting, the ANOMDET_ variable named.
+
+    Args:
+        model_name: Model to retrain; its champion, runs and artifacts go by this name
+            (ANOMDET_MODEL_NAME, "anomdet").
+        base_model: Weights to fine-tune: "bundled" (all-MiniLM-L6-v2, offline),
+            "tiny-random" (for tests), a local directory or a Hugging Face model id
+            (ANOMDET_TRAINING__BASE_MODEL).
+        epochs: Passes over the distinct training texts, 1 to 100
+            (ANOMDET_TRAINING__EPOCHS).
+        seed: Seed of initialisation and batching; the split keeps its own
+            (ANOMDET_TRAINING__SEED).
+        max_train_rows: Cap on the training rows, at least 10; empty trains on all
+            (ANOMDET_TRAINING__MAX_TRAIN_ROWS).
+        learning_rate: Peak learning rate, between 0 and 1
+            (ANOMDET_TRAINING__LEARNING_RATE).
+    """
     show_domain_logs()
-    params = params or RetrainParams()
-    settings = effective_settings(params)
+    params = RetrainParams(base_model=base_model, epochs=epochs, seed=seed,
+                           max_train_rows=max_train_rows, learning_rate=learning_rate)
+    settings = effective_settings(params, model_name)
     with retrain_slot(settings.model_name, settings.artifact_root() / settings.model_name):
         return _run(settings, params)
 
@@ -208,6 +221,7 @@ def _retrain(settings: Settings, run_id: int) -> State:
                  "training": challenger.result.history}))
     champion_version = champion[0].version if champion else None
     reason = decision.reason
+    approved_by = ""
     if decision.promote and settings.promotion.require_approval:
         approval = _approval(settings, run_id, decision, ch_eval, champ_eval, baseline,
                              champion_version)
@@ -220,10 +234,11 @@ def _retrain(settings: Settings, run_id: int) -> State:
                           run_id=run_id, reason=refused)
             unapproved = _outcome(run_id, ch_eval, champ_eval, baseline, decision,
                                   champion_version, reason=refused,
-                                  message=f"rejected: {approval.describe()}")
+                                  message=f"not promoted: {approval.describe()}")
             return _conclude(settings, unapproved, decision, challenger, split)
         said = approval.describe()
         reason = f"{reason} {said[0].upper()}{said[1:]}."
+        approved_by = f", {approval.describe(comment=False)}"
     if not decision.promote:
         end_run(settings, run_id, RunEnding(state="completed", decision="rejected",
                                             reason=decision.reason))
@@ -259,7 +274,8 @@ def _retrain(settings: Settings, run_id: int) -> State:
                         message=promoted_message(flipped.version,
                                                  settings.promotion.primary_metric,
                                                  ch_eval.metrics, champ_metrics,
-                                                 champion_version, flipped.flagged))
+                                                 champion_version, flipped.flagged)
+                        + approved_by)
     return _conclude(settings, promoted, decision, challenger, split, artifact_uri)
 
 
@@ -435,7 +451,10 @@ def _backfill_and_flip(settings: Settings, run_id: int, version_id: int,
     is discarded, and `ChampionChanged` says why."""
     scoring = settings.scoring
     runner = with_task_runner(backfill, scoring.backfill_task_runner, scoring.dask_workers)
-    runner(version_id=version_id, chunks=scoring.backfill_chunks, run_id=run_id)
+    # A subflow run takes the tags in force where it is created, not its parent's.
+    with tags("anomdet", "backfill"):
+        runner(version_id=version_id, chunks=scoring.backfill_chunks, run_id=run_id,
+               model_name=settings.model_name)
     try:
         return flip_champion(settings, version_id, expected_champion_id)
     except ChampionChanged as exc:

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import Flow, flow, get_run_logger, unmapped
 from prefect.runtime import task_run
 from prefect.states import Completed, State
+from pydantic import Field
 
 from anomdet.settings import Settings
-from flows.logs import run_namer, show_domain_logs
+from flows.logs import flow_timeout, run_namer, show_domain_logs
+from flows.parameters import ModelName, settings_for
 from tasks.database import prepare_database
 from tasks.events import emit_flags_written, on_run_failed
 from tasks.report import new_flags, publish_scoring
@@ -32,18 +34,26 @@ def _range_name() -> str:
     return f"score ids {'start' if low is None else low}-{'end' if high is None else high}"
 
 
-# A failed or crashed run emits anomdet.run.failed, which automations can notify on.
+# A failed or crashed run emits anomdet.run.failed, which automations can notify on. A
+# run past ANOMDET_SCORE_TIMEOUT_MINUTES ends TimedOut (Failed): the next run goes on
+# from the last chunk it wrote.
 @flow(name="score", log_prints=False, on_failure=[on_run_failed],
-      on_crashed=[on_run_failed], flow_run_name=run_namer("score"))
-def score(chunks: int = 4) -> State:
+      on_crashed=[on_run_failed], flow_run_name=run_namer("score"),
+      timeout_seconds=flow_timeout("score"))
+def score(model_name: ModelName = None, chunks: Annotated[int, Field(ge=1)] = 4) -> State:
     """Score the unlabelled records the champion has not scored yet and write their flags.
 
     The run ends Completed with a message that says what it did; calling the flow returns
     the summary dict. No champion yet is an expected state, not a failure.
+
+    Args:
+        model_name: Model whose champion scores; empty: ANOMDET_MODEL_NAME ("anomdet").
+            A promotion's trigger passes the promoted model.
+        chunks: Id ranges the records are cut into, one scoring task each.
     """
     show_domain_logs()
     started = datetime.now(UTC)
-    settings = Settings()
+    settings = settings_for(model_name)
     prepare_database(settings)
     plan = plan_scoring(settings, chunks)
     if plan is None:
@@ -85,17 +95,18 @@ def _score_ranges(settings: Settings, plan: ScoringPlan) -> list[dict[str, Any]]
 # No settings among the parameters: Prefect shows and stores them, and the database URL
 # may hold a password. The subflow reads the settings as its parent does.
 @flow(name="backfill", log_prints=False, flow_run_name=run_namer("backfill"))
-def backfill(version_id: int, chunks: int = 4, run_id: int | None = None) -> dict[str, Any]:
+def backfill(version_id: int, chunks: int = 4, run_id: int | None = None,
+             model_name: ModelName = None) -> dict[str, Any]:
     """Score the unlabelled records for a candidate version before it becomes champion.
 
     The records are cut into id ranges mapped over tasks, on the thread pool or on Dask
     workers (`ANOMDET_SCORING__BACKFILL_TASK_RUNNER=dask`). Each chunk's scores and flags
     commit on their own, and a backfill plans only what its version has not scored: one
     stopped at any point is resumed by running it again. Nobody sees the candidate's
-    flags until the retraining flow flips it to champion.
+    flags until the retraining flow flips it to champion. `model_name` names the run.
     """
     show_domain_logs()
-    settings = Settings()
+    settings = settings_for(model_name)
     plan = plan_backfill(settings, version_id, chunks, run_id)
     summaries = _score_ranges(settings, plan)
     done = {key: sum(part[key] for part in summaries) for key in ("scored", "flagged", "skipped")}

@@ -17,7 +17,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterState,
     FlowRunFilterStateType,
 )
-from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 
@@ -90,8 +90,11 @@ def retrain_under_way(settings: Settings, deployment_name: str) -> str | None:
 
 
 @task(name="start the retrain deployment", cache_policy=NO_CACHE)
-def start_retrain(deployment_name: str, reasons: list[str]) -> str:
-    """Start a run of the retrain deployment and return its name, without waiting for it."""
-    run = run_deployment(name=deployment_name, timeout=0, tags=["started-by-check"])
+def start_retrain(deployment_name: str, reasons: list[str], model_name: str,
+                  run_name: str) -> FlowRun:
+    """Start a run of the retrain deployment for `model_name`, named `run_name` for good
+    as it is created, and return it without waiting for it."""
+    run = run_deployment(name=deployment_name, timeout=0, tags=["started-by-check"],
+                         parameters={"model_name": model_name}, flow_run_name=run_name)
     run_logger().info("started %s of %s: %s", run.name, deployment_name, "; ".join(reasons))
-    return run.name
+    return run

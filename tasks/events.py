@@ -117,10 +117,15 @@ def emit_approval_requested(model_name: str, *, run_id: int, champion_version: i
 
 
 def emit_labels_arrived(model_name: str, *, labels: dict[str, Any], started: str | None,
-                        reasons: list[str]) -> Event | None:
-    """The check flow found enough new labels (or drift) to start a retrain."""
-    return emit(LABELS_ARRIVED, model_name, payload={
-        "labels": labels, "retrain_flow_run": started, "reasons": reasons})
+                        reasons: list[str], started_id: str | None = None) -> Event | None:
+    """The check flow found enough new labels (or drift) to start a retrain: `started`
+    names the run it started, `started_id` is its id (also a related resource)."""
+    related = ([{"prefect.resource.id": f"prefect.flow-run.{started_id}",
+                 "prefect.resource.role": "started-flow-run",
+                 "prefect.resource.name": started or ""}] if started_id else [])
+    return emit(LABELS_ARRIVED, model_name, related=related, payload={
+        "labels": labels, "retrain_flow_run": started, "retrain_flow_run_id": started_id,
+        "reasons": reasons})
 
 
 def emit_validation_failed(model_name: str, *, run_id: int, reason: str,
@@ -134,7 +139,10 @@ def emit_flags_written(model_name: str, *, flagged: int, scored: int,
                        version: int | None = None, version_id: int | None = None,
                        threshold: float | None = None, run_id: int | None = None
                        ) -> Event | None:
-    """Records were scored and their flags written for a champion."""
+    """Records were scored and their flags written for a champion; nothing is emitted
+    when no record was scored, so that an automation on this event acts on new flags."""
+    if scored <= 0:
+        return None
     return emit(FLAGS_WRITTEN, model_name, version=version, payload={
         "flagged": flagged, "scored": scored, "version": version,
         "model_version_id": version_id, "threshold": threshold, "run_id": run_id})
@@ -151,16 +159,34 @@ def emit_rolled_back(model_name: str, version: int, *, previous_version: int | N
 
 
 def on_run_failed(flow: Any, flow_run: Any, state: Any) -> None:
-    """Flow state hook (on_failure, on_crashed): emit `anomdet.run.failed`."""
-    # The settings may be what failed the run: then the model is named "unknown".
+    """Flow state hook (on_failure, on_crashed): emit `anomdet.run.failed`, unless the
+    data stopped the run, which emitted `anomdet.validation.failed` already: one
+    failure, one event, one notification."""
+    from anomdet.errors import DataValidationError, DriftError
+
+    try:
+        stopped_by = state.result(raise_on_failure=False)
+    except Exception:  # noqa: BLE001 - a result that cannot be read is no data gate's
+        stopped_by = None
+    if isinstance(stopped_by, DataValidationError | DriftError):
+        return
+    emit(RUN_FAILED, _model_of(flow_run), related=[
+        {"prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
+         "prefect.resource.role": "flow-run", "prefect.resource.name": flow_run.name}],
+         payload={"flow": flow.name, "flow_run_id": str(flow_run.id),
+                  "flow_run": flow_run.name, "state": state.type.value,
+                  "message": state.message or ""})
+
+
+def _model_of(flow_run: Any) -> str:
+    """The model the run was about: its `model_name` parameter, else the configured one,
+    else "unknown" (the settings may be what failed the run)."""
+    named = (getattr(flow_run, "parameters", None) or {}).get("model_name")
+    if named:
+        return str(named)
     try:
         from anomdet.settings import Settings
 
-        model_name = Settings().model_name
+        return Settings().model_name
     except Exception:  # noqa: BLE001 - the event must still go out
-        model_name = "unknown"
-    run = {"prefect.resource.id": f"prefect.flow-run.{flow_run.id}",
-           "prefect.resource.role": "flow-run", "prefect.resource.name": flow_run.name}
-    emit(RUN_FAILED, model_name, related=[run], payload={
-        "flow": flow.name, "flow_run_id": str(flow_run.id), "flow_run": flow_run.name,
-        "state": state.type.value, "message": state.message or ""})
+        return "unknown"

@@ -52,8 +52,12 @@ def check_champion(settings: Settings, expected_champion_id: int | None) -> None
 @task(name="decide promotion", cache_policy=NO_CACHE)
 def decide_promotion(challenger: EvalResult, champion: EvalResult | None,
                      settings: Settings, baseline: EvalResult | None = None) -> Decision:
-    """Apply the promotion rule to the models' results on the shared test split."""
-    return decide(challenger, champion, settings.promotion.policy(), baseline)
+    """Apply the promotion rule to the models' results on the shared test split, and log
+    the decision in words."""
+    decision = decide(challenger, champion, settings.promotion.policy(), baseline)
+    run_logger().info("%s: %s", "the challenger passes the promotion rule" if decision.promote
+                      else "the challenger does not pass the promotion rule", decision.reason)
+    return decision
 
 
 # A failed try leaves nothing (the save renames a finished folder into place), so a

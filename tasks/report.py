@@ -158,15 +158,16 @@ def new_flags(settings: Settings, version_id: int,
         return version.version, [dict(row._mapping) for row in session.execute(query)]
 
 
-def tag_run(*tags: str) -> None:
+def tag_run(*tags: str, remove: tuple[str, ...] = ()) -> None:
     """Add tags to the running flow run, e.g. its decision, so that the run list shows
-    it. A run outside Prefect's API, or an API that refuses, keeps its tags."""
+    it, and take off those in `remove`. A run outside Prefect's API, or an API that
+    refuses, keeps its tags."""
     run_id = flow_run.get_id()
     if run_id is None:
         return
     try:
         with get_client(sync_client=True) as client:
             current = client.read_flow_run(UUID(run_id)).tags
-            client.update_flow_run(UUID(run_id), tags=sorted({*current, *tags}))
+            client.update_flow_run(UUID(run_id), tags=sorted({*current, *tags} - set(remove)))
     except Exception as exc:  # noqa: BLE001 - a missing tag is not worth a failed run
         logger.warning("could not tag the flow run %s with %s: %s", run_id, tags, exc)

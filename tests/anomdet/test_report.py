@@ -78,7 +78,7 @@ def test_state_messages_say_what_happened() -> None:
     guard = Decision(promote=False, checks=(Check("guard:recall", False, "fell by 0.2\nfar"),),
                      reason="recall fell")
     assert rejected_message(guard, "f1", CHALLENGER, CHAMPION) == (
-        "rejected: guard:recall: fell by 0.2 far")
+        "rejected: fell by 0.2 far")
 
 
 def _summary(**changes: object) -> RunSummary:

@@ -55,14 +55,14 @@ def retrain_at_once(*seeds: int, timeout: float = 1200,
     """Start one retraining run per training seed together, in threads; their outcomes
     in the order they ended. A run that raises fails the test with its error, and
     breaks `barrier` (one the runs meet at) so that the others stop waiting for it."""
-    from flows.retrain import RetrainParams, retrain
+    from flows.retrain import retrain
 
     outcomes: list[Any] = []
     errors: list[BaseException] = []
 
     def run(seed: int) -> None:
         try:
-            outcomes.append(retrain(RetrainParams(seed=seed)))
+            outcomes.append(retrain(seed=seed))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
             if barrier is not None:

@@ -59,8 +59,10 @@ def _paused_run(results: list[Any], timeout: float = 180) -> Any:
         while time.monotonic() < deadline:
             assert not results, f"the run ended without pausing: {results}"
             runs = client.read_flow_runs(flow_run_filter=paused)
-            if runs:
+            # Paused, and said why: the state's message and the tag come just after.
+            if runs and (runs[0].state.message or "").startswith("awaiting approval"):
                 [run] = runs
+                assert "awaiting-approval" in run.tags, run.tags
                 return run
             time.sleep(0.5)
     pytest.fail("no run paused for approval")
@@ -94,7 +96,10 @@ def test_a_person_rejects_the_challenger_and_nothing_changes(approval_env: str) 
     thread.join(timeout=180)
     [outcome] = results
     assert outcome.decision == "rejected"
-    assert outcome.message == "rejected: rejected by Ada: flags backups"
+    assert outcome.message == "not promoted: rejected by Ada: flags backups"
+    with get_client(sync_client=True) as client:
+        tags = client.read_flow_run(run.id).tags
+    assert "rejected" in tags and "awaiting-approval" not in tags, tags
     after = snapshot(approval_env)  # no version, no champion, no flag
     assert (after["champion"], after["versions"], after["flags"]) == (None, [], [])
     row = _latest_run(approval_env)

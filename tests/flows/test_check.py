@@ -7,6 +7,7 @@ tests/test_server_e2e.py runs the started retrain on a real server."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -76,6 +77,9 @@ def test_new_labels_start_the_retrain_deployment_once(
     assert "14 labels newer than the champion's training data" in started.message
     [run] = _retrain_runs(retrain_deployment)
     assert "started-by-check" in run.tags and run.name in started.message
+    # Named for good as it is created, and told which model to retrain.
+    assert re.fullmatch(r"retrain-anomdet-\d{4}-\d\d-\d\d-\d{4}", run.name), run.name
+    assert run.parameters == {"model_name": "anomdet"}
     # That run is queued: another check starts nothing.
     again = check(retrain_deployment=retrain_deployment, return_state=True)
     assert again.message.startswith("a retrain is under way"), again.message

@@ -55,7 +55,7 @@ def weak_champion(anomdet_env: str, weak_templates: dict[str, Database], tmp_pat
     The test's database is a copy of a template; the weak champion's own folder stays in
     the template's artifacts, so the test's artifacts folder starts empty.
     """
-    from flows.retrain import RetrainParams, retrain
+    from flows.retrain import retrain
 
     backend = sa.engine.make_url(anomdet_env).get_backend_name()
     if backend not in weak_templates:
@@ -66,7 +66,7 @@ def weak_champion(anomdet_env: str, weak_templates: dict[str, Database], tmp_pat
             patch.setenv("ANOMDET_ARTIFACTS_DIR", str(root / "artifacts"))
             patch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.0000001")
             seed_records(template.url, toy_records(400))
-            assert retrain(RetrainParams(epochs=1)).decision == "promoted"
+            assert retrain(epochs=1).decision == "promoted"
         weak_templates[backend] = template
     copy_into(weak_templates[backend], anomdet_env)
     monkeypatch.delenv("ANOMDET_PROMOTION__FIRST_RUN")

@@ -85,14 +85,14 @@ def test_first_run_promotes_and_flags(anomdet_env: str) -> None:
 def test_losing_challenger_leaves_champion_and_flags_untouched(
     anomdet_env: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flows.retrain import RetrainParams, retrain
+    from flows.retrain import retrain
 
     seed_records(anomdet_env, toy_records())
     assert retrain().decision == "promoted"
     before = snapshot(anomdet_env)
     # One epoch at a learning rate far too small: a challenger that cannot win.
     monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.0000001")
-    outcome = retrain(RetrainParams(epochs=1, seed=5))
+    outcome = retrain(epochs=1, seed=5)
     assert outcome.decision == "rejected"
     assert outcome.champion is not None, "both models must be evaluated"
     assert snapshot(anomdet_env) == before

@@ -65,7 +65,7 @@ class _Lines(logging.Handler):
 def test_promoted_and_rejected_runs_say_so_in_name_message_tags_and_artifacts(
         anomdet_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import anomdet.model
-    from flows.retrain import RetrainParams, retrain
+    from flows.retrain import retrain
 
     seed_records(anomdet_env, toy_records())
     monkeypatch.setenv("ANOMDET_TRAINING__MIN_STEPS", "12")  # what is trained matters not
@@ -102,7 +102,7 @@ def test_promoted_and_rejected_runs_say_so_in_name_message_tags_and_artifacts(
 
     # A challenger that cannot win: rejected, against champion v1, and said so.
     monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.0000001")
-    state = retrain(RetrainParams(epochs=1, seed=5), return_state=True)
+    state = retrain(epochs=1, seed=5, return_state=True)
     outcome = state.result()
     assert state.is_completed() and outcome.decision == "rejected"
     second = _run(state)

@@ -85,14 +85,14 @@ def test_promotion_rejection_and_rollback_emit_their_events(
     asserting_events_worker: EventsWorker,  # noqa: F811
 ) -> None:
     from anomdet.cli import app
-    from flows.retrain import RetrainParams, retrain
+    from flows.retrain import retrain
 
     seed_records(anomdet_env, toy_records())
     first = retrain()
     assert first.decision == "promoted", first.reason
     # One epoch at a learning rate far too small: a challenger that cannot win.
     monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.0000001")
-    second = retrain(RetrainParams(epochs=1, seed=5))
+    second = retrain(epochs=1, seed=5)
     assert second.decision == "rejected"
     _promote_copy_of_champion(anomdet_env)
     back = CliRunner().invoke(app, ["rollback", "1", "--reason", "v2 misses fraud"])
@@ -130,7 +130,7 @@ def test_promotion_rejection_and_rollback_emit_their_events(
 
 
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_failed_validation_emits_its_event_and_the_failed_run(
+def test_failed_validation_emits_one_event_only(
     anomdet_env: str, asserting_events_worker: EventsWorker,  # noqa: F811
 ) -> None:
     from flows.retrain import retrain
@@ -141,16 +141,42 @@ def test_failed_validation_emits_its_event_and_the_failed_run(
     with pytest.raises(DataValidationError):
         retrain()
 
+    # One failure, one event: the failure automation notifies once.
     sent = _sent(asserting_events_worker)
-    assert [e.event for e in sent] == [events.VALIDATION_FAILED, events.RUN_FAILED]
+    assert [e.event for e in sent] == [events.VALIDATION_FAILED]
     failed = _one(sent, events.VALIDATION_FAILED)
     assert failed.resource.id == "anomdet.model.anomdet"
     assert failed.payload["summary"]["success"] is False
     assert failed.payload["reason"]
-    run = _one(sent, events.RUN_FAILED)
-    assert run.payload["flow"] == "retrain" and run.payload["state"] == "FAILED"
-    assert run.payload["message"]
-    assert _roles(run)["flow-run"] == f"prefect.flow-run.{run.payload['flow_run_id']}"
+    assert "flow-run" in _roles(failed)  # Prefect adds the run it came from
+
+
+def test_no_flags_written_event_when_nothing_was_scored(
+    asserting_events_worker: EventsWorker,  # noqa: F811
+) -> None:
+    assert events.emit_flags_written("anomdet", flagged=0, scored=0, version=1) is None
+    events.emit_flags_written("anomdet", flagged=2, scored=30, version=1)
+    [event] = _sent(asserting_events_worker)
+    assert event.payload["scored"] == 30 and event.payload["flagged"] == 2
+
+
+def test_a_run_stopped_by_its_data_emits_no_failed_run_event(
+    asserting_events_worker: EventsWorker,  # noqa: F811
+) -> None:
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.states import Failed
+
+    class Flow:
+        name = "retrain"
+
+    report = type("Report", (), {"describe_failures": lambda self: "- too few anomalies"})()
+    gate = DataValidationError(report)
+    run = FlowRun(flow_id=uuid.uuid4(), name="calm-otter", parameters={"model_name": "fraud"})
+    events.on_run_failed(Flow(), run, Failed(message=str(gate), data=gate))
+    events.on_run_failed(Flow(), run, Failed(message="boom", data=RuntimeError("boom")))
+    [event] = _sent(asserting_events_worker)
+    assert event.event == events.RUN_FAILED and event.payload["message"] == "boom"
+    assert event.resource.id == "anomdet.model.fraud"  # the model the run was given
 
 
 def test_a_failed_run_event_names_the_run_and_hides_the_password(
