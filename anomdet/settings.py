@@ -136,7 +136,12 @@ class TrainingSettings(BaseModel):
     test_fraction: float = Field(0.2, gt=0, lt=0.5)
     target_precision: float | None = Field(None, gt=0, le=1)
     max_train_rows: int | None = Field(None, ge=10)
-    eval_batch_size: int = Field(64, ge=1)
+    # Inference batches (validation checks, the test split, the probe) hold at most this
+    # many texts and padded tokens. Null: the device's figures (anomdet.device.batch_budget):
+    # 64 texts and 512 tokens on a CPU; on a GPU as many tokens as a quarter of its free
+    # memory holds, up to 131,072, and a row per 32 of them. Set them to use less memory.
+    eval_batch_size: int | None = Field(None, ge=1)
+    eval_batch_tokens: int | None = Field(None, ge=64)
     # How the model scores (see anomdet.model.PRECISIONS): int8 scored about twice as
     # fast as fp32 on this CPU, but can blur a model whose scores sit close together.
     # "auto" keeps int8 only when its validation PR-AUC, and its validation F1 at its own
@@ -317,7 +322,8 @@ class Settings(BaseSettings):
     model_name: str = Field("anomdet", pattern=r"^[A-Za-z0-9_.-]{1,100}$")
     artifacts_dir: Path = Path("artifacts")
     chunk_size: int = Field(5_000, ge=100, description="rows per database read")
-    score_batch_size: int = Field(64, ge=1)
+    # Texts per scoring batch; null: the device's figure (see training.eval_batch_size).
+    score_batch_size: int | None = Field(None, ge=1)
     top_flagged: int = Field(20, ge=1)
     # A hung run must not hold its model's retrain slot for ever. On two CPU cores the
     # bundled model fine-tuned 1,300 to 25,000 rows in 2 to 7 minutes (README,

@@ -145,6 +145,7 @@ def train_challenger(
         # The threshold must suit the scores the model will give when it scores.
         int8_scores = predict_scores(int8_model, tokenizer, split.val["text"].tolist(),
                                      batch_size=config.eval_batch_size,
+                                     max_tokens=config.eval_batch_tokens,
                                      max_length=config.max_length)
         fp32_quality = val_quality(y_val, result.val_scores, settings.target_precision)
         int8_quality = val_quality(y_val, int8_scores, settings.target_precision)
@@ -170,11 +171,13 @@ def train_challenger(
 
 def evaluate(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, test: pd.DataFrame,
-    threshold: float, *, max_length: int, batch_size: int = 64,
+    threshold: float, *, max_length: int, batch_size: int | None = None,
+    max_tokens: int | None = None,
 ) -> EvalResult:
-    """Scores and metrics of one model on the test split, at its own threshold."""
+    """Scores and metrics of one model on the test split, at its own threshold (batches
+    as `predict_scores` makes them)."""
     labels = test["label"].to_numpy(dtype=np.int64)
     scores = predict_scores(model, tokenizer, test["text"].tolist(), batch_size=batch_size,
-                            max_length=max_length)
+                            max_tokens=max_tokens, max_length=max_length)
     metrics = classification_metrics(labels, scores, threshold)
     return EvalResult(metrics=metrics, labels=labels, scores=scores, threshold=threshold)

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -35,11 +36,13 @@ from rich.table import Table
 
 from anomdet.baseline import evaluate_baseline
 from anomdet.data import Split, normalise_text, split_records
+from anomdet.device import describe, inference_dtype, pick_device
 from anomdet.metrics import best_f1, choose_threshold
 from anomdet.model import (
     TrainConfig,
     configure_threads,
     fine_tune,
+    for_inference,
     load_base_model,
     predict_scores,
     quiet_transformers,
@@ -61,6 +64,11 @@ logger = logging.getLogger(__name__)
 # Texts per class handed to fine_tune as its (required) validation set while the
 # training loop is timed; its scoring happens after the last timed step.
 THROUGHPUT_VAL_PER_CLASS = 16
+# Untimed training steps before the duel's clock starts (at most; a tenth of the timed
+# steps when fewer): a GPU's first steps load kernels and grow its memory pools.
+TRAIN_WARMUP_STEPS = 10
+# The batched pipeline() runs at each of these batch sizes; the fastest is the reference.
+PIPELINE_BATCH_SIZES = (32, 64, 256)
 
 # (stage, done, total): one callback for every stage that reports progress.
 StageProgress = Callable[[str, int, int], None]
@@ -77,6 +85,14 @@ def load_split(data: Path, *, seed: int) -> Split:
 def shared_texts(first: pd.DataFrame, second: pd.DataFrame) -> set[str]:
     """Normalised texts present in both frames (a leak check: it should be empty)."""
     return set(first["text"].map(normalise_text)) & set(second["text"].map(normalise_text))
+
+
+def device_figures() -> dict[str, Any]:
+    """The device the benchmark runs on, named as the results table prints it."""
+    device = pick_device()
+    profile = describe(device)
+    return {"device": profile.name, "device_type": profile.type,
+            "scoring_dtype": str(inference_dtype(profile)).removeprefix("torch.")}
 
 
 def _stage(progress: StageProgress | None, stage: str) -> Callable[[int, int], None] | None:
@@ -106,16 +122,27 @@ def _timed_rate(marks: Sequence[tuple[float, int]], warmup: int) -> tuple[float,
     return samples / (marks[-1][0] - start[0]), samples
 
 
+def _synced_clock(device: torch.device, at: set[int]) -> Callable[[int], float]:
+    """A clock that first waits for the device when the samples done are in `at` (the
+    warm-up's end and the last step), so that a GPU's queued work is timed, not skipped."""
+    def clock(done: int) -> float:
+        if done in at and device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+    return clock
+
+
 def _anomdet_train_marks(
     base_model: str, seed: int, split: Split, train: pd.DataFrame, config: TrainConfig,
-    progress: StageProgress | None,
+    warmup: int, progress: StageProgress | None,
 ) -> list[tuple[float, int]]:
     model, tokenizer = load_base_model(base_model, seed=seed)
     val = split.val.groupby("label", group_keys=False).head(THROUGHPUT_VAL_PER_CLASS)
     marks: list[tuple[float, int]] = []
+    clock = _synced_clock(pick_device(), {warmup, len(train)})
 
     def mark(done: int, total: int) -> None:
-        marks.append((time.perf_counter(), done))
+        marks.append((clock(done), done))
         if progress:
             progress("training loop: anomdet", done, total)
 
@@ -127,8 +154,8 @@ def _anomdet_train_marks(
 
 
 def _trainer_marks(
-    base_model: str, seed: int, train: pd.DataFrame, max_length: int, steps: int,
-    progress: StageProgress | None,
+    base_model: str, seed: int, train: pd.DataFrame, max_length: int, batch_size: int,
+    warmup: int, progress: StageProgress | None,
 ) -> list[tuple[float, int]]:
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
@@ -137,17 +164,24 @@ def _trainer_marks(
     rows = [{**{k: v[i] for k, v in encoded.items()}, "labels": int(label)}
             for i, label in enumerate(train["label"])]
     marks: list[tuple[float, int]] = []
+    device = pick_device()
+    steps = len(train) // batch_size
+    clock = _synced_clock(device, {warmup, steps * batch_size})
 
     class Clock(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            marks.append((time.perf_counter(), state.global_step * args.train_batch_size))
+            done = state.global_step * args.train_batch_size
+            marks.append((clock(done), done))
             if progress:
                 progress("training loop: Trainer", state.global_step, steps)
 
     with tempfile.TemporaryDirectory() as output_dir:
-        # Stock settings; tqdm is off only so its bar does not fight the rich display.
+        # Stock settings but the batch size, and bf16 mixed precision where anomdet trains
+        # in it too; tqdm is off only so its bar does not fight the rich display.
         args = TrainingArguments(output_dir=output_dir, max_steps=steps, report_to="none",
-                                 seed=seed, disable_tqdm=True)
+                                 seed=seed, disable_tqdm=True,
+                                 per_device_train_batch_size=batch_size,
+                                 bf16=inference_dtype(describe(device)) == torch.bfloat16)
         trainer = Trainer(model=model, args=args, train_dataset=rows,
                           processing_class=tokenizer, callbacks=[Clock()])
         trainer.remove_callback(PrinterCallback)
@@ -162,21 +196,16 @@ def training_throughput(
     split: Split, *, base_model: str, config: TrainConfig, trainer_steps: int, seed: int,
     progress: StageProgress | None = None,
 ) -> dict[str, float | int]:
-    """Samples/s of anomdet's loop and of `transformers.Trainer`, on the same training texts.
+    """Samples/s of anomdet's loop and of `transformers.Trainer`, on the same training
+    texts, on the same device, at the same batch size.
 
-    Each starts from a fresh copy of the base model and makes one pass over the
-    same sample of the train split. The first `warm-up` samples (a whole number of
-    batches for both loops) are not timed; exactly the same number of samples is.
+    Each starts from a fresh copy of the base model and makes one pass over the same
+    sample of the train split. The first steps (a tenth, at most `TRAIN_WARMUP_STEPS`)
+    are not timed; exactly the same number of samples is.
     """
-    from transformers import TrainingArguments
-
-    trainer_batch = TrainingArguments(output_dir=tempfile.gettempdir()).train_batch_size
-    block = math.lcm(config.batch_size, trainer_batch)
-    timed = math.ceil(trainer_steps * trainer_batch / block) * block
-    size = block + timed
-    if size > len(split.train):
-        raise ValueError(f"trainer_steps={trainer_steps} needs {size} training rows but the "
-                         f"train split has {len(split.train)}; lower trainer_steps")
+    batch = config.batch_size
+    warmup = max(1, min(TRAIN_WARMUP_STEPS, trainer_steps // 10)) * batch
+    size = warmup + trainer_steps * batch
     # Distinct texts only: fine_tune trains on one example per text, Trainer on every row.
     distinct = split.train[~split.train["text"].map(normalise_text).duplicated()]
     if size > len(distinct):
@@ -184,50 +213,34 @@ def training_throughput(
                          f"but the train split has {len(distinct)}; lower trainer_steps")
     sample = distinct.sample(n=size, random_state=seed).reset_index(drop=True)
     ours, ours_n = _timed_rate(
-        _anomdet_train_marks(base_model, seed, split, sample, config, progress), block)
+        _anomdet_train_marks(base_model, seed, split, sample, config, warmup, progress), warmup)
     theirs, theirs_n = _timed_rate(
-        _trainer_marks(base_model, seed, sample, config.max_length, size // trainer_batch,
-                       progress), block)
+        _trainer_marks(base_model, seed, sample, config.max_length, batch, warmup, progress),
+        warmup)
     if ours_n != theirs_n:
         raise RuntimeError(f"timed {ours_n} samples for anomdet but {theirs_n} for Trainer")
     return {"training_samples_per_s": ours, "trainer_samples_per_s": theirs,
             "training_speedup": ours / theirs, "training_timed_samples": ours_n,
-            "trainer_batch_size": trainer_batch}
+            "trainer_batch_size": batch}
 
 
-def _pipeline_scores(classifier: Any, texts: Sequence[str], max_length: int) -> np.ndarray:
-    scores = np.empty(len(texts))
-    for i, text in enumerate(texts):
-        result = classifier(text, truncation=True, max_length=max_length, top_k=None)
-        scores[i] = next(r["score"] for r in result if r["label"] == "anomalous")
-    return scores
+def _pipeline_scores(classifier: Any, texts: Sequence[str], max_length: int,
+                     batch_size: int | None = None) -> np.ndarray:
+    """`pipeline()`'s anomalous scores: one call per text, or one call over all texts
+    in batches of `batch_size`."""
+    kwargs = {"truncation": True, "max_length": max_length, "top_k": None}
+    if batch_size is None:
+        results = [classifier(text, **kwargs) for text in texts]
+    else:
+        results = classifier(list(texts), batch_size=batch_size, **kwargs)
+    return np.array([next(r["score"] for r in result if r["label"] == "anomalous")
+                     for result in results])
 
 
-def scoring_throughput(
-    model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int, batch_size: int,
-    repeats: int = 3, scoring_model: Any = None,
-) -> dict[str, float | int]:
-    """Texts/s of `predict_scores` and of a one-text-at-a-time `pipeline()` on the same texts.
-
-    `model` is the fine-tuned fp32 model, which `pipeline()` runs; `scoring_model` is
-    how anomdet scores with it (its int8 copy by default; `model` itself when None).
-    Both of anomdet's paths are timed too, so the fp32 figure is never hidden. Same
-    texts, same truncation; the paths alternate over `repeats` rounds after a warm-up
-    call each, so machine load hits all of them alike.
-    """
-    from transformers import pipeline
-
-    scoring_model = model if scoring_model is None else scoring_model
-    classifier = pipeline("text-classification", model=model, tokenizer=tokenizer, device="cpu")
-    paths: dict[str, Callable[[Sequence[str]], np.ndarray]] = {
-        "ours": lambda batch: predict_scores(scoring_model, tokenizer, batch,
-                                             batch_size=batch_size, max_length=max_length),
-        "fp32": lambda batch: predict_scores(model, tokenizer, batch, batch_size=batch_size,
-                                             max_length=max_length),
-        "pipeline": lambda batch: _pipeline_scores(classifier, batch, max_length),
-    }
-    if scoring_model is model:
-        del paths["fp32"]
+def _duel(paths: dict[str, Callable[[Sequence[str]], np.ndarray]], texts: Sequence[str],
+          repeats: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Texts/s and scores of each path on `texts`: a warm-up call each, then `repeats`
+    rounds in which the paths alternate, so that machine load hits all of them alike."""
     seconds, scores = dict.fromkeys(paths, 0.0), {}
     for path in paths.values():
         path(list(texts[:4]))
@@ -236,18 +249,73 @@ def scoring_throughput(
             start = time.perf_counter()
             scores[name] = path(texts)
             seconds[name] += time.perf_counter() - start
-    rate = {name: repeats * len(texts) / spent for name, spent in seconds.items()}
-    fp32 = "fp32" if "fp32" in paths else "ours"
+    return {name: repeats * len(texts) / spent for name, spent in seconds.items()}, scores
+
+
+def _max_diff(first: np.ndarray, second: np.ndarray) -> float:
+    return float(np.max(np.abs(first - second)))
+
+
+def scoring_throughput(
+    model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int,
+    batch_size: int | None = None, repeats: int = 3, scoring_model: Any = None,
+    batch_texts: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """Texts/s of `predict_scores` against `pipeline()` on the same device and texts.
+
+    Two duels: on `texts`, anomdet against `pipeline()` called one text at a time; on
+    `batch_texts` (`texts` when None), anomdet against `pipeline()` over all of them in
+    batches of each of `PIPELINE_BATCH_SIZES`, the best of which is the reference.
+    `model` is the fine-tuned fp32 model; `scoring_model` is how anomdet scores with it
+    (`for_inference`'s copy; `model` itself when None). `pipeline()` runs the scoring
+    model too, unless that is an int8 copy, which `pipeline()` does not run: it then
+    runs `model`, and anomdet's fp32 path is timed beside it, so the fp32 figure is
+    never hidden. Same texts, same truncation; see `_duel` for the rounds.
+    """
+    from transformers import pipeline
+
+    scoring_model = model if scoring_model is None else scoring_model
+    int8 = any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear)
+               for m in scoring_model.modules())
+    reference = model if int8 else scoring_model
+    device = next(reference.parameters()).device
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "use a dataset" on a GPU, per text
+        classifier = pipeline("text-classification", model=reference, tokenizer=tokenizer,
+                              device=device)
+
+        def ours(with_model: Any) -> Callable[[Sequence[str]], np.ndarray]:
+            return lambda batch: predict_scores(with_model, tokenizer, batch,
+                                                batch_size=batch_size, max_length=max_length)
+
+        one = {"ours": ours(scoring_model), **({"fp32": ours(model)} if int8 else {}),
+               "pipeline": lambda batch: _pipeline_scores(classifier, batch, max_length)}
+        rate, scores = _duel(one, texts, repeats)
+        batch_texts = texts if batch_texts is None else batch_texts
+        many = {"ours": ours(scoring_model), **{
+            f"pipeline_{size}": (lambda batch, size=size: _pipeline_scores(
+                classifier, batch, max_length, size)) for size in PIPELINE_BATCH_SIZES}}
+        batched, batched_scores = _duel(many, batch_texts, repeats)
+    best = max(PIPELINE_BATCH_SIZES, key=lambda size: batched[f"pipeline_{size}"])
+    fp32 = "fp32" if int8 else "ours"
     return {"scoring_texts_per_s": rate["ours"], "pipeline_texts_per_s": rate["pipeline"],
             "scoring_speedup": rate["ours"] / rate["pipeline"],
             "fp32_scoring_texts_per_s": rate[fp32],
             "fp32_scoring_speedup": rate[fp32] / rate["pipeline"],
             "scoring_timed_texts": len(texts),
-            # The fp32 path must compute pipeline()'s scores, or the comparison is void;
+            # The float path must compute pipeline()'s scores, or the comparison is void;
             # the int8 path's distance from them is the price of its speed.
-            "scoring_max_abs_diff": float(np.max(np.abs(scores[fp32] - scores["pipeline"]))),
-            "int8_max_abs_diff": (float(np.max(np.abs(scores["ours"] - scores["pipeline"])))
-                                  if "fp32" in paths else None)}
+            "scoring_max_abs_diff": _max_diff(scores[fp32], scores["pipeline"]),
+            "int8_max_abs_diff": _max_diff(scores["ours"], scores["pipeline"]) if int8 else None,
+            "pipeline_dtype": str(next(reference.parameters()).dtype).removeprefix("torch."),
+            "bulk_scoring_texts_per_s": batched["ours"], "bulk_scoring_rows": len(batch_texts),
+            "pipeline_batched_texts_per_s": batched[f"pipeline_{best}"],
+            "pipeline_best_batch_size": best,
+            "pipeline_batched_by_size": {size: batched[f"pipeline_{size}"]
+                                         for size in PIPELINE_BATCH_SIZES},
+            "batched_scoring_speedup": batched["ours"] / batched[f"pipeline_{best}"],
+            "batched_max_abs_diff": _max_diff(batched_scores["ours"],
+                                              batched_scores[f"pipeline_{best}"])}
 
 
 def _fine_tune(
@@ -262,12 +330,10 @@ def _fine_tune(
     return challenger, info
 
 
-def _bulk_scoring(model: Any, tokenizer: Any, texts: Sequence[str], config: TrainConfig,
-                  progress: StageProgress | None) -> float:
-    start = time.perf_counter()
-    predict_scores(model, tokenizer, texts, batch_size=config.eval_batch_size,
-                   max_length=config.max_length, progress=_stage(progress, "scoring"))
-    return len(texts) / (time.perf_counter() - start)
+def _cycled(texts: Sequence[str], rows: int) -> list[str]:
+    """`rows` texts: `texts` repeated as often as needed (a throughput set larger than
+    the split; scoring caches nothing, so a repeated text costs what a new one does)."""
+    return (list(texts) * math.ceil(rows / len(texts)))[:rows]
 
 
 def run_benchmark(
@@ -281,9 +347,10 @@ def run_benchmark(
 
     Quality: the fine-tuned model and the TF-IDF baseline are trained on the same
     train split, thresholded on the same validation split (max F1) and measured on
-    the same de-duplicated test split. Speed: see `scoring_throughput` (on the first
-    `pipeline_rows` test/validation texts), `training_throughput`, and a bulk
-    `predict_scores` over `scoring_rows` test/validation texts.
+    the same de-duplicated test split. Speed, on the device anomdet picks: see
+    `scoring_throughput` (one text at a time on the first `pipeline_rows` test and
+    validation texts; batched on `scoring_rows` of them, repeated to that many when
+    fewer) and `training_throughput`.
     """
     started = time.perf_counter()
     threads = configure_threads()
@@ -307,9 +374,17 @@ def run_benchmark(
                          target_precision=settings.target_precision), **kwargs)
     baseline = evaluate_baseline(split, seed=seed, target_precision=settings.target_precision)
     pool = pd.concat([split.test["text"], split.val["text"]]).tolist()
-    bulk_rate = _bulk_scoring(scoring_model, tokenizer, pool[:scoring_rows], config, progress)
+    # How a saved version of this precision scores (load_artifact): on a GPU with bf16, a
+    # bf16 copy, made once rather than per call.
+    speed_model = for_inference(model, "fp32") if challenger.precision == "fp32" \
+        else scoring_model
+    if progress:
+        progress("scoring duels", 0, 1)
     scoring = scoring_throughput(model, tokenizer, pool[:pipeline_rows], repeats=repeats,
-                                 scoring_model=scoring_model, **kwargs)
+                                 scoring_model=speed_model,
+                                 batch_texts=_cycled(pool, scoring_rows), **kwargs)
+    if progress:
+        progress("scoring duels", 1, 1)
     training = training_throughput(split, base_model=base_model, config=config,
                                    trainer_steps=trainer_steps, seed=seed, progress=progress)
     return {
@@ -324,8 +399,7 @@ def run_benchmark(
         **info, **_figures("", ours),
         "fp32_f1": float(fp32.metrics["f1"]), "fp32_pr_auc": float(fp32.metrics["pr_auc"]),
         **_figures("baseline_", baseline),
-        "bulk_scoring_texts_per_s": bulk_rate, "bulk_scoring_rows": len(pool[:scoring_rows]),
-        **scoring, **training, "seconds": time.perf_counter() - started,
+        **device_figures(), **scoring, **training, "seconds": time.perf_counter() - started,
     }
 
 
@@ -361,30 +435,42 @@ def _fmt(value: float, digits: int = 4) -> str:
 
 
 def results_table(result: dict[str, Any]) -> Table:
-    """The headline figures: anomdet against its reference, with the ratio."""
+    """The headline figures: anomdet against its reference, with the ratio and, for
+    speed, the device both ran on."""
     table = Table(title=f"anomdet bench: {result['rows']} rows, test split {result['test_rows']}"
                         f" (de-duplicated), {result['seconds']:.0f} s")
-    for column in ("measure", "anomdet", "reference", "reference is", "ratio"):
-        table.add_column(column, justify="left" if column in ("measure", "reference is")
-                         else "right")
+    for column in ("measure", "anomdet", "reference", "reference is", "ratio", "device"):
+        table.add_column(column, justify="left" if column in ("measure", "reference is",
+                                                              "device") else "right")
     for key in ("f1", "precision", "recall", "pr_auc"):
         ours, theirs = result[key], result[f"baseline_{key}"]
         table.add_row(f"test {key}", _fmt(ours), _fmt(theirs), "TF-IDF + LogReg",
-                      _fmt(ours / theirs, 2) if theirs else "-")
+                      _fmt(ours / theirs, 2) if theirs else "-", "")
     precision = result.get("inference_precision", "fp32")
     if precision != "fp32":
         table.add_row("test f1, fp32 model", _fmt(result["fp32_f1"]), _fmt(result["baseline_f1"]),
-                      "TF-IDF + LogReg", _fmt(result["fp32_f1"] / result["baseline_f1"], 2))
-    table.add_row(f"scoring texts/s ({precision})", _fmt(result["scoring_texts_per_s"], 1),
-                  _fmt(result["pipeline_texts_per_s"], 1), "pipeline() per text",
-                  _fmt(result["scoring_speedup"], 2))
+                      "TF-IDF + LogReg", _fmt(result["fp32_f1"] / result["baseline_f1"], 2), "")
+    device = result.get("device", "")
+    label = (f"{precision}, bf16 weights" if precision == "fp32"
+             and result.get("scoring_dtype") == "bfloat16" else precision)
+    one = f"pipeline() per text, {result.get('pipeline_dtype', 'float32')}"
+    table.add_row(f"scoring texts/s ({label})", _fmt(result["scoring_texts_per_s"], 1),
+                  _fmt(result["pipeline_texts_per_s"], 1), one,
+                  _fmt(result["scoring_speedup"], 2), device)
     if precision != "fp32":
         table.add_row("scoring texts/s (fp32)", _fmt(result["fp32_scoring_texts_per_s"], 1),
-                      _fmt(result["pipeline_texts_per_s"], 1), "pipeline() per text",
-                      _fmt(result["fp32_scoring_speedup"], 2))
+                      _fmt(result["pipeline_texts_per_s"], 1), one,
+                      _fmt(result["fp32_scoring_speedup"], 2), device)
+    table.add_row(f"scoring texts/s ({label}), {result['bulk_scoring_rows']} texts",
+                  _fmt(result["bulk_scoring_texts_per_s"], 1),
+                  _fmt(result["pipeline_batched_texts_per_s"], 1),
+                  f"pipeline(), batch_size={result['pipeline_best_batch_size']} (best of "
+                  f"{', '.join(map(str, PIPELINE_BATCH_SIZES))})",
+                  _fmt(result["batched_scoring_speedup"], 2), device)
     table.add_row("training samples/s", _fmt(result["training_samples_per_s"], 1),
-                  _fmt(result["trainer_samples_per_s"], 1), "Trainer, defaults",
-                  _fmt(result["training_speedup"], 2))
+                  _fmt(result["trainer_samples_per_s"], 1),
+                  f"Trainer, batch {result['trainer_batch_size']}",
+                  _fmt(result["training_speedup"], 2), device)
     return table
 
 

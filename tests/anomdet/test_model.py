@@ -3,7 +3,9 @@ artifacts round-trip and refuse tampering."""
 
 from __future__ import annotations
 
+import copy
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,17 +14,21 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from anomdet.artifact import MANIFEST_FILE, sha256_file
+from anomdet.device import GPU_MAX_BATCH_ROWS, GPU_MAX_BATCH_TOKENS
 from anomdet.model import (
     TINY_RANDOM,
+    TOKENIZE_CHUNK,
     BalancedBatches,
     MeanPooledBertForSequenceClassification,
     distinct_texts,
     encode,
     fine_tune,
     for_inference,
+    host_batch,
     load_artifact,
     load_base_model,
     predict_scores,
+    prefetched,
     probe_head,
     recorded_scoring,
     save_artifact,
@@ -89,6 +95,113 @@ def test_encode_counts_truncated_texts() -> None:
     ids, truncated = encode(tok, ["short", "word " * 100], max_length=16)
     assert truncated == 1
     assert max(len(x) for x in ids) == 16
+
+
+def test_encode_gives_the_tokenizers_own_ids_on_parallel_threads() -> None:
+    _, tok = load_base_model(TINY_RANDOM, seed=0)
+    texts, _ = _toy(3 * TOKENIZE_CHUNK + 17, seed=9)  # several chunks, so several threads
+    texts[5] = "a much longer line " * 20
+    # transformers leaves a call's truncation on its tokenizer; encode must not inherit it.
+    tok(["x"], truncation=True, max_length=8)
+    ids, truncated = encode(tok, texts, max_length=32)
+    assert ids == tok(texts, truncation=True, max_length=32)["input_ids"]
+    assert truncated == sum(len(x) > 32 for x in tok(texts)["input_ids"]) >= 1
+    whole, none_cut = encode(tok, texts, max_length=512)
+    assert whole == tok(texts)["input_ids"] and none_cut == 0
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_host_batches_pad_as_the_tokenizer_does(side: str) -> None:
+    _, tok = load_base_model(TINY_RANDOM, seed=0)
+    tok.padding_side = side
+    ids, _ = encode(tok, ["disk full", "a longer line about the disk being full", "ok"], 32)
+    index = np.array([2, 0, 1])
+    ours = host_batch(ids, index, tok.pad_token_id, left=side == "left")
+    theirs = tok.pad({"input_ids": [ids[i] for i in index]}, return_tensors="pt")
+    for key in ("input_ids", "attention_mask"):
+        assert torch.equal(ours[key], theirs[key]), key
+
+
+def test_prefetched_keeps_order_and_works_ahead_of_the_caller() -> None:
+    made: list[int] = []
+
+    def make(item: int) -> int:
+        made.append(item)
+        return item * item
+
+    results = prefetched(make, range(10), ahead=2)
+    assert next(results) == 0
+    # Once the first result is handed over, the worker makes the next two unasked.
+    deadline = time.monotonic() + 10
+    while len(made) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert made == [0, 1, 2]
+    assert list(results) == [i * i for i in range(1, 10)]
+
+
+def test_gpu_sized_batches_give_the_same_scores(trained: tuple) -> None:
+    model, tok, texts, _, _ = trained
+    cpu = predict_scores(model, tok, texts, max_length=32)
+    gpu_sized = predict_scores(model, tok, texts, max_length=32, batch_size=GPU_MAX_BATCH_ROWS,
+                               max_tokens=GPU_MAX_BATCH_TOKENS)
+    np.testing.assert_allclose(cpu, gpu_sized, atol=1e-5)
+
+
+_HOST_READS = ("item", "cpu", "tolist", "__float__", "__bool__", "__int__")
+
+
+def _count_host_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Counts the tensor methods that read a value back to the host (on a GPU, each waits
+    for every queued kernel)."""
+    calls: list[str] = []
+    for name in _HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, *args: object, _name: str = name,
+                    _original: object = original, **kwargs: object) -> object:
+            calls.append(_name)
+            return _original(self, *args, **kwargs)  # type: ignore[operator]
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    return calls
+
+
+def test_scoring_reads_back_once_however_many_batches(trained: tuple,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    model, tok, texts, _, _ = trained
+    calls = _count_host_reads(monkeypatch)
+    predict_scores(model, tok, texts[:200], max_length=32, batch_size=200, max_tokens=10**6)
+    one_batch = len(calls)
+    calls.clear()
+    predict_scores(model, tok, texts[:200], max_length=32, batch_size=4)
+    assert len(calls) == one_batch
+
+
+def test_training_steps_do_not_read_back_from_the_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    texts, labels = _toy(200, seed=2)
+    calls = _count_host_reads(monkeypatch)
+    counts = []
+    for steps in (4, 24):
+        model, tok = load_base_model(TINY_RANDOM, seed=2)
+        config = train_config(max_length=32, seed=2, min_steps=steps, max_steps=steps,
+                              evaluations=1, probe_head=False)
+        calls.clear()
+        fine_tune(model, tok, texts[:150], labels[:150], texts[150:], labels[150:], config)
+        counts.append(len(calls))
+    assert counts[0] == counts[1]
+
+
+def test_models_attend_with_sdpa() -> None:
+    model, _ = load_base_model(TINY_RANDOM, seed=0)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_bf16_weights_score_close_to_fp32(trained: tuple) -> None:
+    # What a GPU with bf16 scores with (for_inference's copy there); bf16 runs on CPUs too.
+    model, tok, texts, _, _ = trained
+    bf16 = copy.deepcopy(model).to(torch.bfloat16)
+    fp32 = predict_scores(model, tok, texts[300:], max_length=32)
+    ours = predict_scores(bf16, tok, texts[300:], max_length=32)
+    assert 0 < np.max(np.abs(fp32 - ours)) < 0.02
 
 
 def test_balanced_batches_hold_the_anomaly_share_and_see_every_text() -> None:

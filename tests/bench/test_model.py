@@ -26,7 +26,7 @@ KEYS = (
 )
 RATES = ("scoring_texts_per_s", "pipeline_texts_per_s", "scoring_speedup",
          "training_samples_per_s", "trainer_samples_per_s", "training_speedup",
-         "bulk_scoring_texts_per_s")
+         "bulk_scoring_texts_per_s", "pipeline_batched_texts_per_s", "batched_scoring_speedup")
 
 
 def _write_csv(path: Path, n: int = 300) -> pd.DataFrame:
@@ -77,15 +77,28 @@ def test_json_has_every_figure_with_sane_values(bench: tuple) -> None:
         assert 0.0 <= result[key] <= 1.0, key
     assert result["epochs"] == 1 and 1 <= result["best_epoch"] <= 6
     assert result["seconds"] > 0
+    # The device is named beside the ratios (a CPU here: CI has no GPU).
+    assert result["device_type"] == "cpu" and result["device"]
+    assert result["scoring_dtype"] == result["pipeline_dtype"] == "float32"
 
 
 def test_both_loops_are_timed_on_the_same_samples_and_both_scorers_agree(bench: tuple) -> None:
     _, _, result = bench
-    # lcm(anomdet batch 16, Trainer batch 8) rounds 2 Trainer steps up to one 16-sample block.
-    assert result["training_timed_samples"] == 16
+    # Trainer runs at anomdet's batch size: 2 timed steps of 16, after one untimed step.
+    assert result["trainer_batch_size"] == result["batch_size"] == 16
+    assert result["training_timed_samples"] == 32
     assert result["scoring_timed_texts"] == 12
     assert result["bulk_scoring_rows"] == 40
     assert result["scoring_max_abs_diff"] < 1e-4
+    # The batched duel: pipeline() at each batch size, the fastest the reference, scoring
+    # the same texts as anomdet.
+    by_size = result["pipeline_batched_by_size"]
+    assert sorted(int(size) for size in by_size) == [32, 64, 256]
+    assert result["pipeline_batched_texts_per_s"] == max(by_size.values())
+    assert str(result["pipeline_best_batch_size"]) in {str(s) for s in by_size}
+    assert result["batched_scoring_speedup"] == pytest.approx(
+        result["bulk_scoring_texts_per_s"] / result["pipeline_batched_texts_per_s"])
+    assert result["batched_max_abs_diff"] < 0.1
     # The int8 path is timed with the fp32 path beside it.
     assert result["inference_precision"] == "int8"
     assert result["fp32_scoring_texts_per_s"] > 0 and 0.0 <= result["fp32_f1"] <= 1.0
