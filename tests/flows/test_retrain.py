@@ -147,13 +147,33 @@ def test_every_run_records_the_baseline_and_the_first_run_is_judged_against_it(
     # Same test split: the same examples and anomalies behind both figures.
     assert baseline["n"] == challenger["n"] and baseline["positives"] == challenger["positives"]
     checks = {name: passed for name, passed, _ in outcome.checks}
-    if challenger["f1"] >= baseline["f1"]:
-        assert checks["baseline"]
-    elif outcome.uncertainty is None:  # enough anomalies to take the figures as they are
-        assert not checks["baseline"]
-    assert (outcome.decision == "promoted") == checks["first_run"]
     with session_scope(get_engine(anomdet_env)) as session:
         [run] = repo.recent_runs(session=session, model_name="anomdet")
+    paired = run.details["baseline_bootstrap"]
+    # Refused only when the baseline is better beyond noise: the interval wholly below 0.
+    assert checks["baseline"] == (challenger["f1"] >= baseline["f1"] or paired["ci_high"] >= 0)
+    detail = dict((name, d) for name, _, d in outcome.checks)["baseline"]
+    assert f"[{paired['ci_low']:+.4f}, {paired['ci_high']:+.4f}]" in detail
+    assert (outcome.decision == "promoted") == checks["first_run"]
     assert run.baseline_metrics["f1"] == pytest.approx(baseline["f1"])
     if outcome.decision == "rejected":
         assert "ANOMDET_PROMOTION__FIRST_RUN=always" in run.reason
+
+
+@only_on("sqlite")
+def test_a_first_challenger_far_below_the_baseline_is_refused_with_what_to_do(
+        anomdet_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from flows.retrain import retrain
+
+    # A random head that barely moves (learning rate 1e-12): the baseline is better beyond
+    # noise.
+    monkeypatch.setenv("ANOMDET_PROMOTION__FIRST_RUN", "beat_baseline")
+    monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "1e-12")
+    seed_records(anomdet_env, toy_records())
+    outcome = retrain()
+    assert outcome.decision == "rejected" and outcome.promoted_version is None
+    with session_scope(get_engine(anomdet_env)) as session:
+        [run] = repo.recent_runs(session=session, model_name="anomdet")
+        assert repo.get_champion(session=session, model_name="anomdet") is None
+    assert run.details["baseline_bootstrap"]["ci_high"] < 0
+    assert "better beyond noise" in run.reason and "--epochs" in run.reason
