@@ -78,6 +78,26 @@ def balanced(frame: pd.DataFrame, rows: int = 1400) -> pd.DataFrame:
     return _renumber(pd.concat([take_pos, take_neg]).sample(frac=1.0, random_state=SEED))
 
 
+#: Words that spam messages use and conversations rarely do: a set whose spam names them
+#: is the regime where a bag of words is strongest.
+SPAM_WORDS = ("free", "win", "prize", "claim", "cash", "call", "txt", "text", "reply", "www",
+              "http", "urgent", "mobile", "offer", "£")
+
+
+def short_spam(frame: pd.DataFrame, rows: int = 1200, max_chars: int = 160) -> pd.DataFrame:
+    """Short, balanced, keyword-rich spam: up to `rows` // 2 spam messages of at most
+    `max_chars` characters that name one of `SPAM_WORDS`, beside as many short normal
+    messages, drawn without replacement (fewer if such spam runs out)."""
+    rng = np.random.default_rng(SEED)
+    short = frame[frame["text"].str.len() <= max_chars]
+    named = short["text"].str.lower().str.contains("|".join(SPAM_WORDS), regex=True)
+    pos, neg = short[(short["label"] == 1) & named], short[short["label"] == 0]
+    half = min(rows // 2, len(pos), len(neg))
+    take_pos = pos.iloc[rng.choice(len(pos), half, replace=False)]
+    take_neg = neg.iloc[rng.choice(len(neg), half, replace=False)]
+    return _renumber(pd.concat([take_pos, take_neg]).sample(frac=1.0, random_state=SEED))
+
+
 def repetitive_logs(rows: int = 1350, families: int = 4, texts_per_family: int = 5,
                     anomalies: int = 50) -> pd.DataFrame:
     """Log lines whose anomalies are a few message texts repeated many times.
@@ -119,6 +139,8 @@ def default_suite(data_dir: Path = DEFAULT_DATA_DIR) -> list[BenchSet]:
                  repetitive_logs),
         BenchSet("balanced", "about 50% anomalies (from davidson_hate)",
                  lambda: balanced(read_labelled_csv(hate))),
+        BenchSet("short_spam", "short messages, half of them spam that names a spam word "
+                 "(from sms_spam)", lambda: short_spam(read_labelled_csv(sms))),
         BenchSet("sms_spam", "real, 13% anomalies", lambda: read_labelled_csv(sms)),
         BenchSet("demo_1500", "demo log lines, 1,500 rows", lambda: demo_set(1500)),
         BenchSet("demo_3000", "demo log lines, 3,000 rows", lambda: demo_set(3000)),

@@ -158,3 +158,22 @@ def test_sets_run_in_the_order_named_and_unknown_names_are_refused() -> None:
         select_sets(available, "small,tiny")
     with pytest.raises(ValueError, match="unknown set"):
         select_sets(available, " , ")
+
+
+def test_short_spam_is_short_balanced_keyword_rich_and_repeatable() -> None:
+    from bench.suite import SPAM_WORDS, short_spam
+
+    rng = np.random.default_rng(0)
+    spam = [f"{w} offer {i}: reply now" for i, w in enumerate(rng.choice(["win", "free"], 60))]
+    frame = pd.DataFrame({
+        "id": range(1, 221),
+        "text": spam + ["x" * 200] * 20 + ["hello there"] * 20  # spam: too long, no spam word
+        + [f"see you at {i}" for i in range(100)] + ["y" * 300] * 20,
+        "label": [1] * 100 + [0] * 120})
+    chosen = short_spam(frame, rows=100, max_chars=160)
+    assert (chosen["label"] == 1).sum() == (chosen["label"] == 0).sum() == 50
+    assert chosen["text"].str.len().max() <= 160
+    spam_texts = chosen.loc[chosen["label"] == 1, "text"].str.lower()
+    assert spam_texts.map(lambda t: any(w in t for w in SPAM_WORDS)).all()
+    assert chosen.equals(short_spam(frame, rows=100, max_chars=160))
+    assert list(chosen["id"]) == list(range(1, 101))
