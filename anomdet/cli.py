@@ -67,6 +67,27 @@ class _Deferred(click.Command):
         return self.load().make_context(info_name, args, parent=parent, **extra)
 
 
+# Typer parses with its own copy of click: its usage errors are not click's.
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _usage(exc: Exception) -> str:
+    """A usage error in one line, with the way to the command's help."""
+    ctx = getattr(exc, "ctx", None)
+    # The program's own name varies (`python -m anomdet.cli`, a test runner): say anomdet.
+    names, at = [], ctx
+    while at is not None and at.parent is not None:
+        names.insert(0, at.info_name)
+        at = at.parent
+    where = f"`{' '.join(['anomdet', *names])} --help`"
+    option = getattr(exc, "option_name", "") or ""
+    if option.lstrip("-").isdigit() and ctx is not None and ctx.command.name == "rollback":
+        return (f"'anomdet rollback {option}': versions are numbered from 1 and {option} "
+                "reads as an option; give the number of a retired version (`anomdet models` "
+                "lists them), as in `anomdet rollback 1 --reason ...`")
+    return f"{exc.format_message().rstrip('.')}; see {where}"
+
+
 class _OneLineErrors(TyperGroup):
     """Every command ends a failure with one `error:` line, no traceback (unless --debug)."""
 
@@ -83,6 +104,10 @@ class _OneLineErrors(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except _USAGE_ERROR as exc:  # a mistyped command line, found by typer's click
+            if _debug():
+                raise
+            _fail(_usage(exc), code=2)
         except Exception as exc:
             if _debug():
                 raise
@@ -572,11 +597,12 @@ def flagged(limit: int = typer.Option(20, min=1, help="rows to show")) -> None:
             champion = repo.get_champion(session=session, model_name=settings.model_name)
             rows = repo.flagged_rows(session=session, limit=limit) if champion else []
     except sa_exc.ProgrammingError:  # no such view (PostgreSQL)
-        _fail("anomdet_flagged does not exist yet; run `anomdet retrain` first")
+        _fail(_why_no_flagged_view(settings))
     except sa_exc.OperationalError as exc:
-        if "no such table" not in str(exc.orig):  # SQLite's word for a missing view
+        # SQLite's words for a missing view, or for the missing table of an existing one.
+        if "no such table" not in str(exc.orig):
             raise
-        _fail("anomdet_flagged does not exist yet; run `anomdet retrain` first")
+        _fail(_why_no_flagged_view(settings))
     if champion is None:
         out.print(f"no champion of {settings.model_name!r} yet: nothing is flagged until "
                   "`anomdet retrain` promotes one", soft_wrap=True, highlight=False)
@@ -588,6 +614,19 @@ def flagged(limit: int = typer.Option(20, min=1, help="rows to show")) -> None:
         table.add_row(_cell(row["record_id"]), f"{row['score']:.4f}",
                       str(row["model_version"]), _cell(row["text"], 100))
     out.print(table)
+
+
+def _why_no_flagged_view(settings: Any) -> str:
+    """Why anomdet_flagged cannot be read: the records it joins are gone, or the view
+    was never made."""
+    from db.records import reflect_records_table
+
+    try:
+        with settings.engine().connect() as conn:
+            reflect_records_table(conn, settings.records.mapping())
+    except ValueError as exc:
+        return f"anomdet_flagged cannot be read: {exc}"
+    return "anomdet_flagged does not exist yet; run `anomdet retrain` first"
 
 
 @app.command()

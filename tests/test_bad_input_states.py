@@ -29,8 +29,10 @@ from tests.test_bad_input import (  # noqa: F401 - fixtures requested by name
     cli,
     db,
     execute,
+    map_records,
     state,
 )
+from tests.test_bad_input_keys import summary
 from tests.test_bad_input_ops import one_error
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -157,4 +159,142 @@ def test_a_variable_in_error_is_named(db: Database, variable: str, value: str, m
     monkeypatch.setenv(variable, value)
     before = state(db.url)
     assert one_error(cli(command_name)) == message
+    assert_unchanged(before, db.url)
+
+
+# --- 4. keys that collide once written as text -------------------------------------------------
+
+
+def test_ids_that_write_as_one_key_are_unkeyed(db: Database,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    if db.backend == "postgresql":
+        pytest.skip("a PostgreSQL column has a type, whose values write as distinct texts")
+    # A column without a declared type keeps 5000 and '5000' apart; both are key '5000'.
+    execute(db.url, sa.text("CREATE TABLE events (id, text TEXT, label SMALLINT)"),
+            sa.text("INSERT INTO events VALUES (5000, 'the integer five thousand', NULL), "
+                    "('5000', 'the text five thousand', NULL), (5001, 'a record', NULL)"))
+    map_records(monkeypatch, table="events", timestamp_column="")
+    first = summary(cli("score"))
+    assert (first["records"], first["scored"], first["unkeyed"]) == (3, 1, 2), first
+    assert first["unkeyed_example_ids"] == ["5000", "5000"]
+    before = state(db.url)
+    again = summary(cli("score"))
+    assert (again["records"], again["scored"], again["unkeyed"]) == (2, 0, 2), again
+    assert_unchanged(before, db.url)
+    with get_engine(db.url).connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM anomdet_scores "
+                                    "WHERE record_id = '5000'")).scalar_one() == 0
+
+
+# --- 8. a label column of another type ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("command_name", ["retrain", "score", "queue"])
+def test_a_boolean_label_column_is_named(db: Database, command_name: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    if db.backend == "sqlite":
+        pytest.skip("SQLite keeps a BOOLEAN as the numbers 0 and 1")
+    execute(db.url, sa.text("CREATE TABLE events (id bigint PRIMARY KEY, text text, "
+                            "label boolean)"),
+            sa.text("INSERT INTO events SELECT id, text, label::int::boolean FROM records"))
+    map_records(monkeypatch, table="events", timestamp_column="")
+    before = state(db.url)
+    said = one_error(cli(command_name))
+    assert said == (
+        "error: label column events.label is BOOLEAN: anomdet reads labels as 0 (normal) and "
+        "1 (anomalous) in an integer column; add one (ALTER TABLE events ADD COLUMN label_int "
+        "smallint; UPDATE events SET label_int = label::int) and set "
+        "ANOMDET_RECORDS__LABEL_COLUMN=label_int"), said
+    assert_unchanged(before, db.url)
+
+
+# --- 9. 10. records tables an import cannot write -----------------------------------------------
+
+
+def test_an_import_needs_ids_unique_on_their_own(db: Database, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    execute(db.url, sa.text("CREATE TABLE events (tenant INTEGER NOT NULL, id BIGINT NOT NULL, "
+                            "text TEXT, label SMALLINT, PRIMARY KEY (tenant, id))"),
+            sa.text("INSERT INTO events VALUES (1, 1, 'a first record', 0)"))
+    map_records(monkeypatch, table="events", timestamp_column="")
+    csv = tmp_path / "records.csv"
+    csv.write_text("id,text,label\n1,an edited first record,0\n2,a second record,1\n")
+    before = state(db.url)
+    said = one_error(cli("import-csv", str(csv)))
+    assert said == (
+        "error: events.id is not unique on its own (the primary key is (tenant, id)): an "
+        "import inserts or updates records by id, which needs a unique constraint on id "
+        "alone; add one (CREATE UNIQUE INDEX events_id_key ON events (id)) or load these "
+        "rows with your own tools"), said
+    assert_unchanged(before, db.url)
+
+
+def _records_as_view(db: Database) -> None:
+    """The records moved into `records_t`, and `records` made a view of them."""
+    cascade = " CASCADE" if db.backend == "postgresql" else ""  # anomdet's views go too
+    execute(db.url, sa.text("CREATE TABLE records_t AS SELECT * FROM records"),
+            sa.text(f"DROP TABLE records{cascade}"),
+            sa.text("CREATE VIEW records AS SELECT * FROM records_t"))
+
+
+def test_records_that_are_a_view_are_read_and_never_written(db: Database,
+                                                            tmp_path: Path) -> None:
+    _records_as_view(db)
+    seed = "INSERT INTO records_t (id, text, label) VALUES (9001, 'a new record', NULL)"
+    execute(db.url, sa.text(seed))
+    scored = summary(cli("score"))
+    assert (scored["records"], scored["scored"]) == (1, 1), scored
+    assert cli("flagged").exit_code == 0
+    csv = tmp_path / "records.csv"
+    csv.write_text("id,text,label\n9002,another record,0\n")
+    before = state(db.url)
+    for args in (["import-csv", str(csv)], ["demo", "--rows", "100"]):
+        said = one_error(cli(*args))
+        assert said == (
+            "error: records 'records' is a view: anomdet reads records from a view (retrain, "
+            "score, flagged work on it) but writes records only into a table; import into "
+            "the table behind the view, or set ANOMDET_RECORDS__TABLE to a table"), said
+        assert_unchanged(before, db.url)
+
+
+# --- 11. what is missing, said as it is ----------------------------------------------------------
+
+
+def test_flagged_without_the_records_table_names_the_table(db: Database) -> None:
+    cascade = " CASCADE" if db.backend == "postgresql" else ""  # the view goes with it
+    execute(db.url, sa.text(f"DROP TABLE records{cascade}"))
+    before = state(db.url)
+    said = one_error(cli("flagged"))
+    assert said == ("error: anomdet_flagged cannot be read: records table 'records' does not "
+                    "exist in the database (tables there: none); create it, import a CSV with "
+                    "`anomdet import-csv`, or set ANOMDET_RECORDS__TABLE"), said
+    assert_unchanged(before, db.url)
+
+
+def test_rollback_to_a_version_that_never_served_says_so(db: Database) -> None:
+    execute(db.url, sa.text(
+        "INSERT INTO anomdet_model_versions (model_name, version, status, base_model, "
+        "artifact_uri, weights_sha256, data_fingerprint, hyperparameters, metrics, threshold, "
+        "created_at, retired_at) SELECT model_name, 2, 'rejected', base_model, "
+        "'/nonexistent/discarded', weights_sha256, data_fingerprint, hyperparameters, metrics, "
+        "threshold, created_at, created_at FROM anomdet_model_versions WHERE version = 1"))
+    before = state(db.url)
+    said = one_error(cli("rollback", "2", "--reason", "the newer one"))
+    assert said == ("error: version 2 of 'anomdet' is rejected: it never served, so it cannot "
+                    "serve again; roll back to a retired version"), said
+    assert_unchanged(before, db.url)
+
+
+def test_rollback_to_a_negative_version_is_a_usage_error(db: Database) -> None:
+    before = state(db.url)
+    result = cli("rollback", "-1", "--reason", "typo")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.strip() == (
+        "error: 'anomdet rollback -1': versions are numbered from 1 and -1 reads as an "
+        "option; give the number of a retired version (`anomdet models` lists them), as in "
+        "`anomdet rollback 1 --reason ...`")
+    missing = cli("rollback", "1")
+    assert missing.exit_code == 2
+    assert missing.output.strip() == ("error: Missing option '--reason'; see "
+                                      "`anomdet rollback --help`")
     assert_unchanged(before, db.url)
