@@ -81,14 +81,25 @@ def _read_manifest(directory: Path) -> dict[str, str]:
     return manifest
 
 
+class ArtifactMissing(ValueError):
+    """The artifact's folder is gone: lost, not altered. A retrain may replace a champion
+    whose files are gone (see flows.retrain); an altered artifact is refused everywhere."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        super().__init__(
+            f"model artifact folder {directory} is missing; restore it from a backup, roll "
+            "back to a retired version, or run `anomdet retrain`, which replaces a champion "
+            "whose files are gone")
+
+
 def verify_artifact(directory: Path, expected_sha256: str | None) -> str:
     """Check every file of an artifact against its manifest and the manifest against
     `expected_sha256` (the database's digest); return the digest. Raises ValueError
     naming the folder and the file that differs."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ValueError(f"model artifact folder {directory} is missing; restore it from "
-                         "a backup, roll back to another version or retrain")
+        raise ArtifactMissing(directory)
     if not (directory / MANIFEST_FILE).is_file():
         return _verify_legacy(directory, expected_sha256)
     digest = sha256_file(directory / MANIFEST_FILE)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from prefect import flow, get_run_logger
@@ -186,13 +187,15 @@ def _retrain(settings: Settings, run_id: int) -> State:
         (challenger.scoring_model, challenger.tokenizer), split.test,
         challenger.threshold, challenger.config.max_length, settings)
     champ_eval = None
-    if champion is not None:
+    if champion is not None and champion[1] is not None:
         row, loaded = champion
         champ_eval = evaluate_model.with_options(
             task_run_name=f"evaluate champion v{row.version}")(
             (loaded.model, loaded.tokenizer), split.test, loaded.threshold, loaded.max_length,
             settings)
     decision = decide_promotion(ch_eval, champ_eval, settings, baseline)
+    if champion is not None and champion[1] is None:
+        decision = _judged_without(champion[0], decision)
     champ_metrics = champ_eval.metrics if champ_eval else None
     publish_decision(settings.model_name, ch_eval.metrics, champ_metrics, decision,
                      baseline.metrics)
@@ -260,6 +263,15 @@ def _retrain(settings: Settings, run_id: int) -> State:
                                                  ch_eval.metrics, champ_metrics,
                                                  champion_version, flipped.flagged))
     return _conclude(settings, promoted, decision, challenger, split, artifact_uri)
+
+
+def _judged_without(lost: Any, decision: Decision) -> Decision:
+    """The decision about a challenger judged as if there were no champion, because the
+    champion's files are gone; a promotion retires that champion by compare-and-set."""
+    why = (f"Champion v{lost.version} could not be evaluated: its artifact folder "
+           f"{lost.artifact_uri} is missing, so the challenger was judged as if there were "
+           "no champion.")
+    return dataclasses.replace(decision, reason=f"{why} {decision.reason}")
 
 
 def _approval(settings: Settings, run_id: int, decision: Decision, challenger: EvalResult,

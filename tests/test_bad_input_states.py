@@ -11,6 +11,7 @@ tests/test_bad_input_signals.py.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -298,3 +299,46 @@ def test_rollback_to_a_negative_version_is_a_usage_error(db: Database) -> None:
     assert missing.output.strip() == ("error: Missing option '--reason'; see "
                                       "`anomdet rollback --help`")
     assert_unchanged(before, db.url)
+
+
+# --- 6. a champion whose files are gone ----------------------------------------------------------
+
+
+def _lose_champion_files(db: Database, tmp_path: Path) -> Path:
+    """The champion's artifact, copied where this test may delete it, then deleted."""
+    with get_engine(db.url).connect() as conn:
+        uri = conn.execute(sa.text("SELECT artifact_uri FROM anomdet_model_versions "
+                                   "WHERE status = 'champion'")).scalar_one()
+    artifact = tmp_path / "lost-champion"
+    shutil.copytree(uri, artifact)
+    execute(db.url, sa.text("UPDATE anomdet_model_versions SET artifact_uri = :u "
+                            "WHERE status = 'champion'").bindparams(u=str(artifact)))
+    shutil.rmtree(artifact)
+    return artifact
+
+
+def test_a_champion_whose_files_are_gone_is_replaced_by_a_retrain(db: Database,
+                                                                  tmp_path: Path) -> None:
+    artifact = _lose_champion_files(db, tmp_path)
+    seed_records(db.url, pd.DataFrame({"id": [9001], "text": ["cache 1 refreshed"],
+                                       "label": pd.array([None], dtype="Int64")}))
+    before = state(db.url)
+    said = one_error(cli("score"))
+    assert said == (f"error: model artifact folder {artifact} is missing; restore it from a "
+                    "backup, roll back to a retired version, or run `anomdet retrain`, which "
+                    "replaces a champion whose files are gone"), said
+    assert_unchanged(before, db.url)
+    # The way the message names works: the challenger is judged as if there were no
+    # champion (the first-run policy), and its promotion retires the lost one.
+    result = cli("retrain")
+    assert result.exit_code == 0, result.output
+    assert "decision: promoted" in result.output, result.output
+    after = state(db.url)
+    assert [v[1:3] for v in after["versions"]] == [(1, "retired"), (2, "champion")]
+    with get_engine(db.url).connect() as conn:
+        reason = conn.execute(sa.text("SELECT reason FROM anomdet_runs ORDER BY id DESC "
+                                      "LIMIT 1")).scalar_one()
+    assert reason.startswith(f"Champion v1 could not be evaluated: its artifact folder "
+                             f"{artifact} is missing, so the challenger was judged as if "
+                             "there were no champion. "), reason
+    assert summary(cli("score"))["records"] == 0  # v2 scored 9001 in its backfill
