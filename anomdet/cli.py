@@ -335,7 +335,7 @@ def _run_retrain(base_model: str | None, epochs: int | None, seed: int | None,
     from anomdet.errors import DataValidationError
     from flows.retrain import RetrainParams, retrain
 
-    _check_before_training(_settings())
+    _check_before_training(_settings(), base_model)
     params = RetrainParams(base_model=base_model, epochs=epochs, seed=seed,
                            max_train_rows=max_train_rows, learning_rate=learning_rate)
     try:
@@ -350,9 +350,10 @@ def _run_retrain(base_model: str | None, epochs: int | None, seed: int | None,
     _print_outcome(outcome)
 
 
-def _check_before_training(settings: Any) -> None:
+def _check_before_training(settings: Any, base_model: str | None = None) -> None:
     """What can fail after an hour of training is checked first: the database, the
-    records mapping and its columns, and that the artifacts folder takes a file."""
+    records mapping and its columns, that the artifacts folder takes a file, and that it
+    has room for what the run writes there."""
     from anomdet.artifact import check_writable
     from db.engine import migrate
     from db.records import reflect_records_table
@@ -370,6 +371,22 @@ def _check_before_training(settings: Any) -> None:
     with engine.connect() as conn:
         reflect_records_table(conn, settings.records.mapping())
     check_writable(settings.artifact_root())
+    _check_room(settings, base_model or settings.training.base_model)
+
+
+def _check_room(settings: Any, base_model: str) -> None:
+    """Refuse a run whose files would not fit in the artifacts folder, where their size is
+    known before training: the base model is the bundled one or a local folder."""
+    from anomdet.artifact import check_free_space, model_bytes
+    from anomdet.model import BUNDLED, bundled_model_dir
+
+    source = bundled_model_dir() if base_model == BUNDLED else Path(base_model).expanduser()
+    size = model_bytes(source)
+    if size is None:  # 'tiny-random' or a hub id: known once loaded, checked when saved
+        return
+    # The challenger kept for a retry and the new version's artifact: a copy each.
+    check_free_space(settings.artifact_root(), 2 * size,
+                     f"a run fine-tuning {base_model} (a kept challenger and a model artifact)")
 
 
 def _records_table(engine: sa.Engine, mapping: RecordsMapping) -> sa.Table:

@@ -11,6 +11,7 @@ from prefect.states import Completed, Failed, State
 from prefect.transactions import transaction
 from pydantic import BaseModel, Field, ValidationError
 
+from anomdet.artifact import data_docs_dir
 from anomdet.data import fingerprint
 from anomdet.drift import DataProfile
 from anomdet.errors import DataValidationError, DriftError, is_run_timeout, timed_out
@@ -152,7 +153,7 @@ def _retrain(settings: Settings, run_id: int) -> State:
     logger.info("%d labels in the records table, %d of them newer than the champion's "
                 "training data", labels.labelled, labels.new)
     record_progress(settings, run_id, RunProgress(details={"labels": labels.to_dict()}))
-    docs_dir = settings.artifact_root() / "validation" / f"run-{run_id}"
+    docs_dir = data_docs_dir(settings.artifact_root(), run_id)
     validated = validate_records(frame, settings, docs_dir, return_state=True)
     try:
         report = validated.result()

@@ -12,6 +12,7 @@ tests/test_bad_input_signals.py.
 from __future__ import annotations
 
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from alembic.config import Config
 
 from db.engine import get_engine, migrations_dir
 from tests.databases import Database, drop_database, new_database
-from tests.flows.test_retrain import seed_records
+from tests.flows.test_retrain import seed_records, toy_records
 from tests.test_bad_input import (  # noqa: F401 - fixtures requested by name
+    ROWS,
+    SETTINGS_ENV,
     assert_unchanged,
     champion_template,
     cli,
@@ -342,3 +345,68 @@ def test_a_champion_whose_files_are_gone_is_replaced_by_a_retrain(db: Database,
                              f"{artifact} is missing, so the challenger was judged as if "
                              "there were no champion. "), reason
     assert summary(cli("score"))["records"] == 0  # v2 scored 9001 in its backfill
+
+
+# --- 7. a full disk --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB file system of its own (tmpfs), where mounting one is allowed (as root)."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_while_storing_the_artifact_is_named_and_cleaned(
+        small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'anomdet.db'}"
+    seed_records(url, toy_records(ROWS))
+    for name, value in SETTINGS_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ANOMDET_DATABASE_URL", url)
+    monkeypatch.setenv("ANOMDET_ARTIFACTS_DIR", str(small_disk))
+    free = shutil.disk_usage(small_disk).free
+    said = one_error(cli("retrain"))
+    assert said.startswith(f"error: no space for the model artifact in {small_disk}/anomdet: "
+                           "it needs about "), said
+    assert said.endswith("; free space there or set ANOMDET_ARTIFACTS_DIR to a folder with "
+                         "room, then run again"), said
+    assert f"(removed what this run wrote: {small_disk}/validation/run-1)" in said
+    # What the run wrote is gone: the disk is as free as before, but for empty folders
+    # and the retrain slot's lock file.
+    assert shutil.disk_usage(small_disk).free >= free - 16 * 1024
+    assert {p.relative_to(small_disk).as_posix() for p in small_disk.rglob("*")
+            if p.is_file()} <= {"anomdet/.retrain.lock"}
+    with get_engine(url).connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM anomdet_model_versions")).scalar() == 0
+        run = conn.execute(sa.text("SELECT state, reason FROM anomdet_runs")).one()
+    assert run.state == "failed" and run.reason == "DiskFull: " + said.removeprefix("error: ")
+
+
+def test_a_disk_too_small_for_the_base_model_is_refused_before_training(
+        db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anomdet.model import TINY_RANDOM, load_base_model
+
+    # A local base model of known size: the tiny model, saved as a user would keep one.
+    base = tmp_path / "base-model"
+    model, tokenizer = load_base_model(TINY_RANDOM, seed=0)
+    model.save_pretrained(base, safe_serialization=True)
+    tokenizer.save_pretrained(base)
+    size = sum(p.stat().st_size for p in base.rglob("*") if p.suffix in
+               (".safetensors", ".json", ".txt", ".model"))
+    monkeypatch.setattr("anomdet.artifact.free_bytes", lambda _folder: size)  # < 2 copies
+    before = state(db.url)
+    said = one_error(cli("retrain", "--base-model", str(base)))
+    artifacts = tmp_path / "artifacts"
+    assert said == (f"error: no space for a run fine-tuning {base} (a kept challenger and a "
+                    f"model artifact) in {artifacts}: it needs about "
+                    f"{2 * size / 2**20:,.1f} MB, and {size / 2**20:,.1f} MB is free; free "
+                    "space there or set ANOMDET_ARTIFACTS_DIR to a folder with room, then run "
+                    "again"), said
+    assert_unchanged(before, db.url)  # not even a run row: nothing started
