@@ -225,6 +225,67 @@ def _environment() -> None:
         os.environ.setdefault(name, value)
 
 
+# Runs in a process of its own, in a session of its own (Ctrl-C at the terminal does not
+# reach it): it waits until the command's process ends, however it ends (SIGKILL
+# included), and stops the temporary Prefect server unless the command said it stops
+# the server itself. The server's command line is checked first, so that a process
+# that took over the number after the server ended is left alone.
+_WATCHDOG = """
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+pid = int(sys.argv[1])
+if sys.stdin.buffer.read() == b"stopped by its command":
+    sys.exit(0)
+def serving():
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"uvicorn" in cmdline.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    if not serving():
+        break
+    os.kill(pid, sig)
+    for _ in range(50):
+        time.sleep(0.1)
+        if not serving():
+            break
+"""
+
+
+def _own_prefect_server() -> None:
+    """Start Prefect's temporary server now, if the flows will use one (no PREFECT_API_URL),
+    and a watchdog that stops it when this process ends: Prefect stops it at a normal
+    exit, but a killed process would leave it serving, reparented to PID 1."""
+    import atexit
+    import subprocess
+
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    server = SubprocessASGIServer()
+    server.start()  # the instance Prefect's clients use: they find it started
+    if server.server_process is None:
+        return
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(server.server_process.pid)],
+        stdin=subprocess.PIPE, start_new_session=True)
+
+    def stand_down() -> None:
+        # Registered after Prefect's own stop, so run before it (atexit runs last in first).
+        try:
+            watchdog.stdin.write(b"stopped by its command")
+            watchdog.stdin.close()
+        except OSError:
+            pass
+
+    atexit.register(stand_down)
+
+
 def _model_environment() -> None:
     """For the commands that load a model: transformers offline and quiet as well."""
     _environment()
@@ -338,9 +399,16 @@ def _run_retrain(base_model: str | None, epochs: int | None, seed: int | None,
     _check_before_training(_settings(), base_model)
     params = RetrainParams(base_model=base_model, epochs=epochs, seed=seed,
                            max_train_rows=max_train_rows, learning_rate=learning_rate)
+    _own_prefect_server()
     try:
         with _flow_terminal():
             outcome = retrain(params)
+    except KeyboardInterrupt:
+        from flows.retrain import CANCELLED
+
+        # 128 + SIGINT, as a shell reports a command that Ctrl-C stopped.
+        _fail(f"interrupted: the run is recorded in anomdet_runs as failed, {CANCELLED}; "
+              "`anomdet status` shows it", code=130)
     except DataValidationError as exc:
         _fail(str(exc))
     except Exception as exc:  # the flow run is marked Failed; say why and exit non-zero
@@ -509,6 +577,7 @@ def score(
     from flows.score import score as score_flow
     from flows.score import with_task_runner
 
+    _own_prefect_server()
     try:
         with _flow_terminal():
             summary = with_task_runner(score_flow, task_runner, dask_workers)(chunks=chunks)
@@ -594,9 +663,30 @@ def status(runs: int = typer.Option(5, min=1, help="how many recent runs to show
     for col in ("run", "started", "state", "decision", "reason"):
         table.add_column(col)
     for run in recent:
-        table.add_row(str(run.id), _when(run.started_at), _cell(run.state),
-                      _cell(run.decision or "-"), _cell(run.reason, 120))
+        gone = _process_gone(run)
+        table.add_row(str(run.id), _when(run.started_at),
+                      _cell(f"{run.state} (process gone)" if gone else run.state),
+                      _cell(run.decision or "-"), _cell(gone or run.reason, 120))
     out.print(table)
+
+
+def _process_gone(run: Any) -> str | None:
+    """What to say of a `running` run whose process has ended without recording how (it
+    was killed), or None. Only a process of this host can be looked for."""
+    import socket
+
+    process = (run.details or {}).get("process") or {}
+    pid, host = process.get("pid"), process.get("host")
+    if run.state != "running" or not pid or host != socket.gethostname():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return (f"its process {pid} on {host} ended without recording an outcome (killed?); "
+                "the next retrain closes it as failed")
+    except PermissionError:  # alive, another user's
+        return None
+    return None
 
 
 @app.command()
@@ -801,6 +891,7 @@ def serve(
     _model_environment()
     from flows.serve import serve_all
 
+    _own_prefect_server()
     try:
         serve_all(retrain_cron=retrain_cron, score_cron=score_cron, timezone=timezone,
                   check_cron=check_cron)

@@ -116,6 +116,11 @@ def retrain(params: RetrainParams | None = None) -> State:
         return _run(settings, params)
 
 
+#: The reason recorded for a run interrupted by SIGINT (Ctrl-C).
+CANCELLED = ("cancelled: interrupted (SIGINT) before it finished; a promotion it had begun "
+             "is resumed by the next run")
+
+
 def _run(settings: Settings, params: RetrainParams) -> State:
     """The run, once it holds its model's retraining slot."""
     prepare_database(settings)
@@ -136,6 +141,12 @@ def _run(settings: Settings, params: RetrainParams) -> State:
                             retrain_minutes=settings.retrain_timeout_minutes)
                   if is_run_timeout(exc) else f"{type(exc).__name__}: {exc}")
         end_run(settings, run_id, RunEnding(state="failed", decision="failed", reason=reason))
+        raise
+    except KeyboardInterrupt:
+        # Ctrl-C (SIGINT): the row says so now, rather than `running` until a later run
+        # finds its process gone.
+        end_run(settings, run_id, RunEnding(state="failed", decision="failed",
+                                            reason=CANCELLED))
         raise
 
 

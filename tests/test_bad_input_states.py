@@ -153,8 +153,8 @@ def test_reading_commands_never_migrate(empty: Database, command_name: str,
      "listed in anomdet/settings.py)"),
     ("ANOMDET_DRIFT__MAX_LENGHT_KS", "1",
      "error: invalid configuration (ANOMDET_* environment variables): unknown variable "
-     "ANOMDET_DRIFT__MAX_LENGHT_KS (did you mean ANOMDET_DRIFT__MAX_LENGTH_KS?); rename or unset it "
-     "(the settings are listed in anomdet/settings.py)"),
+     "ANOMDET_DRIFT__MAX_LENGHT_KS (did you mean ANOMDET_DRIFT__MAX_LENGTH_KS?); rename or "
+     "unset it (the settings are listed in anomdet/settings.py)"),
 ])
 @pytest.mark.parametrize("command_name", ["status", "retrain"])
 def test_a_variable_in_error_is_named(db: Database, variable: str, value: str, message: str,
