@@ -13,9 +13,11 @@ Nothing here imports torch: `anomdet rollback` verifies an artifact without a mo
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -81,14 +83,25 @@ def _read_manifest(directory: Path) -> dict[str, str]:
     return manifest
 
 
+class ArtifactMissing(ValueError):
+    """The artifact's folder is gone: lost, not altered. A retrain may replace a champion
+    whose files are gone (see flows.retrain); an altered artifact is refused everywhere."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        super().__init__(
+            f"model artifact folder {directory} is missing; restore it from a backup, roll "
+            "back to a retired version, or run `anomdet retrain`, which replaces a champion "
+            "whose files are gone")
+
+
 def verify_artifact(directory: Path, expected_sha256: str | None) -> str:
     """Check every file of an artifact against its manifest and the manifest against
     `expected_sha256` (the database's digest); return the digest. Raises ValueError
     naming the folder and the file that differs."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise ValueError(f"model artifact folder {directory} is missing; restore it from "
-                         "a backup, roll back to another version or retrain")
+        raise ArtifactMissing(directory)
     if not (directory / MANIFEST_FILE).is_file():
         return _verify_legacy(directory, expected_sha256)
     digest = sha256_file(directory / MANIFEST_FILE)
@@ -127,3 +140,69 @@ def check_writable(root: Path) -> None:
     except OSError as exc:
         raise ValueError(f"the artifacts folder {root} is not writable ({exc.strerror or exc}); "
                          "set ANOMDET_ARTIFACTS_DIR to a folder this user can write") from exc
+
+
+def data_docs_dir(root: Path, run_id: int) -> Path:
+    """Where a retraining run's Great Expectations Data Docs go, under the artifacts folder."""
+    return Path(root) / "validation" / f"run-{run_id}"
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:,.1f} MB"
+
+
+def free_bytes(folder: Path) -> int:
+    """Free space on the file system of `folder` (or of its nearest existing parent)."""
+    folder = Path(folder).resolve()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+class DiskFull(ValueError):
+    """No room in a folder for what a run writes there: says where, how much is needed
+    and how much is free."""
+
+    def __init__(self, folder: Path, needed: int, what: str, done: str = "") -> None:
+        self.folder, self.needed = Path(folder), needed
+        super().__init__(
+            f"no space for {what} in {folder}: it needs about {_megabytes(needed)}, and "
+            f"{_megabytes(free_bytes(folder))} is free{done}; free space there or set "
+            "ANOMDET_ARTIFACTS_DIR to a folder with room, then run again")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether `exc`, or what caused it, is a full disk or quota. safetensors raises its
+    own error type, with the words of the operating system's error."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(words in str(seen) for words in ("No space left on device", "StorageFull",
+                                                "Disk quota exceeded")):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+# Files of a saved model that a fine-tuned copy of it writes again: weights, tokenizer,
+# configuration. Other formats a hub folder may also ship (ONNX, OpenVINO) are not.
+_MODEL_SUFFIXES = (".safetensors", ".json", ".txt", ".model")
+
+
+def model_bytes(directory: Path) -> int | None:
+    """About how many bytes a model fine-tuned from the one in `directory` takes when
+    saved, or None when `directory` holds no weights to judge by."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return None
+    files = [p for p in directory.rglob("*") if p.is_file()]
+    if not any(p.suffix == ".safetensors" for p in files):
+        return None
+    return sum(p.stat().st_size for p in files if p.suffix in _MODEL_SUFFIXES)
+
+
+def check_free_space(root: Path, needed: int, what: str) -> None:
+    """Refuse a run whose files would not fit in the artifacts folder, before training."""
+    if free_bytes(root) < needed:
+        raise DiskFull(root, needed, what)

@@ -67,6 +67,27 @@ class _Deferred(click.Command):
         return self.load().make_context(info_name, args, parent=parent, **extra)
 
 
+# Typer parses with its own copy of click: its usage errors are not click's.
+_USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+def _usage(exc: Exception) -> str:
+    """A usage error in one line, with the way to the command's help."""
+    ctx = getattr(exc, "ctx", None)
+    # The program's own name varies (`python -m anomdet.cli`, a test runner): say anomdet.
+    names, at = [], ctx
+    while at is not None and at.parent is not None:
+        names.insert(0, at.info_name)
+        at = at.parent
+    where = f"`{' '.join(['anomdet', *names])} --help`"
+    option = getattr(exc, "option_name", "") or ""
+    if option.lstrip("-").isdigit() and ctx is not None and ctx.command.name == "rollback":
+        return (f"'anomdet rollback {option}': versions are numbered from 1 and {option} "
+                "reads as an option; give the number of a retired version (`anomdet models` "
+                "lists them), as in `anomdet rollback 1 --reason ...`")
+    return f"{exc.format_message().rstrip('.')}; see {where}"
+
+
 class _OneLineErrors(TyperGroup):
     """Every command ends a failure with one `error:` line, no traceback (unless --debug)."""
 
@@ -83,6 +104,10 @@ class _OneLineErrors(TyperGroup):
             return super().invoke(ctx)
         except (typer.Exit, click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except _USAGE_ERROR as exc:  # a mistyped command line, found by typer's click
+            if _debug():
+                raise
+            _fail(_usage(exc), code=2)
         except Exception as exc:
             if _debug():
                 raise
@@ -200,6 +225,67 @@ def _environment() -> None:
         os.environ.setdefault(name, value)
 
 
+# Runs in a process of its own, in a session of its own (Ctrl-C at the terminal does not
+# reach it): it waits until the command's process ends, however it ends (SIGKILL
+# included), and stops the temporary Prefect server unless the command said it stops
+# the server itself. The server's command line is checked first, so that a process
+# that took over the number after the server ended is left alone.
+_WATCHDOG = """
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+pid = int(sys.argv[1])
+if sys.stdin.buffer.read() == b"stopped by its command":
+    sys.exit(0)
+def serving():
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"uvicorn" in cmdline.read()
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+for sig in (signal.SIGTERM, signal.SIGKILL):
+    if not serving():
+        break
+    os.kill(pid, sig)
+    for _ in range(50):
+        time.sleep(0.1)
+        if not serving():
+            break
+"""
+
+
+def _own_prefect_server() -> None:
+    """Start Prefect's temporary server now, if the flows will use one (no PREFECT_API_URL),
+    and a watchdog that stops it when this process ends: Prefect stops it at a normal
+    exit, but a killed process would leave it serving, reparented to PID 1."""
+    import atexit
+    import subprocess
+
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    server = SubprocessASGIServer()
+    server.start()  # the instance Prefect's clients use: they find it started
+    if server.server_process is None:
+        return
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(server.server_process.pid)],
+        stdin=subprocess.PIPE, start_new_session=True)
+
+    def stand_down() -> None:
+        # Registered after Prefect's own stop, so run before it (atexit runs last in first).
+        try:
+            watchdog.stdin.write(b"stopped by its command")
+            watchdog.stdin.close()
+        except OSError:
+            pass
+
+    atexit.register(stand_down)
+
+
 def _model_environment() -> None:
     """For the commands that load a model: transformers offline and quiet as well."""
     _environment()
@@ -312,11 +398,18 @@ def _run_retrain(base_model: str | None, epochs: int | None, seed: int | None,
     from anomdet.errors import DataValidationError
     from flows.retrain import retrain
 
-    _check_before_training(_settings())
+    _check_before_training(_settings(), base_model)
+    _own_prefect_server()
     try:
         with _flow_terminal(), tags("anomdet", "retrain"):  # as the deployments' runs
             outcome = retrain(base_model=base_model, epochs=epochs, seed=seed,
                               max_train_rows=max_train_rows, learning_rate=learning_rate)
+    except KeyboardInterrupt:
+        from flows.retrain import CANCELLED
+
+        # 128 + SIGINT, as a shell reports a command that Ctrl-C stopped.
+        _fail(f"interrupted: the run is recorded in anomdet_runs as failed, {CANCELLED}; "
+              "`anomdet status` shows it", code=130)
     except DataValidationError as exc:
         _fail(str(exc))
     except Exception as exc:  # the flow run is marked Failed; say why and exit non-zero
@@ -326,9 +419,10 @@ def _run_retrain(base_model: str | None, epochs: int | None, seed: int | None,
     _print_outcome(outcome)
 
 
-def _check_before_training(settings: Any) -> None:
+def _check_before_training(settings: Any, base_model: str | None = None) -> None:
     """What can fail after an hour of training is checked first: the database, the
-    records mapping and its columns, and that the artifacts folder takes a file."""
+    records mapping and its columns, that the artifacts folder takes a file, and that it
+    has room for what the run writes there."""
     from anomdet.artifact import check_writable
     from db.engine import migrate
     from db.records import reflect_records_table
@@ -346,6 +440,22 @@ def _check_before_training(settings: Any) -> None:
     with engine.connect() as conn:
         reflect_records_table(conn, settings.records.mapping())
     check_writable(settings.artifact_root())
+    _check_room(settings, base_model or settings.training.base_model)
+
+
+def _check_room(settings: Any, base_model: str) -> None:
+    """Refuse a run whose files would not fit in the artifacts folder, where their size is
+    known before training: the base model is the bundled one or a local folder."""
+    from anomdet.artifact import check_free_space, model_bytes
+    from anomdet.model import BUNDLED, bundled_model_dir
+
+    source = bundled_model_dir() if base_model == BUNDLED else Path(base_model).expanduser()
+    size = model_bytes(source)
+    if size is None:  # 'tiny-random' or a hub id: known once loaded, checked when saved
+        return
+    # The challenger kept for a retry and the new version's artifact: a copy each.
+    check_free_space(settings.artifact_root(), 2 * size,
+                     f"a run fine-tuning {base_model} (a kept challenger and a model artifact)")
 
 
 def _records_table(engine: sa.Engine, mapping: RecordsMapping) -> sa.Table:
@@ -470,6 +580,7 @@ def score(
     from flows.score import score as score_flow
     from flows.score import with_task_runner
 
+    _own_prefect_server()
     try:
         with _flow_terminal(), tags("anomdet", "score"):
             summary = with_task_runner(score_flow, task_runner, dask_workers)(chunks=chunks)
@@ -555,9 +666,30 @@ def status(runs: int = typer.Option(5, min=1, help="how many recent runs to show
     for col in ("run", "started", "state", "decision", "reason"):
         table.add_column(col)
     for run in recent:
-        table.add_row(str(run.id), _when(run.started_at), _cell(run.state),
-                      _cell(run.decision or "-"), _cell(run.reason, 120))
+        gone = _process_gone(run)
+        table.add_row(str(run.id), _when(run.started_at),
+                      _cell(f"{run.state} (process gone)" if gone else run.state),
+                      _cell(run.decision or "-"), _cell(gone or run.reason, 120))
     out.print(table)
+
+
+def _process_gone(run: Any) -> str | None:
+    """What to say of a `running` run whose process has ended without recording how (it
+    was killed), or None. Only a process of this host can be looked for."""
+    import socket
+
+    process = (run.details or {}).get("process") or {}
+    pid, host = process.get("pid"), process.get("host")
+    if run.state != "running" or not pid or host != socket.gethostname():
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return (f"its process {pid} on {host} ended without recording an outcome (killed?); "
+                "the next retrain closes it as failed")
+    except PermissionError:  # alive, another user's
+        return None
+    return None
 
 
 @app.command()
@@ -575,11 +707,12 @@ def flagged(limit: int = typer.Option(20, min=1, help="rows to show")) -> None:
             champion = repo.get_champion(session=session, model_name=settings.model_name)
             rows = repo.flagged_rows(session=session, limit=limit) if champion else []
     except sa_exc.ProgrammingError:  # no such view (PostgreSQL)
-        _fail("anomdet_flagged does not exist yet; run `anomdet retrain` first")
+        _fail(_why_no_flagged_view(settings))
     except sa_exc.OperationalError as exc:
-        if "no such table" not in str(exc.orig):  # SQLite's word for a missing view
+        # SQLite's words for a missing view, or for the missing table of an existing one.
+        if "no such table" not in str(exc.orig):
             raise
-        _fail("anomdet_flagged does not exist yet; run `anomdet retrain` first")
+        _fail(_why_no_flagged_view(settings))
     if champion is None:
         out.print(f"no champion of {settings.model_name!r} yet: nothing is flagged until "
                   "`anomdet retrain` promotes one", soft_wrap=True, highlight=False)
@@ -591,6 +724,19 @@ def flagged(limit: int = typer.Option(20, min=1, help="rows to show")) -> None:
         table.add_row(_cell(row["record_id"]), f"{row['score']:.4f}",
                       str(row["model_version"]), _cell(row["text"], 100))
     out.print(table)
+
+
+def _why_no_flagged_view(settings: Any) -> str:
+    """Why anomdet_flagged cannot be read: the records it joins are gone, or the view
+    was never made."""
+    from db.records import reflect_records_table
+
+    try:
+        with settings.engine().connect() as conn:
+            reflect_records_table(conn, settings.records.mapping())
+    except ValueError as exc:
+        return f"anomdet_flagged cannot be read: {exc}"
+    return "anomdet_flagged does not exist yet; run `anomdet retrain` first"
 
 
 @app.command()
@@ -748,6 +894,7 @@ def serve(
     _model_environment()
     from flows.serve import serve_all
 
+    _own_prefect_server()
     try:
         serve_all(retrain_cron=retrain_cron, score_cron=score_cron, timezone=timezone,
                   check_cron=check_cron)

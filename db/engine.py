@@ -7,12 +7,12 @@ import logging
 import math
 import sqlite3
 import threading
-from urllib.parse import quote
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
+from urllib.parse import quote
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine

@@ -82,10 +82,12 @@ class RecordsMapping:
 
 
 def reflect_records_table(engine: Engine | Connection, mapping: RecordsMapping) -> sa.Table:
-    """Reflect the records table and check that every mapped column exists."""
+    """Reflect the records table (or view: anomdet only reads records) and check that
+    every mapped column exists, and that the label column holds the classes as numbers."""
     inspector = sa.inspect(engine)
     tables = inspector.get_table_names(schema=mapping.schema)
-    if mapping.table not in tables:
+    if mapping.table not in tables and mapping.table not in inspector.get_view_names(
+            schema=mapping.schema):
         # anomdet's own tables (and Alembic's) are never the records: leave them out.
         shown = ", ".join(sorted(t for t in tables if not t.startswith("anomdet_")
                                  and t != "alembic_version")) or "none"
@@ -105,7 +107,51 @@ def reflect_records_table(engine: Engine | Connection, mapping: RecordsMapping) 
             f"records table {mapping.table!r} lacks the mapped {', '.join(missing)}; "
             f"its columns are {', '.join(table.c.keys())}"
         )
+    _check_label_type(table, mapping, inspector.dialect)
     return table
+
+
+def _check_label_type(table: sa.Table, mapping: RecordsMapping, dialect: sa.Dialect) -> None:
+    # PostgreSQL compares a BOOLEAN with 0 and 1 nowhere (boolean = integer), and every
+    # query and view of anomdet counts labels as 0 and 1. SQLite keeps a BOOLEAN as 0
+    # and 1, which compare as numbers.
+    label = table.c[mapping.label_column]
+    if dialect.name == "postgresql" and isinstance(label.type, sa.Boolean):
+        where = f"{mapping.table}.{mapping.label_column}"
+        raise ValueError(
+            f"label column {where} is BOOLEAN: anomdet reads labels as 0 (normal) and 1 "
+            "(anomalous) in an integer column; add one (ALTER TABLE "
+            f"{mapping.table} ADD COLUMN {mapping.label_column}_int smallint; UPDATE "
+            f"{mapping.table} SET {mapping.label_column}_int = {mapping.label_column}::int) "
+            f"and set ANOMDET_RECORDS__LABEL_COLUMN={mapping.label_column}_int")
+
+
+def is_view(engine: Engine | Connection, mapping: RecordsMapping) -> bool:
+    """Whether the mapped records are a view (which anomdet reads but never writes)."""
+    return mapping.table in sa.inspect(engine).get_view_names(schema=mapping.schema)
+
+
+def _view_refused(mapping: RecordsMapping) -> ValueError:
+    return ValueError(
+        f"records {mapping.table!r} is a view: anomdet reads records from a view (retrain, "
+        "score, flagged work on it) but writes records only into a table; import into the "
+        "table behind the view, or set ANOMDET_RECORDS__TABLE to a table")
+
+
+def check_writable_ids(table: sa.Table, mapping: RecordsMapping) -> None:
+    """Refuse a records table whose ids an import cannot insert or update by: writes go
+    by id (INSERT ... ON CONFLICT (id)), which needs a unique constraint on the id alone."""
+    if _unique_by_schema(table, mapping):
+        return
+    where = f"{mapping.table}.{mapping.id_column}"
+    key = list(table.primary_key.columns)
+    has = (f"the primary key is ({', '.join(c.name for c in key)})" if key
+           else "the table has no primary key")
+    raise ValueError(
+        f"{where} is not unique on its own ({has}): an import inserts or updates records "
+        f"by {mapping.id_column}, which needs a unique constraint on {mapping.id_column} "
+        f"alone; add one (CREATE UNIQUE INDEX {mapping.table}_{mapping.id_column}_key ON "
+        f"{mapping.table} ({mapping.id_column})) or load these rows with your own tools")
 
 
 def records_table_definition(mapping: RecordsMapping, metadata: sa.MetaData) -> sa.Table:
@@ -121,7 +167,10 @@ def records_table_definition(mapping: RecordsMapping, metadata: sa.MetaData) -> 
 
 
 def ensure_records_table(engine: Engine, mapping: RecordsMapping) -> sa.Table:
-    """Create the records table in the default shape if it does not exist; return it reflected."""
+    """Create the records table in the default shape if it does not exist; return it
+    reflected. A view of that name is refused: records are written into tables only."""
+    if is_view(engine, mapping):
+        raise _view_refused(mapping)
     metadata = sa.MetaData()
     records_table_definition(mapping, metadata).create(engine, checkfirst=True)
     return reflect_records_table(engine, mapping)
@@ -167,9 +216,13 @@ def _type_name(column: sa.Column, dialect: sa.Dialect) -> str:
 
 def target_id_column(engine: Engine, mapping: RecordsMapping) -> IdColumn:
     """The id column an import writes into: the table's own, or the default shape's when
-    the table does not exist yet (nothing is created here)."""
+    the table does not exist yet (nothing is created here). A view, or a table whose ids
+    are not unique on their own, is refused."""
+    if is_view(engine, mapping):
+        raise _view_refused(mapping)
     if mapping.table in sa.inspect(engine).get_table_names(schema=mapping.schema):
         table = reflect_records_table(engine, mapping)
+        check_writable_ids(table, mapping)
     else:
         table = records_table_definition(mapping, sa.MetaData())
     return id_column_kind(table.c[mapping.id_column], engine.dialect,
@@ -361,7 +414,17 @@ def _raw_id(table: sa.Table, mapping: RecordsMapping) -> sa.ColumnElement[object
 
 
 def ids_are_unique(table: sa.Table, mapping: RecordsMapping) -> bool:
-    """Whether the schema keeps ids unique: a primary key or unique constraint on the id alone."""
+    """Whether the schema keeps ids unique: a primary key or unique constraint on the id alone.
+
+    Not on SQLite when the column declares no type: it keeps 5000 and '5000' apart, and
+    both are the record key '5000'."""
+    if isinstance(table.c[mapping.id_column].type, sa.types.NullType):
+        return False
+    return _unique_by_schema(table, mapping)
+
+
+def _unique_by_schema(table: sa.Table, mapping: RecordsMapping) -> bool:
+    """Whether a primary key, unique constraint or unique index holds the id alone."""
     id_col = table.c[mapping.id_column]
     if list(table.primary_key.columns) == [id_col]:
         return True
@@ -370,14 +433,18 @@ def ids_are_unique(table: sa.Table, mapping: RecordsMapping) -> bool:
     return any(list(key.columns) == [id_col] for key in keys)
 
 
-def _shared_ids(table: sa.Table, mapping: RecordsMapping) -> sa.Select | None:
-    """Ids held by more than one record, or None when the schema rules them out."""
+def _shared_keys(table: sa.Table, mapping: RecordsMapping) -> sa.Select | None:
+    """Record keys held by more than one record, or None when the schema rules them out.
+
+    Keys, not raw ids: two ids that the database keeps apart may write as one key
+    (5000 and '5000' in a SQLite column without a type), and scores and flags are kept
+    by key."""
     if ids_are_unique(table, mapping):
         return None
     other = table.alias("shared_ids")
-    other_id = other.c[mapping.id_column]
-    return (sa.select(other_id).where(other_id.is_not(None)).group_by(other_id)
-            .having(sa.func.count() > 1))
+    other_key = record_key(other, mapping)
+    return (sa.select(other_key).where(other.c[mapping.id_column].is_not(None))
+            .group_by(other_key).having(sa.func.count() > 1))
 
 
 def _unlabelled(table: sa.Table, mapping: RecordsMapping) -> sa.ColumnElement[bool]:
@@ -385,16 +452,16 @@ def _unlabelled(table: sa.Table, mapping: RecordsMapping) -> sa.ColumnElement[bo
 
 
 def _keyed(table: sa.Table, mapping: RecordsMapping) -> sa.ColumnElement[bool]:
-    """Records whose id identifies them: not NULL, and held by no other record.
+    """Records whose id identifies them: not NULL, and whose key no other record shares.
 
-    Scores, flags and the view are keyed by id; a record without one, or sharing it,
-    could be given another record's flag, so it is counted and left unscored.
+    Scores, flags and the view are keyed by id as text; a record without one, or sharing
+    its key, could be given another record's flag, so it is counted and left unscored.
     """
     id_col = table.c[mapping.id_column]
-    shared = _shared_ids(table, mapping)
+    shared = _shared_keys(table, mapping)
     if shared is None:
         return id_col.is_not(None)
-    return sa.and_(id_col.is_not(None), id_col.not_in(shared))
+    return sa.and_(id_col.is_not(None), record_key(table, mapping).not_in(shared))
 
 
 def _work(table: sa.Table, mapping: RecordsMapping, version_id: int | None) -> sa.Select:

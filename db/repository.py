@@ -368,7 +368,9 @@ def rollback_champion(
         known = [v.version for v in list_versions(session=session, model_name=model_name)]
         raise ValueError(f"{model_name!r} has no version {version}; versions: {known or 'none'}")
     target = get_version(session=session, model_name=model_name, version=version)
-    if target is not None and verify is not None:
+    # Only a retired version can serve again (see set_champion, which says why not):
+    # the files of one that never served may be gone by design.
+    if target is not None and target.status == "retired" and verify is not None:
         try:
             verify(target)
         except ValueError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from prefect import flow, get_run_logger, tags
@@ -10,6 +11,7 @@ from prefect.states import Completed, Failed, State
 from prefect.transactions import transaction
 from pydantic import BaseModel
 
+from anomdet.artifact import data_docs_dir
 from anomdet.data import fingerprint
 from anomdet.drift import DataProfile
 from anomdet.errors import DataValidationError, DriftError, is_run_timeout, timed_out
@@ -127,6 +129,11 @@ def retrain(model_name: ModelName = None, base_model: str | None = None, epochs:
         return _run(settings, params)
 
 
+#: The reason recorded for a run interrupted by SIGINT (Ctrl-C).
+CANCELLED = ("cancelled: interrupted (SIGINT) before it finished; a promotion it had begun "
+             "is resumed by the next run")
+
+
 def _run(settings: Settings, params: RetrainParams) -> State:
     """The run, once it holds its model's retraining slot."""
     prepare_database(settings)
@@ -148,6 +155,12 @@ def _run(settings: Settings, params: RetrainParams) -> State:
                   if is_run_timeout(exc) else f"{type(exc).__name__}: {exc}")
         end_run(settings, run_id, RunEnding(state="failed", decision="failed", reason=reason))
         raise
+    except KeyboardInterrupt:
+        # Ctrl-C (SIGINT): the row says so now, rather than `running` until a later run
+        # finds its process gone.
+        end_run(settings, run_id, RunEnding(state="failed", decision="failed",
+                                            reason=CANCELLED))
+        raise
 
 
 def _stopped_by_data(exc: ValueError) -> State:
@@ -164,7 +177,7 @@ def _retrain(settings: Settings, run_id: int) -> State:
     logger.info("%d labels in the records table, %d of them newer than the champion's "
                 "training data", labels.labelled, labels.new)
     record_progress(settings, run_id, RunProgress(details={"labels": labels.to_dict()}))
-    docs_dir = settings.artifact_root() / "validation" / f"run-{run_id}"
+    docs_dir = data_docs_dir(settings.artifact_root(), run_id)
     validated = validate_records(frame, settings, docs_dir, return_state=True)
     try:
         report = validated.result()
@@ -199,13 +212,15 @@ def _retrain(settings: Settings, run_id: int) -> State:
         (challenger.scoring_model, challenger.tokenizer), split.test,
         challenger.threshold, challenger.config.max_length, settings)
     champ_eval = None
-    if champion is not None:
+    if champion is not None and champion[1] is not None:
         row, loaded = champion
         champ_eval = evaluate_model.with_options(
             task_run_name=f"evaluate champion v{row.version}")(
             (loaded.model, loaded.tokenizer), split.test, loaded.threshold, loaded.max_length,
             settings)
     decision = decide_promotion(ch_eval, champ_eval, settings, baseline)
+    if champion is not None and champion[1] is None:
+        decision = _judged_without(champion[0], decision)
     champ_metrics = champ_eval.metrics if champ_eval else None
     publish_decision(settings.model_name, ch_eval.metrics, champ_metrics, decision,
                      baseline.metrics)
@@ -277,6 +292,15 @@ def _retrain(settings: Settings, run_id: int) -> State:
                                                  champion_version, flipped.flagged)
                         + approved_by)
     return _conclude(settings, promoted, decision, challenger, split, artifact_uri)
+
+
+def _judged_without(lost: Any, decision: Decision) -> Decision:
+    """The decision about a challenger judged as if there were no champion, because the
+    champion's files are gone; a promotion retires that champion by compare-and-set."""
+    why = (f"Champion v{lost.version} could not be evaluated: its artifact folder "
+           f"{lost.artifact_uri} is missing, so the challenger was judged as if there were "
+           "no champion.")
+    return dataclasses.replace(decision, reason=f"{why} {decision.reason}")
 
 
 def _approval(settings: Settings, run_id: int, decision: Decision, challenger: EvalResult,

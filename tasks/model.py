@@ -9,6 +9,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
+from anomdet.artifact import ArtifactMissing
 from anomdet.baseline import evaluate_baseline
 from anomdet.checkpoint import discard_checkpoint, train_or_reuse
 from anomdet.data import Split, split_records
@@ -22,6 +23,7 @@ from anomdet.validation import ValidationReport, validate_labelled
 from db import repository as repo
 from db.engine import get_engine, session_scope
 from db.models import ModelVersion
+from tasks.database import run_logger
 from tasks.progress import ui_progress
 
 
@@ -63,15 +65,24 @@ def split_data(frame: pd.DataFrame, settings: Settings) -> Split:
 
 # No retries: a corrupt or missing artifact will not mend itself.
 @task(name="load champion", cache_policy=NO_CACHE)
-def load_champion(settings: Settings) -> tuple[ModelVersion, LoadedModel] | None:
-    """The current champion's row and its verified artifact, or None on the first run."""
+def load_champion(settings: Settings) -> tuple[ModelVersion, LoadedModel | None] | None:
+    """The current champion's row and its verified artifact, or None on the first run.
+
+    A champion whose artifact folder is gone comes without a model (None): the run
+    judges its challenger as if there were no champion, and a promotion retires it.
+    An altered artifact still fails the task."""
     with session_scope(get_engine(settings.database_url)) as session:
         champion = repo.get_champion(session=session, model_name=settings.model_name)
     if champion is None:
         return None
-    loaded = load_artifact(Path(champion.artifact_uri), expected_sha256=champion.weights_sha256,
-                           recorded=recorded_scoring(champion.threshold,
-                                                     champion.hyperparameters))
+    try:
+        loaded = load_artifact(Path(champion.artifact_uri),
+                               expected_sha256=champion.weights_sha256,
+                               recorded=recorded_scoring(champion.threshold,
+                                                         champion.hyperparameters))
+    except ArtifactMissing as exc:
+        run_logger().warning("champion v%d cannot be evaluated: %s", champion.version, exc)
+        return champion, None
     return champion, loaded
 
 

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, get_transaction
 from sqlalchemy.exc import SQLAlchemyError
 
+from anomdet.artifact import DiskFull, data_docs_dir, is_disk_full
 from anomdet.model import save_artifact
 from anomdet.promotion import Decision, EvalResult, PendingCandidate, decide
 from anomdet.settings import Settings
@@ -60,9 +61,15 @@ def decide_promotion(challenger: EvalResult, champion: EvalResult | None,
     return decision
 
 
+def _not_disk_full(_task: Any, _task_run: Any, state: Any) -> bool:
+    """Retry a failed save unless the disk is full: that waits for a person."""
+    return not isinstance(state.data, DiskFull)
+
+
 # A failed try leaves nothing (the save renames a finished folder into place), so a
 # retry writes a new folder; the rollback hook removes whichever folder was saved.
-@task(name="store artifact", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30])
+@task(name="store artifact", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[5, 30],
+      retry_condition_fn=_not_disk_full)
 def store_artifact(challenger: Challenger, settings: Settings,
                    meta: dict[str, Any]) -> StoredArtifact:
     """Save the challenger's weights, tokenizer and metadata under the artifacts folder."""
@@ -71,8 +78,29 @@ def store_artifact(challenger: Challenger, settings: Settings,
     if txn is not None:
         # Known before the save: whatever fails after it, the rollback removes the folder.
         txn.set(ARTIFACT_KEY, str(directory))
-    checksum = save_artifact(challenger.model, challenger.tokenizer, directory, meta)
+    try:
+        checksum = save_artifact(challenger.model, challenger.tokenizer, directory, meta)
+    except Exception as exc:
+        if not is_disk_full(exc):
+            raise
+        raise _disk_full(challenger, settings, directory, meta.get("run_id")) from exc
     return StoredArtifact(path=directory, checksum=checksum)
+
+
+def _disk_full(challenger: Challenger, settings: Settings, directory: Path,
+               run_id: int | None) -> DiskFull:
+    """The full disk, after removing what this run wrote there (the save removed its own
+    half-written folder): the kept challenger and the run's Data Docs. Kept, they would
+    hold the disk full, and a run that failed is not retried from them."""
+    removed = [p for p in (challenger.checkpoint, run_id is not None and data_docs_dir(
+        settings.artifact_root(), run_id)) if p and Path(p).exists()]
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    weights = sum(t.numel() * t.element_size() for t in challenger.model.state_dict().values())
+    done = (f" (removed what this run wrote: {', '.join(str(p) for p in removed)})"
+            if removed else "")
+    # The tokenizer and metadata add about a megabyte to the weights.
+    return DiskFull(directory.parent, weights + 2**20, "the model artifact", done)
 
 
 @store_artifact.on_rollback

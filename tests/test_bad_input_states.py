@@ -11,6 +11,8 @@ tests/test_bad_input_signals.py.
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,15 +24,19 @@ from alembic.config import Config
 
 from db.engine import get_engine, migrations_dir
 from tests.databases import Database, drop_database, new_database
-from tests.flows.test_retrain import seed_records
+from tests.flows.test_retrain import seed_records, toy_records
 from tests.test_bad_input import (  # noqa: F401 - fixtures requested by name
+    ROWS,
+    SETTINGS_ENV,
     assert_unchanged,
     champion_template,
     cli,
     db,
     execute,
+    map_records,
     state,
 )
+from tests.test_bad_input_keys import summary
 from tests.test_bad_input_ops import one_error
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -147,8 +153,8 @@ def test_reading_commands_never_migrate(empty: Database, command_name: str,
      "listed in anomdet/settings.py)"),
     ("ANOMDET_DRIFT__MAX_LENGHT_KS", "1",
      "error: invalid configuration (ANOMDET_* environment variables): unknown variable "
-     "ANOMDET_DRIFT__MAX_LENGHT_KS (did you mean ANOMDET_DRIFT__MAX_LENGTH_KS?); rename or unset it "
-     "(the settings are listed in anomdet/settings.py)"),
+     "ANOMDET_DRIFT__MAX_LENGHT_KS (did you mean ANOMDET_DRIFT__MAX_LENGTH_KS?); rename or "
+     "unset it (the settings are listed in anomdet/settings.py)"),
 ])
 @pytest.mark.parametrize("command_name", ["status", "retrain"])
 def test_a_variable_in_error_is_named(db: Database, variable: str, value: str, message: str,
@@ -158,3 +164,249 @@ def test_a_variable_in_error_is_named(db: Database, variable: str, value: str, m
     before = state(db.url)
     assert one_error(cli(command_name)) == message
     assert_unchanged(before, db.url)
+
+
+# --- 4. keys that collide once written as text -------------------------------------------------
+
+
+def test_ids_that_write_as_one_key_are_unkeyed(db: Database,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    if db.backend == "postgresql":
+        pytest.skip("a PostgreSQL column has a type, whose values write as distinct texts")
+    # A column without a declared type keeps 5000 and '5000' apart; both are key '5000'.
+    execute(db.url, sa.text("CREATE TABLE events (id, text TEXT, label SMALLINT)"),
+            sa.text("INSERT INTO events VALUES (5000, 'the integer five thousand', NULL), "
+                    "('5000', 'the text five thousand', NULL), (5001, 'a record', NULL)"))
+    map_records(monkeypatch, table="events", timestamp_column="")
+    first = summary(cli("score"))
+    assert (first["records"], first["scored"], first["unkeyed"]) == (3, 1, 2), first
+    assert first["unkeyed_example_ids"] == ["5000", "5000"]
+    before = state(db.url)
+    again = summary(cli("score"))
+    assert (again["records"], again["scored"], again["unkeyed"]) == (2, 0, 2), again
+    assert_unchanged(before, db.url)
+    with get_engine(db.url).connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM anomdet_scores "
+                                    "WHERE record_id = '5000'")).scalar_one() == 0
+
+
+# --- 8. a label column of another type ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("command_name", ["retrain", "score", "queue"])
+def test_a_boolean_label_column_is_named(db: Database, command_name: str,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    if db.backend == "sqlite":
+        pytest.skip("SQLite keeps a BOOLEAN as the numbers 0 and 1")
+    execute(db.url, sa.text("CREATE TABLE events (id bigint PRIMARY KEY, text text, "
+                            "label boolean)"),
+            sa.text("INSERT INTO events SELECT id, text, label::int::boolean FROM records"))
+    map_records(monkeypatch, table="events", timestamp_column="")
+    before = state(db.url)
+    said = one_error(cli(command_name))
+    assert said == (
+        "error: label column events.label is BOOLEAN: anomdet reads labels as 0 (normal) and "
+        "1 (anomalous) in an integer column; add one (ALTER TABLE events ADD COLUMN label_int "
+        "smallint; UPDATE events SET label_int = label::int) and set "
+        "ANOMDET_RECORDS__LABEL_COLUMN=label_int"), said
+    assert_unchanged(before, db.url)
+
+
+# --- 9. 10. records tables an import cannot write -----------------------------------------------
+
+
+def test_an_import_needs_ids_unique_on_their_own(db: Database, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    execute(db.url, sa.text("CREATE TABLE events (tenant INTEGER NOT NULL, id BIGINT NOT NULL, "
+                            "text TEXT, label SMALLINT, PRIMARY KEY (tenant, id))"),
+            sa.text("INSERT INTO events VALUES (1, 1, 'a first record', 0)"))
+    map_records(monkeypatch, table="events", timestamp_column="")
+    csv = tmp_path / "records.csv"
+    csv.write_text("id,text,label\n1,an edited first record,0\n2,a second record,1\n")
+    before = state(db.url)
+    said = one_error(cli("import-csv", str(csv)))
+    assert said == (
+        "error: events.id is not unique on its own (the primary key is (tenant, id)): an "
+        "import inserts or updates records by id, which needs a unique constraint on id "
+        "alone; add one (CREATE UNIQUE INDEX events_id_key ON events (id)) or load these "
+        "rows with your own tools"), said
+    assert_unchanged(before, db.url)
+
+
+def _records_as_view(db: Database) -> None:
+    """The records moved into `records_t`, and `records` made a view of them."""
+    cascade = " CASCADE" if db.backend == "postgresql" else ""  # anomdet's views go too
+    execute(db.url, sa.text("CREATE TABLE records_t AS SELECT * FROM records"),
+            sa.text(f"DROP TABLE records{cascade}"),
+            sa.text("CREATE VIEW records AS SELECT * FROM records_t"))
+
+
+def test_records_that_are_a_view_are_read_and_never_written(db: Database,
+                                                            tmp_path: Path) -> None:
+    _records_as_view(db)
+    seed = "INSERT INTO records_t (id, text, label) VALUES (9001, 'a new record', NULL)"
+    execute(db.url, sa.text(seed))
+    scored = summary(cli("score"))
+    assert (scored["records"], scored["scored"]) == (1, 1), scored
+    assert cli("flagged").exit_code == 0
+    csv = tmp_path / "records.csv"
+    csv.write_text("id,text,label\n9002,another record,0\n")
+    before = state(db.url)
+    for args in (["import-csv", str(csv)], ["demo", "--rows", "100"]):
+        said = one_error(cli(*args))
+        assert said == (
+            "error: records 'records' is a view: anomdet reads records from a view (retrain, "
+            "score, flagged work on it) but writes records only into a table; import into "
+            "the table behind the view, or set ANOMDET_RECORDS__TABLE to a table"), said
+        assert_unchanged(before, db.url)
+
+
+# --- 11. what is missing, said as it is ----------------------------------------------------------
+
+
+def test_flagged_without_the_records_table_names_the_table(db: Database) -> None:
+    cascade = " CASCADE" if db.backend == "postgresql" else ""  # the view goes with it
+    execute(db.url, sa.text(f"DROP TABLE records{cascade}"))
+    before = state(db.url)
+    said = one_error(cli("flagged"))
+    assert said == ("error: anomdet_flagged cannot be read: records table 'records' does not "
+                    "exist in the database (tables there: none); create it, import a CSV with "
+                    "`anomdet import-csv`, or set ANOMDET_RECORDS__TABLE"), said
+    assert_unchanged(before, db.url)
+
+
+def test_rollback_to_a_version_that_never_served_says_so(db: Database) -> None:
+    execute(db.url, sa.text(
+        "INSERT INTO anomdet_model_versions (model_name, version, status, base_model, "
+        "artifact_uri, weights_sha256, data_fingerprint, hyperparameters, metrics, threshold, "
+        "created_at, retired_at) SELECT model_name, 2, 'rejected', base_model, "
+        "'/nonexistent/discarded', weights_sha256, data_fingerprint, hyperparameters, metrics, "
+        "threshold, created_at, created_at FROM anomdet_model_versions WHERE version = 1"))
+    before = state(db.url)
+    said = one_error(cli("rollback", "2", "--reason", "the newer one"))
+    assert said == ("error: version 2 of 'anomdet' is rejected: it never served, so it cannot "
+                    "serve again; roll back to a retired version"), said
+    assert_unchanged(before, db.url)
+
+
+def test_rollback_to_a_negative_version_is_a_usage_error(db: Database) -> None:
+    before = state(db.url)
+    result = cli("rollback", "-1", "--reason", "typo")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert result.output.strip() == (
+        "error: 'anomdet rollback -1': versions are numbered from 1 and -1 reads as an "
+        "option; give the number of a retired version (`anomdet models` lists them), as in "
+        "`anomdet rollback 1 --reason ...`")
+    missing = cli("rollback", "1")
+    assert missing.exit_code == 2
+    assert missing.output.strip() == ("error: Missing option '--reason'; see "
+                                      "`anomdet rollback --help`")
+    assert_unchanged(before, db.url)
+
+
+# --- 6. a champion whose files are gone ----------------------------------------------------------
+
+
+def _lose_champion_files(db: Database, tmp_path: Path) -> Path:
+    """The champion's artifact, copied where this test may delete it, then deleted."""
+    with get_engine(db.url).connect() as conn:
+        uri = conn.execute(sa.text("SELECT artifact_uri FROM anomdet_model_versions "
+                                   "WHERE status = 'champion'")).scalar_one()
+    artifact = tmp_path / "lost-champion"
+    shutil.copytree(uri, artifact)
+    execute(db.url, sa.text("UPDATE anomdet_model_versions SET artifact_uri = :u "
+                            "WHERE status = 'champion'").bindparams(u=str(artifact)))
+    shutil.rmtree(artifact)
+    return artifact
+
+
+def test_a_champion_whose_files_are_gone_is_replaced_by_a_retrain(db: Database,
+                                                                  tmp_path: Path) -> None:
+    artifact = _lose_champion_files(db, tmp_path)
+    seed_records(db.url, pd.DataFrame({"id": [9001], "text": ["cache 1 refreshed"],
+                                       "label": pd.array([None], dtype="Int64")}))
+    before = state(db.url)
+    said = one_error(cli("score"))
+    assert said == (f"error: model artifact folder {artifact} is missing; restore it from a "
+                    "backup, roll back to a retired version, or run `anomdet retrain`, which "
+                    "replaces a champion whose files are gone"), said
+    assert_unchanged(before, db.url)
+    # The way the message names works: the challenger is judged as if there were no
+    # champion (the first-run policy), and its promotion retires the lost one.
+    result = cli("retrain")
+    assert result.exit_code == 0, result.output
+    assert "decision: promoted" in result.output, result.output
+    after = state(db.url)
+    assert [v[1:3] for v in after["versions"]] == [(1, "retired"), (2, "champion")]
+    with get_engine(db.url).connect() as conn:
+        reason = conn.execute(sa.text("SELECT reason FROM anomdet_runs ORDER BY id DESC "
+                                      "LIMIT 1")).scalar_one()
+    assert reason.startswith(f"Champion v1 could not be evaluated: its artifact folder "
+                             f"{artifact} is missing, so the challenger was judged as if "
+                             "there were no champion. "), reason
+    assert summary(cli("score"))["records"] == 0  # v2 scored 9001 in its backfill
+
+
+# --- 7. a full disk --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB file system of its own (tmpfs), where mounting one is allowed (as root)."""
+    folder = tmp_path / "small-disk"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(folder)],
+                             capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {mounted.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_disk_while_storing_the_artifact_is_named_and_cleaned(
+        small_disk: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'anomdet.db'}"
+    seed_records(url, toy_records(ROWS))
+    for name, value in SETTINGS_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ANOMDET_DATABASE_URL", url)
+    monkeypatch.setenv("ANOMDET_ARTIFACTS_DIR", str(small_disk))
+    free = shutil.disk_usage(small_disk).free
+    said = one_error(cli("retrain"))
+    assert said.startswith(f"error: no space for the model artifact in {small_disk}/anomdet: "
+                           "it needs about "), said
+    assert said.endswith("; free space there or set ANOMDET_ARTIFACTS_DIR to a folder with "
+                         "room, then run again"), said
+    assert f"(removed what this run wrote: {small_disk}/validation/run-1)" in said
+    # What the run wrote is gone: the disk is as free as before, but for empty folders
+    # and the retrain slot's lock file.
+    assert shutil.disk_usage(small_disk).free >= free - 16 * 1024
+    assert {p.relative_to(small_disk).as_posix() for p in small_disk.rglob("*")
+            if p.is_file()} <= {"anomdet/.retrain.lock"}
+    with get_engine(url).connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM anomdet_model_versions")).scalar() == 0
+        run = conn.execute(sa.text("SELECT state, reason FROM anomdet_runs")).one()
+    assert run.state == "failed" and run.reason == "DiskFull: " + said.removeprefix("error: ")
+
+
+def test_a_disk_too_small_for_the_base_model_is_refused_before_training(
+        db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anomdet.model import TINY_RANDOM, load_base_model
+
+    # A local base model of known size: the tiny model, saved as a user would keep one.
+    base = tmp_path / "base-model"
+    model, tokenizer = load_base_model(TINY_RANDOM, seed=0)
+    model.save_pretrained(base, safe_serialization=True)
+    tokenizer.save_pretrained(base)
+    size = sum(p.stat().st_size for p in base.rglob("*") if p.suffix in
+               (".safetensors", ".json", ".txt", ".model"))
+    monkeypatch.setattr("anomdet.artifact.free_bytes", lambda _folder: size)  # < 2 copies
+    before = state(db.url)
+    said = one_error(cli("retrain", "--base-model", str(base)))
+    artifacts = tmp_path / "artifacts"
+    assert said == (f"error: no space for a run fine-tuning {base} (a kept challenger and a "
+                    f"model artifact) in {artifacts}: it needs about "
+                    f"{2 * size / 2**20:,.1f} MB, and {size / 2**20:,.1f} MB is free; free "
+                    "space there or set ANOMDET_ARTIFACTS_DIR to a folder with room, then run "
+                    "again"), said
+    assert_unchanged(before, db.url)  # not even a run row: nothing started
