@@ -3,8 +3,11 @@
 A `prefect server start` with its own home and SQLite database, the process work pool,
 `prefect --no-prompt deploy --all` from the repository root, a process worker started
 outside the repository (the deployment's pull step must bring the run back to it), and
-one retraining run triggered with typed parameters. Every process is started here and
-stopped here by its id, also when an assertion fails; every wait has a bound.
+runs as a Prefect user starts them: the custom-run form's flat parameters, a run that
+its data stops (and its retry), a promotion approved in the form, the trigger that scores
+the promoted model, the check that starts a retrain, and score and check runs stopped by
+their timeouts. Every process is started here and stopped here by its id, also when an
+assertion fails; every wait has a bound.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ pytestmark = pytest.mark.server
 REPO = Path(__file__).resolve().parents[1]
 POOL = "anomdet-process"
 ARTIFACT_KEYS = {"anomdet-metrics", "anomdet-decision", "anomdet-validation"}
+#: The model the deployed runs train: not the configured "anomdet", so that the scoring
+#: run the promotion triggers shows that the model was passed on.
+MODEL = "gated"
+#: The retraining parameters of the custom-run form, in the flow's order.
+RETRAIN_FORM = ["model_name", "base_model", "epochs", "seed", "max_train_rows",
+                "learning_rate"]
 
 
 @dataclass(frozen=True)
@@ -201,10 +210,10 @@ def _runs_of(client: Any, deployment_name: str) -> list[Any]:
 
 def _check_promoted_event(events: list[dict[str, Any]], flow_run_id: Any) -> None:
     [event] = events
-    assert event["resource"]["prefect.resource.id"] == "anomdet.model.anomdet"
+    assert event["resource"]["prefect.resource.id"] == f"anomdet.model.{MODEL}"
     assert event["resource"]["anomdet.version"] == "1"
     related = {r["prefect.resource.role"]: r["prefect.resource.id"] for r in event["related"]}
-    assert related["model-version"] == "anomdet.model.anomdet.v1"
+    assert related["model-version"] == f"anomdet.model.{MODEL}.v1"
     assert related["flow-run"] == f"prefect.flow-run.{flow_run_id}"
     payload = event["payload"]
     assert payload["version"] == 1 and payload["flags_written"] >= 0
@@ -241,7 +250,92 @@ def _check_deployments(client: Any) -> None:
     # The pull step brings each run back to this checkout.
     [step] = retrain.pull_steps
     assert step["prefect.deployments.steps.set_working_directory"]["directory"] == str(REPO)
-    assert "RetrainParams" in str(retrain.parameter_openapi_schema)
+    _check_form(retrain.parameter_openapi_schema, RETRAIN_FORM)
+    _check_form(score.parameter_openapi_schema, ["model_name", "chunks"])
+    _check_form(check.parameter_openapi_schema, ["retrain_deployment", "model_name"])
+    epochs = retrain.parameter_openapi_schema["properties"]["epochs"]
+    assert {"type": "integer", "minimum": 1, "maximum": 100} in epochs["anyOf"], epochs
+    assert score.parameter_openapi_schema["properties"]["chunks"]["default"] == 4
+
+
+def _check_form(schema: dict[str, Any], names: list[str]) -> None:
+    """The custom-run form: one field per parameter, in order, each described, none a
+    nested model to be picked first."""
+    fields = schema["properties"]
+    assert sorted(fields, key=lambda n: fields[n]["position"]) == names, fields
+    assert not schema.get("definitions") and "$ref" not in str(schema), schema
+    for name, field in fields.items():
+        assert len(field.get("description") or "") > 15, (name, field)
+    assert schema.get("required", []) == []  # a run may leave every field empty
+
+
+def _logs_of(server: Server, flow_run_id: Any) -> list[dict[str, Any]]:
+    """The run's logs as the UI shows them, oldest first."""
+    response = httpx.post(f"{server.api_url}/logs/filter", timeout=30, json={
+        "logs": {"flow_run_id": {"any_": [str(flow_run_id)]}}, "sort": "TIMESTAMP_ASC",
+        "limit": 200})
+    response.raise_for_status()
+    return response.json()
+
+
+def _events_about(server: Server, flow_run_id: Any) -> list[str]:
+    """The names of the anomdet events that a flow run emitted."""
+    response = httpx.post(f"{server.api_url}/events/filter", timeout=30, json={
+        "filter": {"event": {"prefix": ["anomdet."]},
+                   "related": {"id": [f"prefect.flow-run.{flow_run_id}"]}},
+        "limit": 50})
+    response.raise_for_status()
+    return sorted(e["event"] for e in response.json()["events"])
+
+
+def _stopped_by_its_data(server: Server, client: Any, deployment: Any, env: dict[str, str],
+                         work: Path, logs: list[Path]) -> None:
+    """A run on records of one class ends Failed with the gate's words, no traceback in
+    its logs and one event; retried as the UI's Retry does, it fails the same way under
+    the name it was created with."""
+    from prefect.states import AwaitingRetry
+
+    url = f"sqlite:///{work / 'one-class.db'}"
+    records = toy_records()
+    records.loc[records["label"].notna(), "label"] = 0
+    seed_records(url, records)
+    run = client.create_flow_run_from_deployment(
+        deployment.id, parameters={"model_name": MODEL},
+        job_variables={"env": {"ANOMDET_DATABASE_URL": url}})
+    created = run.name
+    for attempt in (1, 2):
+        final = _final_state(client, run.id, logs, timeout=300)
+        assert final.state.is_failed() and final.run_count == attempt, final.state
+        assert final.name == created, (created, final.name)
+        assert final.state.message.startswith("data validation failed:\n- expect_")
+        assert "failed-validation" in final.tags
+        lines = _wait_for("the failed run's last log line", lambda: [
+            log for log in _logs_of(server, run.id)
+            if log["message"].startswith("Finished in state Failed")], 60, logs)
+        text = "\n".join(log["message"] for log in _logs_of(server, run.id))
+        assert "Traceback" not in text and "unexpected exception" not in text, text[-3000:]
+        assert any("validation FAILED on" in log["message"] for log in _logs_of(
+            server, run.id)), "anomdet's own lines reach the run's logs"
+        assert lines
+        if attempt == 1:
+            client.set_flow_run_state(run.id, AwaitingRetry(), force=True)
+    events = _wait_for("the failed runs' events",
+                       lambda: _events_about(server, run.id) or None, 60, logs)
+    time.sleep(3)  # a second event of one failure would have arrived by now
+    assert _events_about(server, run.id) == ["anomdet.validation.failed"] * 2, events
+
+
+def _timeouts_bound_score_and_check(client: Any, logs: list[Path]) -> None:
+    """A scoring run and a check run past ANOMDET_SCORE/CHECK_TIMEOUT_MINUTES (given in
+    the run's environment) end TimedOut."""
+    for name in ("score/score-hourly", "check/check-labels"):
+        setting = f"ANOMDET_{name.split('/')[0].upper()}_TIMEOUT_MINUTES"
+        run = client.create_flow_run_from_deployment(
+            client.read_deployment_by_name(name).id,
+            job_variables={"env": {setting: "0.001"}})  # 0.06 s
+        final = _final_state(client, run.id, logs, timeout=240)
+        assert final.state.is_failed() and final.state.name == "TimedOut", final.state
+        assert "exceeded timeout of 0.06 second" in final.state.message, final.state.message
 
 
 def test_deployed_retraining_runs_on_a_worker_and_publishes_artifacts(
@@ -255,45 +349,54 @@ def test_deployed_retraining_runs_on_a_worker_and_publishes_artifacts(
     assert notify.trigger.expect == {"anomdet.run.failed", "anomdet.validation.failed"}
     assert str(notify.actions[0].block_document_id) == block_id
     deployment = client.read_deployment_by_name("retrain/retrain-nightly")
-    # The server checks parameters against the RetrainParams schema before any run.
-    with pytest.raises(httpx.HTTPStatusError, match=r"params\.epochs.*less than the minimum"):
-        client.create_flow_run_from_deployment(deployment.id, parameters={"params": {"epochs": 0}})
+    # The server checks each parameter against its bounds before any run.
+    with pytest.raises(httpx.HTTPStatusError, match=r"epochs.*less than the minimum"):
+        client.create_flow_run_from_deployment(deployment.id, parameters={"epochs": 0})
 
     # Promotions wait for a person's answer; five new labels start a retrain.
     env = {**_anomdet_env(server, tmp_path), "ANOMDET_PROMOTION__REQUIRE_APPROVAL": "true",
            "ANOMDET_REVIEW__RETRAIN_AFTER_LABELS": "5"}
     seed_records(env["ANOMDET_DATABASE_URL"], toy_records())
     worker_log = tmp_path / "worker.log"
+    logs = [worker_log, server.logs]
     # Started outside the repository on purpose: the deployment's pull step moves the run.
     args = [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL]
     with _process(args, env, tmp_path, worker_log):
-        run = client.create_flow_run_from_deployment(
-            deployment.id, parameters={"params": {"base_model": "tiny-random", "epochs": 2}})
-        _approve(server, client, run.id, [worker_log, server.logs])
-        final = _final_state(client, run.id, [worker_log, server.logs], timeout=420)
+        _stopped_by_its_data(server, client, deployment, env, tmp_path, logs)
+        run = client.create_flow_run_from_deployment(deployment.id, parameters={
+            "model_name": MODEL, "base_model": "tiny-random", "epochs": 2})
+        _approve(server, client, run.id, logs)
+        final = _final_state(client, run.id, logs, timeout=420)
         assert final.state.is_completed(), f"{final.state}\n{_tail(worker_log)}"
-        # The outcome at a glance: the state message and the decision's tag.
+        # The outcome at a glance: the state message, who approved, the decision's tag,
+        # under the name the run was created with.
         assert final.state.message.startswith("promoted v1: f1 "), final.state.message
         assert "records flagged" in final.state.message
-        assert "promoted" in final.tags and final.name.startswith("retrain-anomdet-")
+        assert final.state.message.endswith(", approved by Ada"), final.state.message
+        assert "promoted" in final.tags and "awaiting-approval" not in final.tags
+        assert final.name == run.name
         # The promotion's event reaches the server, and the score deployment's trigger
-        # answers it with a scoring run, which this worker executes.
+        # answers it with a scoring run of the promoted model, which this worker executes.
         promoted = _wait_for("the anomdet.model.promoted event",
                              lambda: _anomdet_events(server, "anomdet.model.promoted"), 120,
-                             [worker_log, server.logs])
+                             logs)
         scoring = _wait_for("the scoring run the trigger starts",
-                            lambda: _runs_of(client, "score/score-hourly"), 180,
-                            [worker_log, server.logs])
-        scored = _final_state(client, scoring[0].id, [worker_log, server.logs], timeout=300)
+                            lambda: _runs_of(client, "score/score-hourly"), 180, logs)
+        scored = _final_state(client, scoring[0].id, logs, timeout=300)
         assert scored.state.is_completed(), f"{scored.state}\n{_tail(worker_log)}"
+        assert scored.parameters["model_name"] == MODEL, scored.parameters
+        # The backfill scored every record before the flip: v1 of the promoted model.
+        assert scored.state.message.startswith("nothing new to score: v1 "), scored.state
         reviewed = _review_flags(env["ANOMDET_DATABASE_URL"], 6)
-        _labels_start_a_retrain(client, [worker_log, server.logs])
+        _labels_start_a_retrain(client, logs)
+        _timeouts_bound_score_and_check(client, logs)
     _check_promoted_event(promoted, run.id)
     flags = _anomdet_events(server, "anomdet.flags.written")
-    assert any(e["payload"]["model_version_id"] for e in flags), flags
+    assert flags and all(e["payload"]["scored"] > 0 for e in flags), flags
+    assert _events_about(server, scored.id) == []  # nothing scored, nothing said
 
     with session_scope(get_engine(env["ANOMDET_DATABASE_URL"])) as session:
-        relabelled, recorded = repo.recent_runs(session=session, model_name="anomdet")
+        relabelled, recorded = repo.recent_runs(session=session, model_name=MODEL)
     # The retrain that the labels started read them: six labels newer than v1's data.
     assert relabelled.details["labels"]["reviewed"] == len(reviewed) == 6
     assert relabelled.details["labels"]["new"] == 6 and relabelled.state == "completed"
@@ -309,20 +412,23 @@ def test_deployed_retraining_runs_on_a_worker_and_publishes_artifacts(
     artifacts = client.read_artifacts(
         artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))
     keys = {a.key for a in artifacts}
-    assert ARTIFACT_KEYS | {"anomdet-top-flagged"} <= keys, keys
-    decision = next(a for a in artifacts if a.key == "anomdet-decision")
+    assert {k.replace("anomdet-", f"{MODEL}-") for k in ARTIFACT_KEYS} | {
+        f"{MODEL}-top-flagged"} <= keys, keys
+    decision = next(a for a in artifacts if a.key == f"{MODEL}-decision")
     assert "PROMOTED" in str(decision.data).upper()
 
 
 def _approve(server: Server, client: Any, flow_run_id: Any, logs: list[Path]) -> None:
-    """Wait for the run to pause for approval, read its form, and approve it through the
-    API, as the UI's Resume button does."""
+    """Wait for the run to pause for approval and say so, read its form, and approve it
+    through the API, as the form's Resume does."""
     def paused() -> bool:
-        state = client.read_flow_run(flow_run_id).state
+        run = client.read_flow_run(flow_run_id)
+        state = run.state
         assert state is not None and not state.is_final(), f"{state}\n{_tail(logs[0])}"
-        return state.is_paused()
+        return state.is_paused() and (state.message or "").startswith("awaiting approval")
 
     _wait_for("the run to pause for approval", paused, 420, logs)
+    assert "awaiting-approval" in client.read_flow_run(flow_run_id).tags
     inputs = httpx.post(f"{server.api_url}/flow_runs/{flow_run_id}/input/filter", timeout=30,
                         json={"prefix": "paused-", "limit": 10})
     inputs.raise_for_status()
@@ -357,17 +463,19 @@ def _labels_start_a_retrain(client: Any, logs: list[Path]) -> None:
     """The check deployment, run now instead of at its ten minutes, starts a retrain of
     retrain-nightly on the worker; it may wait for approval, which is refused here."""
     check = client.read_deployment_by_name("check/check-labels")
-    checked = _final_state(client, client.create_flow_run_from_deployment(check.id).id, logs,
-                           timeout=300)
+    checked = _final_state(client, client.create_flow_run_from_deployment(
+        check.id, parameters={"model_name": MODEL}).id, logs, timeout=300)
     assert checked.state.is_completed(), f"{checked.state}\n{_tail(logs[0])}"
-    assert checked.state.message.startswith("started "), checked.state.message
+    assert checked.state.message.startswith(f"started retrain-{MODEL}-"), checked.state.message
     assert "6 labels newer than the champion's training data" in checked.state.message
     [started] = [r for r in _runs_of(client, "retrain/retrain-nightly")
                  if "started-by-check" in r.tags]
+    # Named as it was created, the name the check's message gives.
+    assert started.name in checked.state.message and started.parameters["model_name"] == MODEL
 
     def ended_or_answered() -> Any:
         run = client.read_flow_run(started.id)
-        if run.state and run.state.is_paused():
+        if run.state and run.state.is_paused() and run.state.message:  # said why: answer
             client.resume_flow_run(started.id, run_input={"decision": "reject",
                                                           "comment": "test over"})
             return None
@@ -375,6 +483,7 @@ def _labels_start_a_retrain(client: Any, logs: list[Path]) -> None:
 
     final = _wait_for("the retrain that the check started", ended_or_answered, 420, logs)
     assert final.state.is_completed(), f"{final.state}\n{_tail(logs[0])}"
+    assert final.name == started.name
 
 
 def test_serve_registers_both_flows_and_runs_them_in_process(
@@ -422,7 +531,7 @@ def _check_one_retrain_at_a_time(server: Server, client: Any, served: Any, env: 
             "--epochs", "2"]
     with _process(args, {**env, "ANOMDET_PROMOTION__FIRST_RUN": "always"}, REPO,
                   cli_log) as cli:
-        run = client.create_flow_run_from_deployment(served.id, parameters={"params": params})
+        run = client.create_flow_run_from_deployment(served.id, parameters=params)
         final = _final_state(client, run.id, [*logs, cli_log, server.logs], timeout=420)
         _wait_for("the command-line retrain", lambda: cli.poll() is not None, 420,
                   [cli_log, *logs])
@@ -436,3 +545,7 @@ def _check_one_retrain_at_a_time(server: Server, client: Any, served: Any, env: 
     assert [r.state for r in runs] == ["completed", "completed"], [r.reason for r in runs]
     assert runs[0].ended_at <= runs[1].started_at, [(r.started_at, r.ended_at) for r in runs]
     assert {r.flow_run_id for r in runs} >= {str(run.id)}
+    # The command line's run carries the tags a deployment's run has.
+    [by_cli] = [r for r in runs if r.flow_run_id != str(run.id)]
+    cli_run = client.read_flow_run(by_cli.flow_run_id)
+    assert {"anomdet", "retrain"} <= set(cli_run.tags), cli_run.tags
