@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -25,11 +26,12 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from db.engine import DEFAULT_CONNECT_TIMEOUT, get_engine
+from db.engine import DEFAULT_CONNECT_TIMEOUT, get_engine, session_scope
 from db.records import RecordsMapping, check_identifier
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
+    from sqlalchemy.orm import Session
 
     from anomdet.drift import DriftBounds
     from anomdet.promotion import PromotionPolicy
@@ -371,6 +373,13 @@ class Settings(BaseSettings):
     def engine(self) -> Engine:
         """The process-wide engine for the configured database and connect timeout."""
         return get_engine(self.database_url, self.connect_timeout)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session on `engine()` in one transaction: the one way tasks reach the database,
+        so that each honours the connect timeout (see `db.engine.session_scope`)."""
+        with session_scope(self.engine()) as session:
+            yield session
 
     def safe_database_url(self) -> str:
         """The database URL with any password masked, for logs and artifacts."""

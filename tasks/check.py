@@ -25,7 +25,6 @@ from anomdet.drift import MAX_PROFILE_ROWS, unlabelled_drift
 from anomdet.settings import Settings
 from anomdet.triggers import CheckFindings
 from db import repository as repo
-from db.engine import get_engine, session_scope
 from db.feedback import label_news
 from db.models import Run
 from db.records import reflect_records_table, sample_unlabelled
@@ -39,7 +38,7 @@ _ACTIVE = [StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CAN
 def gather_findings(settings: Settings) -> CheckFindings:
     """New labels, what the last run saw of them, and drift of the unlabelled records."""
     mapping = settings.records.mapping()
-    with session_scope(get_engine(settings.database_url)) as session:
+    with settings.session() as session:
         conn = session.connection()
         records = reflect_records_table(conn, mapping)
         champion = repo.get_champion(session=session, model_name=settings.model_name)
@@ -63,7 +62,7 @@ def retrain_under_way(settings: Settings, deployment_name: str) -> str | None:
     """A retraining run of the model that is running, paused, or queued to start now."""
     # A row left `running` by a process that died stops counting after the run timeout.
     since = datetime.now(UTC) - timedelta(minutes=settings.run_timeout_minutes())
-    with session_scope(get_engine(settings.database_url)) as session:
+    with settings.session() as session:
         running = session.scalar(
             sa.select(Run.id).where(Run.model_name == settings.model_name,
                                     Run.kind == "retrain", Run.state == "running",

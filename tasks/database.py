@@ -18,7 +18,7 @@ from anomdet.errors import is_transient
 from anomdet.settings import Settings
 from db import repository as repo
 from db.checks import unreadable_timestamps
-from db.engine import get_engine, migrate, session_scope
+from db.engine import migrate
 from db.feedback import LabelNews, ensure_feedback_views, label_news, version_quality
 from db.records import read_labelled, reflect_records_table
 
@@ -54,7 +54,7 @@ def prepare_database(settings: Settings) -> None:
 def start_run(settings: Settings, flow_run_id: str | None, parameters: dict[str, Any]) -> int:
     """Record a new run in anomdet_runs and return its id; close runs whose process died."""
     host = socket.gethostname()
-    with session_scope(get_engine(settings.database_url)) as session:
+    with settings.session() as session:
         closed = repo.close_abandoned_runs(session=session, model_name=settings.model_name,
                                            host=host, is_alive=_pid_alive)
         if closed:
@@ -79,21 +79,21 @@ def _pid_alive(pid: int) -> bool:
 @task(name="record run progress", cache_policy=NO_CACHE, **IO_RETRIES)
 def record_progress(settings: Settings, run_id: int, progress: repo.RunProgress) -> None:
     """Write what the run has learnt so far (validation, drift, metrics) to its row."""
-    with session_scope(get_engine(settings.database_url)) as session:
+    with settings.session() as session:
         repo.record_progress(session=session, run_id=run_id, progress=progress)
 
 
 @task(name="end run", cache_policy=NO_CACHE, **IO_RETRIES)
 def end_run(settings: Settings, run_id: int, ending: repo.RunEnding) -> None:
     """Close the run's row with its final state, its decision and the reason."""
-    with session_scope(get_engine(settings.database_url)) as session:
+    with settings.session() as session:
         repo.end_run(session=session, run_id=run_id, ending=ending)
 
 
 @task(name="read top flagged records", cache_policy=NO_CACHE, **IO_RETRIES)
 def read_top_flagged(settings: Settings) -> list[dict[str, Any]]:
     """The champion's highest-scoring flags with their text, from `anomdet_flagged`."""
-    with session_scope(get_engine(settings.database_url)) as session:
+    with settings.session() as session:
         return repo.flagged_rows(session=session, limit=settings.top_flagged)
 
 
@@ -101,7 +101,7 @@ def read_top_flagged(settings: Settings) -> list[dict[str, Any]]:
 def count_new_labels(settings: Settings) -> LabelNews:
     """The labels in the records table that the champion never trained on."""
     mapping = settings.records.mapping()
-    with session_scope(get_engine(settings.database_url)) as session:
+    with settings.session() as session:
         champion = repo.get_champion(session=session, model_name=settings.model_name)
         records = reflect_records_table(session.connection(), mapping)
         return label_news(session.connection(), records, mapping, champion)
@@ -111,7 +111,7 @@ def count_new_labels(settings: Settings) -> LabelNews:
 def read_version_quality(settings: Settings) -> list[dict[str, Any]]:
     """`anomdet_version_quality`'s rows of the model, newest version first."""
     mapping = settings.records.mapping()
-    with session_scope(get_engine(settings.database_url)) as session:
+    with settings.session() as session:
         records = reflect_records_table(session.connection(), mapping)
         rows = version_quality(session, records, mapping, settings.model_name)
     return [rows[v] for v in sorted(rows, reverse=True)]
@@ -140,7 +140,7 @@ def labelled_sample(settings: Settings) -> int | None:
 def extract_labelled(settings: Settings) -> pd.DataFrame:
     """Read the labelled records, in chunks, under the standard column names: all of
     them, or with `max_train_rows` a stratified sample drawn by the database."""
-    engine = get_engine(settings.database_url)
+    engine = settings.engine()
     mapping = settings.records.mapping()
     with engine.connect() as conn:
         table = reflect_records_table(conn, mapping)

@@ -21,7 +21,6 @@ from anomdet.settings import Settings
 from anomdet.training import Challenger, base_vocab, evaluate
 from anomdet.validation import ValidationReport, validate_labelled
 from db import repository as repo
-from db.engine import get_engine, session_scope
 from db.models import ModelVersion
 from tasks.database import run_logger
 from tasks.progress import ui_progress
@@ -71,7 +70,7 @@ def load_champion(settings: Settings) -> tuple[ModelVersion, LoadedModel | None]
     A champion whose artifact folder is gone comes without a model (None): the run
     judges its challenger as if there were no champion, and a promotion retires it.
     An altered artifact still fails the task."""
-    with session_scope(get_engine(settings.database_url)) as session:
+    with settings.session() as session:
         champion = repo.get_champion(session=session, model_name=settings.model_name)
     if champion is None:
         return None

@@ -21,7 +21,7 @@ from anomdet.promotion import Decision, EvalResult, PendingCandidate, decide
 from anomdet.settings import Settings
 from anomdet.training import Challenger
 from db import repository as repo
-from db.engine import get_engine, session_scope
+from db.engine import session_scope
 from db.models import ModelVersion, Run
 from tasks.database import IO_RETRIES, run_logger
 
@@ -40,7 +40,7 @@ class StoredArtifact:
 def check_champion(settings: Settings, expected_champion_id: int | None) -> None:
     """Raise `repo.ChampionChanged` unless the champion is still the one (or, for None,
     still no one) that the challenger was compared with."""
-    with session_scope(get_engine(settings.database_url)) as session:
+    with settings.session() as session:
         champion = repo.get_champion(session=session, model_name=settings.model_name)
     found = champion.id if champion else None
     if found != expected_champion_id:
@@ -119,7 +119,7 @@ def register_candidate(settings: Settings, version_fields: dict[str, Any]) -> tu
     nothing users read shows. Returns (version id, version number)."""
     for _ in range(10):
         try:
-            with session_scope(get_engine(settings.database_url)) as session:
+            with settings.session() as session:
                 run_id = version_fields.get("run_id")
                 done = run_id and repo.version_of_run(
                     session=session, model_name=settings.model_name, run_id=run_id)
@@ -155,7 +155,7 @@ def flip_champion(settings: Settings, candidate_id: int,
 
     Raises `ChampionChanged` if another run or a rollback moved the champion meanwhile.
     """
-    engine = get_engine(settings.database_url)
+    engine = settings.engine()
     with session_scope(engine) as session:
         candidate = session.get(ModelVersion, candidate_id)
         if candidate is None or candidate.status != "champion":
@@ -180,7 +180,7 @@ def discard_candidate(settings: Settings, candidate_id: int, reason: str) -> boo
     """Remove a candidate that will not be promoted: its scores, flags and artifact go,
     its row stays as `rejected`. Nothing happens to a version that is no longer a
     candidate (another run made it champion). Returns whether it was discarded."""
-    with session_scope(get_engine(settings.database_url)) as session:
+    with settings.session() as session:
         candidate = session.get(ModelVersion, candidate_id)
         discarded = repo.discard_candidate(session=session, candidate_id=candidate_id)
         artifact = Path(candidate.artifact_uri) if candidate else None
@@ -194,7 +194,7 @@ def discard_candidate(settings: Settings, candidate_id: int, reason: str) -> boo
 @task(name="find pending candidate", cache_policy=NO_CACHE, **IO_RETRIES)
 def find_pending_candidate(settings: Settings) -> PendingCandidate | None:
     """The model's candidate whose promotion did not finish, if there is one."""
-    with session_scope(get_engine(settings.database_url)) as session:
+    with settings.session() as session:
         version = repo.pending_candidate(session=session, model_name=settings.model_name)
         if version is None:
             return None

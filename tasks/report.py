@@ -27,7 +27,6 @@ from anomdet.report import (
 )
 from anomdet.settings import Settings
 from anomdet.validation import ValidationReport
-from db.engine import get_engine, session_scope
 from db.models import ModelVersion
 from db.repository import FLAGGED_VIEW
 
@@ -147,7 +146,7 @@ def new_flags(settings: Settings, version_id: int,
     view = sa.table(FLAGGED_VIEW, sa.column("model_name", sa.String),
                     sa.column("model_version", sa.Integer), sa.column("score", sa.Float),
                     sa.column("flagged_at", sa.DateTime(timezone=True)))
-    with session_scope(get_engine(settings.database_url)) as session:
+    with settings.session() as session:
         version = session.get(ModelVersion, version_id)
         if version is None:
             return None, []

@@ -14,7 +14,7 @@ from anomdet.model import configure_threads, load_artifact, recorded_scoring
 from anomdet.scoring import Scorer, score_id_range
 from anomdet.settings import Settings
 from db import repository as repo
-from db.engine import get_engine, session_scope
+from db.engine import session_scope
 from db.models import ModelVersion
 from db.records import id_ranges, reflect_records_table, unkeyed_unlabelled
 from tasks.database import only_transient
@@ -53,7 +53,7 @@ def plan_scoring(settings: Settings, chunks: int) -> ScoringPlan | None:
     First the flags of records whose text changed since they were flagged are marked, so
     that the views hide them until the new texts are scored (see
     `db.repository.retire_changed_flags`)."""
-    engine, mapping = get_engine(settings.database_url), settings.records.mapping()
+    engine, mapping = settings.engine(), settings.records.mapping()
     with session_scope(engine) as session:
         champion = repo.get_champion(session=session, model_name=settings.model_name)
         if champion is not None:
@@ -68,7 +68,7 @@ def plan_backfill(settings: Settings, version_id: int, chunks: int,
                   run_id: int | None = None) -> ScoringPlan:
     """A candidate version and the unlabelled records it has not scored yet, in id ranges:
     a resumed backfill plans only what is left."""
-    with session_scope(get_engine(settings.database_url)) as session:
+    with settings.session() as session:
         version = session.get(ModelVersion, version_id)
         if version is None:
             raise ValueError(f"model version id {version_id} does not exist")
@@ -78,7 +78,7 @@ def plan_backfill(settings: Settings, version_id: int, chunks: int,
 def plan_for(settings: Settings, version: ModelVersion, chunks: int,
              run_id: int | None = None) -> ScoringPlan:
     """What `version` has left to score, cut into about `chunks` id ranges."""
-    engine, mapping = get_engine(settings.database_url), settings.records.mapping()
+    engine, mapping = settings.engine(), settings.records.mapping()
     with engine.connect() as conn:
         table = reflect_records_table(conn, mapping)
         ranges, count = id_ranges(conn, table, mapping, parts=chunks, version_id=version.id)
@@ -109,7 +109,7 @@ def score_range(settings: Settings, plan: ScoringPlan,
     low, high = ("start" if id_range[0] is None else id_range[0],
                  "end" if id_range[1] is None else id_range[1])
     summary = score_id_range(
-        scorer, get_engine(settings.database_url), settings.records.mapping(),
+        scorer, settings.engine(), settings.records.mapping(),
         version_id=plan.version_id, id_range=id_range, chunk_size=settings.chunk_size,
         run_id=plan.run_id,
         progress=ui_progress(f"scoring ids from {low} to {high}"), expected=plan.range_size)
@@ -130,7 +130,7 @@ def finish_scoring(settings: Settings, plan: ScoringPlan,
             total[key] += part[key]
         total["skipped_example_ids"] = (total["skipped_example_ids"]
                                         + part["skipped_example_ids"])[:20]
-    with session_scope(get_engine(settings.database_url)) as session:
+    with settings.session() as session:
         total["pruned_scores"] = repo.prune_scores(
             session=session, model_name=settings.model_name,
             keep_versions=settings.scoring.keep_versions)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import shutil
 import socket
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -128,33 +126,6 @@ def test_a_database_url_that_is_not_one(command: list[str], tmp_path: Path,
     assert said == ("error: invalid configuration (ANOMDET_* environment variables): "
                     "ANOMDET_DATABASE_URL is not a database URL; use e.g. "
                     "sqlite:///anomdet.db or postgresql+psycopg://user@host/db"), said
-
-
-@pytest.fixture
-def silent_server() -> Iterator[int]:
-    """A loopback port that accepts connections and never answers."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(8)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join(timeout=5)
-    for conn in held:
-        conn.close()
-    server.close()
 
 
 def test_a_host_that_never_answers(silent_server: int, tmp_path: Path,

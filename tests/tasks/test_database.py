@@ -150,3 +150,29 @@ def test_top_flagged_reads_the_view_highest_score_first(settings: Settings) -> N
     top = td.read_top_flagged.fn(settings.model_copy(update={"top_flagged": 1}))
     assert [(str(r["record_id"]), r["text"]) for r in top] == [("3", "c")]
 
+
+
+@pytest.mark.parametrize("call", [
+    "tasks.database:read_top_flagged", "tasks.database:extract_labelled",
+    "tasks.check:gather_findings", "tasks.model:load_champion",
+    "tasks.scoring:plan_scoring", "tasks.promotion:check_champion"])
+def test_a_task_facing_a_silent_database_host_fails_within_the_connect_timeout(
+        silent_server: int, call: str) -> None:
+    import importlib
+    import time
+
+    from sqlalchemy.exc import OperationalError
+
+    from db.engine import get_engine as engines
+
+    module, name = call.split(":")
+    task = getattr(importlib.import_module(module), name)
+    settings = Settings(database_url=f"postgresql+psycopg://anomdet@127.0.0.1:{silent_server}/x",
+                        connect_timeout=1)
+    arguments = {"plan_scoring": (4,), "check_champion": (None,)}.get(name, ())
+    started = time.monotonic()
+    with pytest.raises(OperationalError, match="timeout"):
+        task.fn(settings, *arguments)
+    # libpq gives up after 1 s per address tried; without the setting it would wait 10.
+    assert time.monotonic() - started < 8
+    engines.cache_clear()
