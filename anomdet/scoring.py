@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,22 +117,3 @@ def score_id_range(
                 done = summary.scored + summary.skipped
                 progress(done, max(done, expected))
     return summary
-
-
-def score_all(
-    scorer: Scorer, chunks: Iterable[pd.DataFrame], *,
-    progress: Progress | None = None, total: int = 0,
-) -> tuple[list[ScoreRow], ScoreSummary]:
-    """Score a stream of chunks; return every record's score row and the summary.
-
-    `progress` is told (records done, `total`) after each chunk.
-    """
-    summary, rows = ScoreSummary(), []
-    for chunk in chunks:
-        rows.extend(score_rows(scorer, chunk, summary))
-        if progress:
-            progress(summary.scored + summary.skipped, max(total, summary.scored + summary.skipped))
-    if summary.skipped:
-        logger.warning("%d records have no text to score and were skipped (e.g. ids %s)",
-                       summary.skipped, summary.skipped_ids[:5])
-    return rows, summary

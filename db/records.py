@@ -584,12 +584,6 @@ def sample_unlabelled(conn: Connection, table: sa.Table, mapping: RecordsMapping
     return [str(t) for t in conn.execute(query).scalars()]
 
 
-def count_unlabelled(conn: Connection, table: sa.Table, mapping: RecordsMapping) -> int:
-    """Number of unlabelled records."""
-    query = sa.select(sa.func.count()).select_from(table).where(_unlabelled(table, mapping))
-    return int(conn.execute(query).scalar_one())
-
-
 def count_rows(conn: Connection, table: sa.Table) -> int:
     """Number of rows in `table`."""
     return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())

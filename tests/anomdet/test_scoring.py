@@ -9,7 +9,7 @@ import pytest
 
 import anomdet.scoring as scoring
 from anomdet.model import TINY_RANDOM, load_base_model, predict_scores
-from anomdet.scoring import Scorer, ScoreSummary, scorable, score_all, score_id_range, score_rows
+from anomdet.scoring import Scorer, ScoreSummary, scorable, score_id_range, score_rows
 from db import repository as repo
 from db.engine import get_engine, migrate, session_scope
 from db.records import ensure_records_table, upsert_records
@@ -51,17 +51,6 @@ def test_a_frame_without_keys_uses_the_ids(scorer: Scorer) -> None:
     rows = score_rows(scorer, pd.DataFrame({"id": [7], "text": ["odd"]}), ScoreSummary())
     assert rows == [repo.ScoreRow("7", 0.9, None)]
     assert score_rows(scorer, pd.DataFrame({"id": [], "text": []}), ScoreSummary()) == []
-
-
-def test_score_all_streams_chunks_and_reports_progress(scorer: Scorer) -> None:
-    chunks = [pd.DataFrame({"id": [1, 2], "text": ["odd", "fine"]}),
-              pd.DataFrame({"id": [3], "text": [""]})]
-    seen: list[tuple[int, int]] = []
-    rows, summary = score_all(scorer, iter(chunks), total=3,
-                              progress=lambda done, total: seen.append((done, total)))
-    assert [r.record_id for r in rows] == ["1", "2", "3"]
-    assert (summary.scored, summary.flagged, summary.skipped) == (2, 1, 1)
-    assert seen == [(2, 3), (3, 3)]
 
 
 @pytest.fixture
