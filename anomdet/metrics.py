@@ -115,9 +115,8 @@ def calibrated_f1_threshold(labels: np.ndarray, scores: np.ndarray,
     ECML PKDD 2014). The probabilities are calibrated by Platt scaling: a logistic
     regression of the labels on the scores' log-odds. The max-F1 cut itself rests on
     the one or two validation examples at the peak of a jagged F1 curve and moves
-    with their noise; the two fitted parameters rest on every example. On the
-    Davidson tweets (215 validation anomalies, noisy labels) it raised the mean test
-    F1 over split seeds 42-44 from 0.478 to 0.496. None where the fit is unusable
+    with their noise; the two fitted parameters rest on every example (docs/recipe.md
+    has the figures). None where the fit is unusable
     (a non-positive or non-finite slope): the caller then keeps the max-F1 cut.
     """
     # Written out because scikit-learn's Platt scaling (`CalibratedClassifierCV`) calibrates
@@ -179,9 +178,7 @@ def choose_threshold(labels: Sequence[int] | np.ndarray, scores: np.ndarray, *,
         if calibrated is not None:
             return calibrated
     # The cut stays on the weakest flagged validation example rather than halfway (in
-    # log-odds) down to the next lower score. Measured both ways with split seed 42: on
-    # 1,300 SMS with 50 spam the halfway cut added a false alarm (F1 0.77 against 0.80); on
-    # log lines whose test anomalies training never saw, neither cut found any (F1 0).
+    # log-odds) down to the next lower score, which added false alarms (docs/recipe.md).
     cut = float(thresholds[index])
     # A threshold of 0 would flag everything; the smallest positive float flags every
     # example with any probability at all, which is what the curve point means.

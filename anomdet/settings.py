@@ -89,19 +89,15 @@ class TrainingSettings(BaseModel):
     # Anything else: a local directory or a Hugging Face model id.
     base_model: str = "bundled"
     # The schedule is counted in optimizer steps: `epochs` passes over the distinct
-    # training texts, at least `min_steps` and at most `max_steps`. Three epochs of a
-    # thousand rows are ~150 steps, too few for the head and encoder to settle (training
-    # loss was still 0.3 on repetitive log lines); 400 steps fit such sets. The cap keeps
-    # a 20k-row set to about 20k samples, 5-10 minutes on two CPU cores.
+    # training texts, at least `min_steps` (a few epochs of a small set are too few steps
+    # for the head and encoder to settle) and at most `max_steps` (large sets stay within
+    # minutes on a CPU). The figures behind both are in docs/recipe.md.
     epochs: int = Field(3, ge=1, le=100)
     min_steps: int = Field(400, ge=1)
     max_steps: int | None = Field(1200, ge=1, validate_default=True)
     batch_size: int = Field(16, ge=2, le=1024)
-    # The head starts fitted (see `probe_head`), so fine-tuning only adjusts the encoder.
-    # At 1e-4 it lost the probe's validation ranking within 70 steps on log lines (PR-AUC
-    # 1.0 -> 0.62); 3e-5 kept it, and scored higher on unseen log texts (mean F1 0.64
-    # against 0.60 over three splits). On 1,300 SMS with 50 spam, probing and 3e-5 took
-    # the mean F1 from 0.79 (random head, 1e-4) to 0.88.
+    # The head starts fitted (see `probe_head`), so fine-tuning only adjusts the encoder,
+    # gently: a faster rate undoes the probe's ranking in the first steps (docs/recipe.md).
     learning_rate: float = Field(3e-5, gt=0, lt=1)
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     weight_decay: float = Field(0.01, ge=0, lt=1)
@@ -116,10 +112,7 @@ class TrainingSettings(BaseModel):
     # natural share (at least one per batch) instead of `anomaly_share`; null never.
     # Oversampling makes up for anomalies that are few: each of 35 must be seen many
     # times. With hundreds, one pass already shows plenty, and oversampling only repeats
-    # them, noisy labels and all. Measured both ways over split seeds 42-44: on the
-    # Davidson tweets (929 anomalous training texts) the natural share ranked better on
-    # every seed (test PR-AUC 0.439 against 0.413); on 1,300 SMS with 33 spam in
-    # training, two per batch instead of four lost 0.09 of mean F1 (0.878 -> 0.786).
+    # them, noisy labels and all (measured both ways in docs/recipe.md).
     plentiful_anomalies: int | None = Field(500, ge=1)
     # "mean": the head reads the mean of the token states, as all-MiniLM-L6-v2 was
     # trained to be read; "cls": BERT's pooled first token. Non-BERT models keep their own.
