@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -43,6 +44,8 @@ from anomdet.artifact import META_FILE
 from anomdet.device import (
     CPU_BATCH_TOKENS,
     BatchBudget,
+    DeviceProfile,
+    attention_kernels,
     batch_budget,
     describe,
     host_threads,
@@ -455,9 +458,14 @@ def _device_batches(
         yield _to_device(batch, device)
 
 
-def _autocast(device: torch.device) -> torch.autocast:
+@contextlib.contextmanager
+def _autocast(device: torch.device) -> Iterator[None]:
+    """bf16 autocast on a GPU that has bf16, and attention kernels that suit dynamic
+    padding (see anomdet.device.attention_backends)."""
     use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16), \
+            attention_kernels(DeviceProfile(device.type, str(device))):
+        yield
 
 
 def _scores_from_ids(

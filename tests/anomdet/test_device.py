@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.nn.attention import SDPBackend
 
 from anomdet.device import (
     CPU_BATCH_ROWS,
@@ -13,6 +14,7 @@ from anomdet.device import (
     BatchBudget,
     DeviceProfile,
     activation_bytes_per_token,
+    attention_backends,
     batch_budget,
     describe,
     inference_dtype,
@@ -72,3 +74,11 @@ def test_weights_score_in_bf16_only_on_a_gpu_that_has_it() -> None:
 def test_the_cpu_describes_itself_by_name() -> None:
     profile = describe(torch.device("cpu"))
     assert profile.type == "cpu" and profile.name and not profile.bf16
+
+
+def test_gpus_attend_without_cudnn_and_cpus_keep_torchs_choice() -> None:
+    assert attention_backends(CPU) is None
+    backends = attention_backends(H200)
+    assert backends is not None and SDPBackend.CUDNN_ATTENTION not in backends
+    # Flash attention where there is no padding, the memory-efficient kernel where there is.
+    assert backends[:2] == [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION]
