@@ -22,7 +22,15 @@ from anomdet.settings import Settings
 from db.repository import ChampionChanged, RunEnding, RunProgress
 from flows.approval import Approval, ask_for_approval
 from flows.logs import flow_timeout, run_namer, show_domain_logs
-from flows.parameters import Epochs, LearningRate, MaxTrainRows, ModelName, settings_for
+from flows.parameters import (
+    BaseModelName,
+    Epochs,
+    LearningRate,
+    MaxTrainRows,
+    ModelName,
+    Seed,
+    settings_for,
+)
 from flows.score import backfill, with_task_runner
 from flows.slots import retrain_slot
 from tasks.database import (
@@ -76,9 +84,9 @@ from tasks.report import (
 class RetrainParams(BaseModel):
     """A run's overrides of the configured training settings (None keeps the setting)."""
 
-    base_model: str | None = None
+    base_model: BaseModelName = None
     epochs: Epochs = None
-    seed: int | None = None
+    seed: Seed = None
     max_train_rows: MaxTrainRows = None
     learning_rate: LearningRate = None
 
@@ -99,8 +107,8 @@ def effective_settings(params: RetrainParams, model_name: str | None = None) -> 
 @flow(name="retrain", log_prints=False, on_failure=[on_run_failed],
       on_crashed=[on_run_failed], flow_run_name=run_namer("retrain"),
       timeout_seconds=flow_timeout("retrain"))
-def retrain(model_name: ModelName = None, base_model: str | None = None, epochs: Epochs = None,
-            seed: int | None = None, max_train_rows: MaxTrainRows = None,
+def retrain(model_name: ModelName = None, base_model: BaseModelName = None,
+            epochs: Epochs = None, seed: Seed = None, max_train_rows: MaxTrainRows = None,
             learning_rate: LearningRate = None) -> State:
     """Retrain the detector and promote the challenger only if it beats the champion.
 
@@ -122,7 +130,7 @@ def retrain(model_name: ModelName = None, base_model: str | None = None, epochs:
             (ANOMDET_TRAINING__LEARNING_RATE).
     """
     show_domain_logs()
-    params = RetrainParams(base_model=base_model, epochs=epochs, seed=seed,
+    params = RetrainParams(base_model=base_model or None, epochs=epochs, seed=seed,
                            max_train_rows=max_train_rows, learning_rate=learning_rate)
     settings = effective_settings(params, model_name)
     with retrain_slot(settings.model_name, settings.artifact_root() / settings.model_name):

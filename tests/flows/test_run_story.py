@@ -17,6 +17,7 @@ from prefect.client.schemas.filters import (
     ArtifactFilterFlowRunId,
     FlowRunFilter,
     FlowRunFilterId,
+    FlowRunFilterParentFlowRunId,
     LogFilter,
     LogFilterFlowRunId,
 )
@@ -73,10 +74,12 @@ def test_promoted_and_rejected_runs_say_so_in_name_message_tags_and_artifacts(
     monkeypatch.setattr(anomdet.model, "PROGRESS_LOG_SECONDS", 0.0)
     lines = _Lines()
     logging.getLogger("anomdet.model").addHandler(lines)
+    logging.getLogger("prefect.task_runs").addHandler(lines)
     try:
         state = retrain(return_state=True)
     finally:
         logging.getLogger("anomdet.model").removeHandler(lines)
+        logging.getLogger("prefect.task_runs").removeHandler(lines)
     outcome = state.result()
     assert state.is_completed() and outcome.decision == "promoted"
     progress = lines.lines
@@ -89,6 +92,15 @@ def test_promoted_and_rejected_runs_say_so_in_name_message_tags_and_artifacts(
                         rf"champion\), {outcome.flags_written} records flagged", message)
     assert "promoted" in first["run"].tags
     assert first["run"].name.startswith("retrain-anomdet-")
+    # The promotion's backfill subflow run is named and tagged as the flows' runs are.
+    with get_client(sync_client=True) as client:
+        [backfill] = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[first["run"].id])))
+    assert backfill.name.startswith("backfill-anomdet-")
+    assert {"anomdet", "backfill"} <= set(backfill.tags), backfill.tags
+    # The decision in words, not only as promote=True.
+    decided = [m for m in lines.lines if m.startswith("the challenger passes the promotion")]
+    assert decided and "first champion" in decided[0], lines.lines[-5:]
     assert "evaluate challenger" in first["tasks"]
     assert not any(name.startswith("evaluate champion") for name in first["tasks"])
     summary = first["artifacts"]["anomdet-summary"]
