@@ -376,7 +376,7 @@ def _first_run_check(floors: list[Check], policy: PromotionPolicy,
     if policy.first_run == "beat_baseline":
         passed = failed == 0 and baseline is not None and baseline.passed
         return Check("first_run", passed, f"{head} promotes when every floor holds ({failed} "
-                     f"of {len(floors)} failed) and the challenger reaches the baseline "
+                     f"of {len(floors)} failed) and the baseline is not better beyond noise "
                      f"({'yes' if baseline is not None and baseline.passed else 'no'})")
     if policy.first_run == "always":
         return Check("first_run", True, f"{head} promotes the first challenger whatever "
