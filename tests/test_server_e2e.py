@@ -327,16 +327,22 @@ def _stopped_by_its_data(server: Server, client: Any, deployment: Any, env: dict
 
 
 def _timeouts_bound_score_and_check(client: Any, logs: list[Path]) -> None:
-    """A scoring run and a check run past ANOMDET_SCORE/CHECK_TIMEOUT_MINUTES (given in
-    the run's environment) end TimedOut."""
-    for name in ("score/score-hourly", "check/check-labels"):
-        setting = f"ANOMDET_{name.split('/')[0].upper()}_TIMEOUT_MINUTES"
-        run = client.create_flow_run_from_deployment(
-            client.read_deployment_by_name(name).id,
-            job_variables={"env": {setting: "0.001"}})  # 0.06 s
-        final = _final_state(client, run.id, logs, timeout=240)
-        assert final.state.is_failed() and final.state.name == "TimedOut", final.state
-        assert "exceeded timeout of 0.06 second" in final.state.message, final.state.message
+    """A scoring run and a check run that hang (on a database that accepts connections
+    and never answers) end TimedOut after ANOMDET_SCORE/CHECK_TIMEOUT_MINUTES, given in
+    the run's environment, instead of holding their deployment's one slot."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"postgresql+psycopg://anomdet@127.0.0.1:{silent.getsockname()[1]}/anomdet"
+        for name in ("score/score-hourly", "check/check-labels"):
+            setting = f"ANOMDET_{name.split('/')[0].upper()}_TIMEOUT_MINUTES"
+            run = client.create_flow_run_from_deployment(
+                client.read_deployment_by_name(name).id, job_variables={"env": {
+                    setting: "0.05", "ANOMDET_DATABASE_URL": url,  # 3 s
+                    "ANOMDET_CONNECT_TIMEOUT": "300"}})
+            final = _final_state(client, run.id, logs, timeout=240)
+            assert final.state.is_failed() and final.state.name == "TimedOut", final.state
+            assert "exceeded timeout of 3.0 second" in final.state.message, final.state
 
 
 def test_deployed_retraining_runs_on_a_worker_and_publishes_artifacts(
@@ -533,8 +539,9 @@ def _check_one_retrain_at_a_time(server: Server, client: Any, served: Any, env: 
     with _process(args, {**env, "ANOMDET_PROMOTION__FIRST_RUN": "always"}, REPO,
                   cli_log) as cli:
         run = client.create_flow_run_from_deployment(served.id, parameters=params)
-        final = _final_state(client, run.id, [*logs, cli_log, server.logs], timeout=420)
-        _wait_for("the command-line retrain", lambda: cli.poll() is not None, 420,
+        # Either may wait for the other's whole training: two trainings in turn.
+        final = _final_state(client, run.id, [*logs, cli_log, server.logs], timeout=840)
+        _wait_for("the command-line retrain", lambda: cli.poll() is not None, 840,
                   [cli_log, *logs])
     assert cli.returncode == 0, _tail(cli_log)
     assert final.state.is_completed(), f"{final.state}\n{_tail(logs[0])}"

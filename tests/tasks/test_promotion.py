@@ -58,11 +58,19 @@ def _candidate(settings: Settings, engine: object, scores: list[repo.ScoreRow],
     return version_id
 
 
-def test_decision_uses_the_configured_policy(monkeypatch: pytest.MonkeyPatch) -> None:
-    decide = Recorder("decision")
+def test_decision_uses_the_configured_policy(monkeypatch: pytest.MonkeyPatch,
+                                             caplog: pytest.LogCaptureFixture) -> None:
+    from anomdet.promotion import Decision
+
+    decision = Decision(promote=False, checks=(), reason="the challenger is worse")
+    decide = Recorder(decision)
     monkeypatch.setattr(tp, "decide", decide)
     settings = Settings(promotion={"primary_metric": "pr_auc", "min_absolute_improvement": 0.01})
-    assert tp.decide_promotion.fn("challenger", "champion", settings, "baseline") == "decision"
+    with caplog.at_level("INFO", logger="tasks"):
+        assert tp.decide_promotion.fn("challenger", "champion", settings, "baseline") is decision
+    # The decision in words, in the run's logs.
+    assert ("the challenger does not pass the promotion rule: the challenger is worse"
+            in caplog.messages)
     (challenger, champion, policy, baseline), _ = decide.call
     assert (challenger, champion, baseline) == ("challenger", "champion", "baseline")
     assert policy == settings.promotion.policy()
