@@ -27,7 +27,8 @@ class Scorer:
     tokenizer: PreTrainedTokenizerBase
     threshold: float
     max_length: int
-    batch_size: int = 64
+    # Texts per batch; None: the device's figure (see anomdet.device.batch_budget).
+    batch_size: int | None = None
 
 
 @dataclass
