@@ -6,27 +6,35 @@ the artifact's digest, stored in `anomdet_model_versions.weights_sha256`. One di
 thus covers every file: editing the weights, the tokenizer or the metadata, adding a
 file or removing one, each makes the artifact refuse to load.
 
-Artifacts saved before manifests existed have no manifest; their recorded digest is
-that of the weights file alone, which is still checked (see `verify_artifact`).
-Nothing here imports torch: `anomdet rollback` verifies an artifact without a model.
+Saving and loading a model live here too, beside the checks they run. Torch and
+transformers are imported only inside them: `anomdet rollback` verifies an artifact
+without a model, and light commands must stay light.
 """
 
 from __future__ import annotations
 
+import copy
 import errno
 import hashlib
 import json
 import logging
+import os
 import shutil
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
 #: The metadata saved beside a model's weights: threshold, metrics, training data profile.
 META_FILE = "anomdet.json"
-# Artifacts without a manifest recorded this file's digest alone.
-LEGACY_DIGEST_FILE = "model.safetensors"
+#: The weights, in safetensors: the only format anomdet loads.
+WEIGHTS_FILE = "model.safetensors"
 
 
 def sha256_file(path: Path) -> str:
@@ -103,28 +111,14 @@ def verify_artifact(directory: Path, expected_sha256: str | None) -> str:
     if not directory.is_dir():
         raise ArtifactMissing(directory)
     if not (directory / MANIFEST_FILE).is_file():
-        return _verify_legacy(directory, expected_sha256)
+        raise ValueError(f"model artifact at {directory} has no {MANIFEST_FILE}; roll back to "
+                         "another version or retrain")
     digest = sha256_file(directory / MANIFEST_FILE)
     if expected_sha256 is not None and digest != expected_sha256:
         raise ValueError(
             f"model artifact at {directory} is corrupted: its manifest checksum "
             f"{digest[:12]}... does not match the database ({expected_sha256[:12]}...)")
     _check_files(directory, _read_manifest(directory))
-    return digest
-
-
-def _verify_legacy(directory: Path, expected_sha256: str | None) -> str:
-    weights = directory / LEGACY_DIGEST_FILE
-    if not weights.is_file():
-        raise ValueError(f"model artifact at {directory} has neither {MANIFEST_FILE} nor "
-                         f"{LEGACY_DIGEST_FILE}; roll back to another version or retrain")
-    digest = sha256_file(weights)
-    if expected_sha256 is not None and digest != expected_sha256:
-        raise ValueError(
-            f"model artifact at {directory} is corrupted: weights checksum {digest[:12]}... "
-            f"does not match the database ({expected_sha256[:12]}...)")
-    logger.warning("model artifact at %s predates manifests: only its weights are verified; "
-                   "its threshold, precision and length come from the database", directory)
     return digest
 
 
@@ -206,3 +200,113 @@ def check_free_space(root: Path, needed: int, what: str) -> None:
     """Refuse a run whose files would not fit in the artifacts folder, before training."""
     if free_bytes(root) < needed:
         raise DiskFull(root, needed, what)
+
+
+def save_artifact(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path,
+    meta: dict[str, Any],
+) -> str:
+    """Write weights (safetensors), tokenizer and metadata to `directory`, atomically.
+
+    Everything is written to a temporary sibling folder, then renamed into place,
+    so a reader never sees half an artifact. Returns the artifact's digest: the
+    SHA-256 of its manifest, which holds every file's SHA-256 (see `write_manifest`).
+    """
+    from transformers.utils import logging as hf_logging
+
+    from anomdet.encoder import ID2LABEL, LABEL2ID
+
+    directory = Path(directory)
+    if directory.exists():
+        raise ValueError(f"artifact directory {directory} exists already; refusing to overwrite")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".tmp-{directory.name}-{uuid.uuid4().hex[:8]}"
+    hf_logging.disable_progress_bar()
+    try:
+        cpu_model = copy.deepcopy(model).to("cpu")
+        cpu_model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        checksum = sha256_file(tmp / WEIGHTS_FILE)
+        full_meta = {**meta, "weights_sha256": checksum, "id2label": ID2LABEL,
+                     "label2id": LABEL2ID}
+        (tmp / META_FILE).write_text(json.dumps(full_meta, indent=2, default=str))
+        checksum = write_manifest(tmp)
+        os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return checksum
+
+
+@dataclass
+class LoadedModel:
+    """A saved model ready to score: weights, tokenizer and the metadata saved with them."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    meta: dict[str, Any]
+
+    @property
+    def threshold(self) -> float:
+        return float(self.meta["threshold"])
+
+    @property
+    def max_length(self) -> int:
+        return int(self.meta.get("max_length", 128))
+
+    @property
+    def precision(self) -> str:
+        return str(self.meta["precision"])
+
+
+def recorded_scoring(threshold: float | None,
+                     hyperparameters: dict[str, Any] | None) -> dict[str, Any]:
+    """What a version scores with, as the database records it: threshold, max length
+    and precision. These win over the artifact's own metadata when loading."""
+    hyper = hyperparameters or {}
+    recorded = {"threshold": threshold, "max_length": hyper.get("max_length"),
+                "precision": hyper.get("inference_precision")}
+    return {k: v for k, v in recorded.items() if v is not None}
+
+
+def load_artifact(directory: Path, *, expected_sha256: str | None = None,
+                  recorded: dict[str, Any] | None = None) -> LoadedModel:
+    """Load a saved model after verifying every file's checksum (safetensors only).
+
+    `expected_sha256` is the digest the database holds; `recorded` (see
+    `recorded_scoring`) the threshold, max length and precision it holds, which
+    override the metadata saved in the artifact.
+    """
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    # Importing the encoder registers the mean-pooled head, which the saved config names.
+    import anomdet.encoder  # noqa: F401
+    from anomdet.device import pick_device
+    from anomdet.inference import PRECISIONS, for_inference
+
+    directory = Path(directory)
+    verify_artifact(directory, expected_sha256)
+    meta_path = directory / META_FILE
+    if not meta_path.is_file() or not (directory / WEIGHTS_FILE).is_file():
+        raise ValueError(f"model artifact at {directory} is missing {META_FILE} or {WEIGHTS_FILE}")
+    try:
+        meta = {**json.loads(meta_path.read_text()), **(recorded or {})}
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"model artifact at {directory}: unreadable {META_FILE}: {exc}") from exc
+    if "precision" not in meta:
+        raise ValueError(f"model artifact at {directory}: {META_FILE} records no precision "
+                         f"(one of {PRECISIONS}); retrain")
+    hf_logging.disable_progress_bar()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"model artifact at {directory} cannot be loaded: {exc}") from exc
+    loaded = LoadedModel(model=model.to(pick_device()).eval(), tokenizer=tokenizer, meta=meta)
+    try:
+        # The model scores in the precision it was evaluated and thresholded in.
+        loaded.model = for_inference(loaded.model, loaded.precision)
+    except ValueError as exc:
+        raise ValueError(f"model artifact at {directory}: {exc}") from exc
+    return loaded

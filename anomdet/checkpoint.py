@@ -26,15 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from anomdet.artifact import load_artifact, save_artifact
 from anomdet.data import Split, fingerprint
-from anomdet.model import (
-    Progress,
-    TrainConfig,
-    TrainResult,
-    for_inference,
-    load_artifact,
-    save_artifact,
-)
+from anomdet.finetune import TrainConfig, TrainResult
+from anomdet.inference import Progress, for_inference
 from anomdet.settings import TrainingSettings
 from anomdet.training import Challenger, train_challenger
 

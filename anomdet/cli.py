@@ -289,7 +289,7 @@ def _own_prefect_server() -> None:
 def _model_environment() -> None:
     """For the commands that load a model: transformers offline and quiet as well."""
     _environment()
-    from anomdet.model import quiet_transformers
+    from anomdet.encoder import quiet_transformers
 
     quiet_transformers()
 
@@ -447,7 +447,7 @@ def _check_room(settings: Any, base_model: str) -> None:
     """Refuse a run whose files would not fit in the artifacts folder, where their size is
     known before training: the base model is the bundled one or a local folder."""
     from anomdet.artifact import check_free_space, model_bytes
-    from anomdet.model import BUNDLED, bundled_model_dir
+    from anomdet.encoder import BUNDLED, bundled_model_dir
 
     source = bundled_model_dir() if base_model == BUNDLED else Path(base_model).expanduser()
     size = model_bytes(source)

@@ -148,3 +148,15 @@ def host_threads() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return max(1, os.cpu_count() or 1)
+
+
+def configure_threads() -> int:
+    """Use every core for intra-op parallelism (torch's default can undercount in
+    containers), or the OMP_NUM_THREADS a process was given that shares the cores with
+    others (a Dask worker among several)."""
+    threads = host_threads()
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    if given.isdigit() and int(given) > 0:
+        threads = min(threads, int(given))
+    torch.set_num_threads(threads)
+    return threads

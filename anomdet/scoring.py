@@ -10,7 +10,7 @@ import pandas as pd
 from sqlalchemy.engine import Engine
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from anomdet.model import Progress, predict_scores
+from anomdet.inference import Progress, predict_scores
 from db import repository as repo
 from db.engine import session_scope
 from db.records import IdRange, RecordsMapping, iter_unlabelled, reflect_records_table

@@ -106,7 +106,7 @@ class TrainingSettings(BaseModel):
     # while bounding the cost of the rare long text (attention is quadratic in length).
     max_length: int = Field(128, ge=8, le=512)
     # Every batch holds at least this share of anomalies (more where the data has more):
-    # see anomdet.model.BalancedBatches.
+    # see anomdet.batching.BalancedBatches.
     anomaly_share: float = Field(0.25, ge=0, lt=1)
     # From this many distinct anomalous training texts on, batches keep the anomalies'
     # natural share (at least one per batch) instead of `anomaly_share`; null never.
@@ -118,7 +118,7 @@ class TrainingSettings(BaseModel):
     # trained to be read; "cls": BERT's pooled first token. Non-BERT models keep their own.
     pooling: Literal["mean", "cls"] = "mean"
     # Start the head as a logistic regression on the pre-trained features before
-    # fine-tuning (see anomdet.model.probe_head); false starts it random.
+    # fine-tuning (see anomdet.finetune.probe_head); false starts it random.
     probe_head: bool = True
     evaluations: int = Field(6, ge=1, le=100, description="validation checks over the schedule")
     patience: int = Field(3, ge=1, description="validation checks without a better PR-AUC")
@@ -137,7 +137,7 @@ class TrainingSettings(BaseModel):
     # memory holds, up to 131,072, and a row per 32 of them. Set them to use less memory.
     eval_batch_size: int | None = Field(None, ge=1)
     eval_batch_tokens: int | None = Field(None, ge=64)
-    # How the model scores (see anomdet.model.PRECISIONS): int8 scored about twice as
+    # How the model scores (see anomdet.inference.PRECISIONS): int8 scored about twice as
     # fast as fp32 on this CPU, but can blur a model whose scores sit close together.
     # "auto" keeps int8 only when its validation PR-AUC, and its validation F1 at its own
     # threshold, are both within `int8_tolerance` of fp32's. The challenger is thresholded

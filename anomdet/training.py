@@ -13,17 +13,11 @@ from sklearn.metrics import average_precision_score
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from anomdet.data import Split
+from anomdet.device import configure_threads
+from anomdet.encoder import load_base_model
+from anomdet.finetune import TrainConfig, TrainResult, fine_tune
+from anomdet.inference import Progress, for_inference, predict_scores
 from anomdet.metrics import choose_threshold, classification_metrics
-from anomdet.model import (
-    Progress,
-    TrainConfig,
-    TrainResult,
-    configure_threads,
-    fine_tune,
-    for_inference,
-    load_base_model,
-    predict_scores,
-)
 from anomdet.promotion import EvalResult
 from anomdet.settings import TrainingSettings
 
@@ -34,7 +28,7 @@ def base_vocab(spec: str) -> frozenset[str]:
     """The word-piece vocabulary of a base model's tokenizer (for drift figures)."""
     from transformers import AutoTokenizer
 
-    from anomdet.model import BUNDLED, TINY_RANDOM, bundled_model_dir
+    from anomdet.encoder import BUNDLED, TINY_RANDOM, bundled_model_dir
 
     source = bundled_model_dir() if spec in (BUNDLED, TINY_RANDOM) else spec
     return frozenset(AutoTokenizer.from_pretrained(source).get_vocab())

@@ -16,16 +16,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from anomdet.device import describe, pick_device
-from anomdet.model import (
-    configure_threads,
-    encode,
-    fine_tune,
-    for_inference,
-    load_base_model,
-    predict_scores,
-    quiet_transformers,
-)
+from anomdet.batching import encode
+from anomdet.device import configure_threads, describe, pick_device
+from anomdet.encoder import load_base_model, quiet_transformers
+from anomdet.finetune import fine_tune
+from anomdet.inference import for_inference, predict_scores
 from anomdet.settings import TrainingSettings
 from anomdet.training import train_config
 from bench.suite import read_labelled_csv

@@ -36,17 +36,11 @@ from rich.table import Table
 
 from anomdet.baseline import evaluate_baseline
 from anomdet.data import Split, normalise_text, split_records
-from anomdet.device import describe, inference_dtype, pick_device
+from anomdet.device import configure_threads, describe, inference_dtype, pick_device
+from anomdet.encoder import load_base_model, quiet_transformers
+from anomdet.finetune import TrainConfig, fine_tune
+from anomdet.inference import for_inference, predict_scores
 from anomdet.metrics import best_f1, choose_threshold
-from anomdet.model import (
-    TrainConfig,
-    configure_threads,
-    fine_tune,
-    for_inference,
-    load_base_model,
-    predict_scores,
-    quiet_transformers,
-)
 from anomdet.promotion import EvalResult
 from anomdet.settings import TrainingSettings
 from anomdet.training import Challenger, evaluate, train_challenger

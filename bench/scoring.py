@@ -44,14 +44,9 @@ from rich.table import Table
 from sqlalchemy.engine import Engine
 
 from anomdet.demo import generate_demo_records
-from anomdet.model import (
-    TRANSFORMERS_DEFAULTS,
-    configure_threads,
-    load_base_model,
-    pick_device,
-    predict_scores,
-    quiet_transformers,
-)
+from anomdet.device import configure_threads, pick_device
+from anomdet.encoder import TRANSFORMERS_DEFAULTS, load_base_model, quiet_transformers
+from anomdet.inference import predict_scores
 from anomdet.scoring import Scorer, ScoreSummary, score_id_range
 from anomdet.settings import RecordsSettings
 from db import repository as repo

@@ -21,8 +21,8 @@ from anomdet import demo
 from anomdet.baseline import evaluate_baseline
 from anomdet.csv_import import read_records_csv
 from anomdet.data import Split, normalise_text, split_records
+from anomdet.inference import Progress
 from anomdet.metrics import best_f1
-from anomdet.model import Progress
 from anomdet.settings import TrainingSettings
 from anomdet.training import evaluate, train_challenger
 

@@ -9,13 +9,12 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
-from anomdet.artifact import ArtifactMissing
+from anomdet.artifact import ArtifactMissing, LoadedModel, load_artifact, recorded_scoring
 from anomdet.baseline import evaluate_baseline
 from anomdet.checkpoint import discard_checkpoint, train_or_reuse
 from anomdet.data import Split, split_records
 from anomdet.drift import DataProfile, DriftReport, compare, profile
 from anomdet.errors import DataValidationError
-from anomdet.model import LoadedModel, load_artifact, recorded_scoring
 from anomdet.promotion import EvalResult
 from anomdet.settings import Settings
 from anomdet.training import Challenger, base_vocab, evaluate

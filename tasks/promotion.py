@@ -15,8 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, get_transaction
 from sqlalchemy.exc import SQLAlchemyError
 
-from anomdet.artifact import DiskFull, data_docs_dir, is_disk_full
-from anomdet.model import save_artifact
+from anomdet.artifact import DiskFull, data_docs_dir, is_disk_full, save_artifact
 from anomdet.promotion import Decision, EvalResult, PendingCandidate, decide
 from anomdet.settings import Settings
 from anomdet.training import Challenger

@@ -10,7 +10,8 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from anomdet.model import configure_threads, load_artifact, recorded_scoring
+from anomdet.artifact import load_artifact, recorded_scoring
+from anomdet.device import configure_threads
 from anomdet.scoring import Scorer, score_id_range
 from anomdet.settings import Settings
 from db import repository as repo

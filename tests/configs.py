@@ -19,7 +19,7 @@ from anomdet.settings import (
 
 if TYPE_CHECKING:
     from anomdet.drift import DriftBounds
-    from anomdet.model import TrainConfig
+    from anomdet.finetune import TrainConfig
     from anomdet.promotion import PromotionPolicy
     from anomdet.validation import ValidationConfig
     from db.records import RecordsMapping

@@ -28,7 +28,7 @@ for name in list(os.environ):
 # line's width at 80 when `anomdet.cli` is imported, before CliRunner sets its own.
 for name in ("COLUMNS", "LINES"):
     os.environ.pop(name, None)
-# Each xdist worker takes its share of the cores for torch (anomdet.model.configure_threads
+# Each xdist worker takes its share of the cores for torch (anomdet.device.configure_threads
 # honours OMP_NUM_THREADS), rather than every worker using them all.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:

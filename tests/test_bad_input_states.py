@@ -391,7 +391,7 @@ def test_a_full_disk_while_storing_the_artifact_is_named_and_cleaned(
 
 def test_a_disk_too_small_for_the_base_model_is_refused_before_training(
         db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from anomdet.model import TINY_RANDOM, load_base_model
+    from anomdet.encoder import TINY_RANDOM, load_base_model
 
     # A local base model of known size: the tiny model, saved as a user would keep one.
     base = tmp_path / "base-model"

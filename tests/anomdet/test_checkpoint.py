@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from anomdet.artifact import WEIGHTS_FILE
 from anomdet.checkpoint import (
     challenger_key,
     checkpoint_dir,
@@ -17,7 +18,7 @@ from anomdet.checkpoint import (
     save_checkpoint,
 )
 from anomdet.data import Split
-from anomdet.model import WEIGHTS_FILE, predict_scores
+from anomdet.inference import predict_scores
 from anomdet.settings import TrainingSettings
 from anomdet.training import train_challenger
 

@@ -13,27 +13,26 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score
 
-from anomdet.artifact import MANIFEST_FILE, sha256_file
-from anomdet.device import GPU_MAX_BATCH_ROWS, GPU_MAX_BATCH_TOKENS
-from anomdet.model import (
-    TINY_RANDOM,
-    TOKENIZE_CHUNK,
-    BalancedBatches,
-    MeanPooledBertForSequenceClassification,
-    distinct_texts,
-    encode,
-    fine_tune,
-    for_inference,
-    host_batch,
+from anomdet.artifact import (
+    MANIFEST_FILE,
     load_artifact,
-    load_base_model,
-    predict_scores,
-    prefetched,
-    probe_head,
     recorded_scoring,
     save_artifact,
+    sha256_file,
+)
+from anomdet.batching import (
+    TOKENIZE_CHUNK,
+    BalancedBatches,
+    distinct_texts,
+    encode,
+    host_batch,
+    prefetched,
     token_budget_batches,
 )
+from anomdet.device import GPU_MAX_BATCH_ROWS, GPU_MAX_BATCH_TOKENS
+from anomdet.encoder import TINY_RANDOM, MeanPooledBertForSequenceClassification, load_base_model
+from anomdet.finetune import fine_tune, probe_head
+from anomdet.inference import for_inference, predict_scores
 from tests.configs import train_config
 
 
@@ -244,7 +243,7 @@ def test_fine_tuning_applies_the_plentiful_rule_from_the_config(
         config = train_config(max_length=16, seed=1, batch_size=16, min_steps=1, max_steps=1,
                               evaluations=1, plentiful_anomalies=plentiful)
         caplog.clear()
-        with caplog.at_level(logging.INFO, logger="anomdet.model"):
+        with caplog.at_level(logging.INFO, logger="anomdet.finetune"):
             fine_tune(model, tok, texts, labels, texts[:40], labels[:40], config)
         assert f"anomalous, {per_batch} per batch of 16" in caplog.text
 
@@ -364,7 +363,8 @@ def test_int8_scores_track_fp32_and_artifacts_keep_their_precision(
 def test_artifact_round_trip_and_checksum(trained: tuple, tmp_path: Path) -> None:
     model, tok, texts, _, _ = trained
     directory = tmp_path / "v1"
-    sha = save_artifact(model, tok, directory, {"threshold": 0.42, "max_length": 32})
+    sha = save_artifact(model, tok, directory, {"threshold": 0.42, "max_length": 32,
+                                                "precision": "fp32"})
     loaded = load_artifact(directory, expected_sha256=sha)
     assert loaded.threshold == 0.42
     assert loaded.meta["id2label"] == {"0": "normal", "1": "anomalous"}
@@ -428,18 +428,16 @@ def test_the_database_decides_threshold_precision_and_length(trained: tuple,
     assert (loaded.threshold, loaded.max_length, loaded.precision) == (0.75, 24, "int8")
 
 
-def test_artifacts_saved_before_manifests_load_on_their_weights_checksum(
+def test_an_artifact_without_a_manifest_or_a_precision_is_refused(
         trained: tuple, tmp_path: Path) -> None:
     model, tok, *_ = trained
     directory = tmp_path / "v1"
     save_artifact(model, tok, directory, {"threshold": 0.5, "max_length": 32})
+    with pytest.raises(ValueError, match="records no precision"):
+        load_artifact(directory)
     (directory / MANIFEST_FILE).unlink()
-    weights_sha = sha256_file(directory / "model.safetensors")
-    loaded = load_artifact(directory, expected_sha256=weights_sha,
-                           recorded=recorded_scoring(0.6, {}))
-    assert loaded.threshold == 0.6
-    with pytest.raises(ValueError, match="weights checksum .* does not match the database"):
-        load_artifact(directory, expected_sha256="0" * 64)
+    with pytest.raises(ValueError, match=f"has no {MANIFEST_FILE}"):
+        load_artifact(directory, expected_sha256=sha256_file(directory / "model.safetensors"))
 
 
 @pytest.mark.parametrize("val_anomalies", [20, 40])

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 import anomdet.scoring as scoring
-from anomdet.model import TINY_RANDOM, load_base_model, predict_scores
+from anomdet.encoder import TINY_RANDOM, load_base_model
+from anomdet.inference import predict_scores
 from anomdet.scoring import Scorer, ScoreSummary, scorable, score_id_range, score_rows
 from db import repository as repo
 from db.engine import get_engine, migrate, session_scope

@@ -118,7 +118,7 @@ def test_debug_switch(value: str, on: bool) -> None:
 
 def test_the_domains_config_objects_have_no_defaults_of_their_own() -> None:
     from anomdet.drift import DriftBounds
-    from anomdet.model import TrainConfig
+    from anomdet.finetune import TrainConfig
     from anomdet.promotion import PromotionPolicy
     from anomdet.validation import ValidationConfig
     from db.records import RecordsMapping

@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from anomdet.artifact import load_artifact, save_artifact
 from anomdet.csv_import import read_records_csv
 from anomdet.data import Split, split_records
+from anomdet.inference import predict_scores
 from anomdet.metrics import choose_threshold, classification_metrics
-from anomdet.model import load_artifact, predict_scores, save_artifact
 from anomdet.settings import TrainingSettings
 from anomdet.training import (
     Challenger,

@@ -18,7 +18,8 @@ import typer
 from typer.testing import CliRunner
 
 import tasks.scoring
-from anomdet.model import load_base_model, predict_scores
+from anomdet.encoder import load_base_model
+from anomdet.inference import predict_scores
 from anomdet.scoring import Scorer, score_id_range
 from bench import scoring as bench_scoring
 from bench.scoring import (

@@ -65,20 +65,20 @@ class _Lines(logging.Handler):
 @only_on("sqlite")
 def test_promoted_and_rejected_runs_say_so_in_name_message_tags_and_artifacts(
         anomdet_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    import anomdet.model
+    import anomdet.finetune
     from flows.retrain import retrain
 
     seed_records(anomdet_env, toy_records())
     monkeypatch.setenv("ANOMDET_TRAINING__MIN_STEPS", "12")  # what is trained matters not
     # Every step logs its progress, as a long run does once a minute.
-    monkeypatch.setattr(anomdet.model, "PROGRESS_LOG_SECONDS", 0.0)
+    monkeypatch.setattr(anomdet.finetune, "PROGRESS_LOG_SECONDS", 0.0)
     lines = _Lines()
-    logging.getLogger("anomdet.model").addHandler(lines)
+    logging.getLogger("anomdet.finetune").addHandler(lines)
     logging.getLogger("prefect.task_runs").addHandler(lines)
     try:
         state = retrain(return_state=True)
     finally:
-        logging.getLogger("anomdet.model").removeHandler(lines)
+        logging.getLogger("anomdet.finetune").removeHandler(lines)
         logging.getLogger("prefect.task_runs").removeHandler(lines)
     outcome = state.result()
     assert state.is_completed() and outcome.decision == "promoted"

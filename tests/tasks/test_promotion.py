@@ -95,7 +95,7 @@ def test_a_stored_artifact_gives_its_folder_and_the_checksum_that_verifies_it(
     from types import SimpleNamespace
 
     from anomdet.artifact import MANIFEST_FILE, sha256_file, verify_artifact
-    from anomdet.model import TINY_RANDOM, load_base_model
+    from anomdet.encoder import TINY_RANDOM, load_base_model
 
     model, tokenizer = load_base_model(TINY_RANDOM, seed=0)
     settings = Settings(artifacts_dir=tmp_path)
