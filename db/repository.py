@@ -308,25 +308,6 @@ def discard_candidate(*, session: Session, candidate_id: int) -> bool:
     return True
 
 
-def promote_new_version(
-    *, session: Session, expected_champion_id: int | None,
-    flags: Sequence[dict[str, Any]] = (), scores: Sequence[ScoreRow] = (),
-    **version_fields: Any,
-) -> ModelVersion:
-    """Both phases of a promotion in the caller's one transaction: register the version,
-    write its flags and kept scores, and flip it to champion. For versions whose scores
-    are at hand (an import, a test); the retraining flow backfills in chunks instead.
-    """
-    version_fields.pop("version", None)  # numbered as it is registered
-    version = register_candidate(session=session, **version_fields)
-    insert_flags(session=session, model_version_id=version.id, rows=flags)
-    # A new version has no flags to replace: only the scores' own flags are written.
-    write_scores(session=session, model_version_id=version.id, rows=scores,
-                 threshold=version.threshold, run_id=version.run_id, replace=False)
-    return flip_champion(session=session, candidate_id=version.id,
-                         expected_champion_id=expected_champion_id)
-
-
 def set_champion(
     *, session: Session, model_name: str, version: int, expected_champion_id: int | None
 ) -> ModelVersion:

@@ -37,6 +37,7 @@ from tests.test_bad_input import (  # noqa: F401 - fixtures requested by name
     state,
     toy_rows,
 )
+from tests.versions import promote
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 COMMANDS = [["status"], ["flagged"], ["models"], ["rollback", "1", "--reason", "x"],
@@ -271,8 +272,7 @@ def _second_champion(db: Database, tmp_path: Path) -> Path:
         fields = {k: getattr(v1, k) for k in ("model_name", "base_model", "artifact_uri",
                                               "weights_sha256", "data_fingerprint",
                                               "hyperparameters", "metrics", "threshold")}
-        repo.promote_new_version(session=session, expected_champion_id=v1.id, flags=[],
-                                 version=2, **{**fields, "artifact_uri": uri})
+        promote(session, expected_champion_id=v1.id, **{**fields, "artifact_uri": uri})
     return mine
 
 

@@ -12,6 +12,7 @@ from db import repository as repo
 from db.engine import get_engine, session_scope
 from tests.databases import only_on
 from tests.flows.test_retrain import toy_records
+from tests.versions import promote
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 # Wide enough that rich tables do not abbreviate cells.
@@ -67,8 +68,7 @@ def _promote_copy_of_champion(url: str) -> None:
         fields = {k: getattr(v1, k) for k in ("model_name", "base_model", "artifact_uri",
                                               "weights_sha256", "data_fingerprint",
                                               "hyperparameters", "metrics", "threshold")}
-        repo.promote_new_version(session=session, expected_champion_id=v1.id, flags=[],
-                                 version=2, **fields)
+        promote(session, expected_champion_id=v1.id, **fields)
 
 
 @only_on("sqlite")

@@ -15,6 +15,7 @@ from db import repository as repo
 from db.engine import get_engine, migrate, session_scope
 from db.records import ensure_records_table, upsert_records
 from tests.configs import records_mapping
+from tests.versions import promote
 
 THRESHOLD = 0.5
 
@@ -67,9 +68,9 @@ def records(sqlite_url: str) -> tuple:
     with engine.begin() as conn:
         upsert_records(conn, table, mapping, frame)
     with session_scope(engine) as session:
-        version = repo.promote_new_version(
-            session=session, expected_champion_id=None, model_name="m", version=1,
-            base_model="tiny-random", artifact_uri="/x", weights_sha256="0" * 64,
+        version = promote(
+            session, expected_champion_id=None, model_name="m", base_model="tiny-random",
+            artifact_uri="/x", weights_sha256="0" * 64,
             data_fingerprint="f" * 64, hyperparameters={}, metrics={}, threshold=THRESHOLD)
     return engine, mapping, table, version.id
 

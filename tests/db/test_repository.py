@@ -22,6 +22,7 @@ from db.records import (
     upsert_records,
 )
 from tests.configs import records_mapping
+from tests.versions import promote
 
 MAPPING = records_mapping()
 
@@ -56,8 +57,7 @@ def test_migrations_are_idempotent_and_create_the_tables(engine: sa.Engine) -> N
 
 def test_database_allows_one_champion_per_model(engine: sa.Engine) -> None:
     with session_scope(engine) as session:
-        repo.promote_new_version(session=session, expected_champion_id=None, flags=[],
-                                 version=1, **_version())
+        promote(session, expected_champion_id=None, **_version())
     from db.models import ModelVersion
 
     with pytest.raises(IntegrityError), session_scope(engine) as session:
@@ -69,26 +69,24 @@ def test_database_allows_one_champion_per_model(engine: sa.Engine) -> None:
 
 def test_promotion_is_compare_and_set(engine: sa.Engine) -> None:
     with session_scope(engine) as session:
-        v1 = repo.promote_new_version(session=session, expected_champion_id=None,
-                                      flags=[{"record_id": 5, "score": 0.9, "threshold": 0.5}],
-                                      version=1, **_version())
+        v1 = promote(session, expected_champion_id=None,
+                     flags=[{"record_id": 5, "score": 0.9, "threshold": 0.5}],
+                     **_version())
     # A run that evaluated against "no champion" must not promote now.
     with pytest.raises(repo.ChampionChanged), session_scope(engine) as session:
-        repo.promote_new_version(session=session, expected_champion_id=None, flags=[],
-                                 version=2, **_version())
+        promote(session, expected_champion_id=None, **_version())
     # A run that evaluated against a stale champion id must not promote either.
     with pytest.raises(repo.ChampionChanged), session_scope(engine) as session:
-        repo.promote_new_version(session=session, expected_champion_id=v1.id + 100,
-                                 flags=[{"record_id": 6, "score": 0.8, "threshold": 0.5}],
-                                 version=2, **_version())
+        promote(session, expected_champion_id=v1.id + 100,
+                flags=[{"record_id": 6, "score": 0.8, "threshold": 0.5}],
+                **_version())
     with session_scope(engine) as session:
         champion = repo.get_champion(session=session, model_name="m")
         assert champion.id == v1.id
         assert repo.count_flags(session=session) == 1
         assert len(repo.list_versions(session=session, model_name="m")) == 1
     with session_scope(engine) as session:
-        v2 = repo.promote_new_version(session=session, expected_champion_id=v1.id, flags=[],
-                                      version=2, **_version())
+        v2 = promote(session, expected_champion_id=v1.id, **_version())
     with session_scope(engine) as session:
         statuses = {v.version: v.status for v in repo.list_versions(session=session,
                                                                     model_name="m")}
@@ -109,16 +107,14 @@ def _flag_rows(engine: sa.Engine, scores: dict[int, float]) -> list[dict]:
 def test_flags_are_idempotent_and_the_view_follows_the_champion(engine: sa.Engine) -> None:
     rows = _flag_rows(engine, {5: 0.9, 7: 0.7})
     with session_scope(engine) as session:
-        v1 = repo.promote_new_version(session=session, expected_champion_id=None, flags=rows,
-                                      version=1, **_version())
+        v1 = promote(session, expected_champion_id=None, flags=rows, **_version())
     with session_scope(engine) as session:
         assert repo.insert_flags(session=session, model_version_id=v1.id, rows=rows) == 0
         assert repo.count_flags(session=session) == 2
         view = repo.flagged_rows(session=session)
     assert [(r["record_id"], r["text"]) for r in view] == [("5", "text 5"), ("7", "text 7")]
     with session_scope(engine) as session:
-        v2 = repo.promote_new_version(session=session, expected_champion_id=v1.id,
-                                      flags=[rows[1]], version=2, **_version())
+        v2 = promote(session, expected_champion_id=v1.id, flags=[rows[1]], **_version())
     with session_scope(engine) as session:
         view = repo.flagged_rows(session=session)
         assert [(r["record_id"], r["model_version"]) for r in view] == [("7", 2)]
@@ -130,9 +126,9 @@ def test_flags_are_idempotent_and_the_view_follows_the_champion(engine: sa.Engin
 
 def test_failed_transaction_leaves_no_trace(engine: sa.Engine) -> None:
     with pytest.raises(RuntimeError), session_scope(engine) as session:
-        repo.promote_new_version(session=session, expected_champion_id=None,
-                                 flags=[{"record_id": 1, "score": 0.9, "threshold": 0.5}],
-                                 version=1, **_version())
+        promote(session, expected_champion_id=None,
+                flags=[{"record_id": 1, "score": 0.9, "threshold": 0.5}],
+                **_version())
         raise RuntimeError("fails after the flags were written")
     with session_scope(engine) as session:
         assert repo.get_champion(session=session, model_name="m") is None
@@ -240,8 +236,7 @@ def test_bulk_flags_read_back_exactly_and_count_only_new_rows(engine: sa.Engine)
     rows = [{"record_id": i, "score": 0.5 + i / 100, "threshold": 0.5, "flagged_at": stamp}
             for i in range(1, 6)]
     with session_scope(engine) as session:
-        version = repo.promote_new_version(session=session, expected_champion_id=None,
-                                           flags=[], version=1, **_version())
+        version = promote(session, expected_champion_id=None, **_version())
         assert repo.insert_flags(session=session, model_version_id=version.id,
                                  rows=rows[:3], batch_size=2) == 3
         # Two of these exist already: only the new ones count, nothing is doubled.

@@ -19,6 +19,7 @@ from db.models import Run
 from db.records import ensure_records_table, text_hash, upsert_records
 from tests.configs import records_mapping
 from tests.tasks.conftest import Recorder
+from tests.versions import promote
 
 
 @pytest.mark.parametrize(("task", "name", "retries"), [
@@ -141,9 +142,9 @@ def test_top_flagged_reads_the_view_highest_score_first(settings: Settings) -> N
         hashes = {i: conn.execute(sa.select(text_hash(sa.literal(t)))).scalar_one()
                   for i, t in ((1, "a"), (2, "b"), (3, "c"))}
     with session_scope(engine) as session:
-        repo.promote_new_version(
-            session=session, expected_champion_id=None, model_name=settings.model_name,
-            version=1, base_model="tiny-random", artifact_uri="/x", weights_sha256="0" * 64,
+        promote(
+            session, expected_champion_id=None, model_name=settings.model_name,
+            base_model="tiny-random", artifact_uri="/x", weights_sha256="0" * 64,
             data_fingerprint="f" * 64, hyperparameters={}, metrics={}, threshold=0.5,
             scores=[repo.ScoreRow(str(i), score, hashes[i])
                     for i, score in ((1, 0.7), (2, 0.2), (3, 0.9))])

@@ -14,9 +14,9 @@ import anomdet.checkpoint as checkpoint
 import tasks.model as tm
 from anomdet.data import Split
 from anomdet.settings import Settings
-from db import repository as repo
 from db.engine import get_engine, migrate, session_scope
 from tests.tasks.conftest import Recorder
+from tests.versions import promote
 
 TASKS = {
     tm.validate_records: "validate records",
@@ -119,9 +119,9 @@ def test_load_champion_verifies_the_recorded_artifact(sqlite_url: str,
     assert tm.load_champion.fn(settings) is None  # first run: nothing to load
     assert load.calls == []
     with session_scope(get_engine(sqlite_url)) as session:
-        repo.promote_new_version(
-            session=session, expected_champion_id=None, model_name=settings.model_name,
-            version=1, base_model="tiny-random", artifact_uri="/models/v1",
+        promote(
+            session, expected_champion_id=None, model_name=settings.model_name,
+            base_model="tiny-random", artifact_uri="/models/v1",
             weights_sha256="ab" * 32, data_fingerprint="f" * 64,
             hyperparameters={"max_length": 48, "inference_precision": "fp32"},
             metrics={"f1": 0.5}, threshold=0.625)
