@@ -106,12 +106,12 @@ def probe_head(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
     fitted first on the frozen features (linear probing, then fine-tuning), training
     starts from a model that already ranks well and moves the encoder less. On log
     lines whose test anomalies were texts training never saw, this took F1 from 0 to
-    the baseline's level and above. Only heads this module builds are probed (it needs
-    the features the head reads); others keep their random start. sklearn fits the
-    regression; its scaling is folded into the head's weights.
+    the baseline's level and above. Only the mean-pooled head of anomdet.encoder is
+    probed (it needs the features the head reads); others keep their random start.
+    sklearn fits the regression; its scaling is folded into the head's weights.
     """
     if not isinstance(model, MeanPooledBertForSequenceClassification):
-        logger.info("the %s head reads features this module cannot probe: it starts random",
+        logger.info("the %s head reads features the probe cannot reach: it starts random",
                     type(model).__name__)
         return False
     from sklearn.linear_model import LogisticRegression
