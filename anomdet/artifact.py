@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from anomdet.lexical import LexicalEvidence
+
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -204,9 +206,10 @@ def check_free_space(root: Path, needed: int, what: str) -> None:
 
 def save_artifact(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: Path,
-    meta: dict[str, Any],
+    meta: dict[str, Any], lexical: LexicalEvidence | None = None,
 ) -> str:
-    """Write weights (safetensors), tokenizer and metadata to `directory`, atomically.
+    """Write weights (safetensors), tokenizer, the n-gram model and blend where the model
+    has them (`anomdet.lexical`), and metadata to `directory`, atomically.
 
     Everything is written to a temporary sibling folder, then renamed into place,
     so a reader never sees half an artifact. Returns the artifact's digest: the
@@ -226,6 +229,8 @@ def save_artifact(
         cpu_model = copy.deepcopy(model).to("cpu")
         cpu_model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
+        if lexical is not None:
+            lexical.save(tmp)
         checksum = sha256_file(tmp / WEIGHTS_FILE)
         full_meta = {**meta, "weights_sha256": checksum, "id2label": ID2LABEL,
                      "label2id": LABEL2ID}
@@ -245,6 +250,8 @@ class LoadedModel:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
     meta: dict[str, Any]
+    # The n-gram model and blend its scores include (None: the encoder alone).
+    lexical: LexicalEvidence | None = None
 
     @property
     def threshold(self) -> float:
@@ -301,9 +308,11 @@ def load_artifact(directory: Path, *, expected_sha256: str | None = None,
     try:
         model = AutoModelForSequenceClassification.from_pretrained(directory, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(directory)
-    except (OSError, ValueError) as exc:
+        lexical = LexicalEvidence.load(directory)
+    except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"model artifact at {directory} cannot be loaded: {exc}") from exc
-    loaded = LoadedModel(model=model.to(pick_device()).eval(), tokenizer=tokenizer, meta=meta)
+    loaded = LoadedModel(model=model.to(pick_device()).eval(), tokenizer=tokenizer, meta=meta,
+                         lexical=lexical)
     try:
         # The model scores in the precision it was evaluated and thresholded in.
         loaded.model = for_inference(loaded.model, loaded.precision)

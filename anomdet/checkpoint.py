@@ -77,7 +77,8 @@ def save_checkpoint(challenger: Challenger, directory: Path) -> None:
                            "val_f1_fp32": challenger.val_f1_fp32,
                            "val_f1_int8": challenger.val_f1_int8}}
     try:
-        save_artifact(challenger.model, challenger.tokenizer, directory, meta)
+        save_artifact(challenger.model, challenger.tokenizer, directory, meta,
+                      lexical=challenger.lexical)
     except (OSError, ValueError) as exc:
         # Only a retry would have used it: the run itself goes on.
         logger.warning("the challenger was not kept for a retry (%s): %s", directory, exc)
@@ -98,7 +99,7 @@ def load_checkpoint(directory: Path) -> Challenger | None:
             config=TrainConfig(**kept["config"]), base_model=kept["base_model"],
             result=TrainResult(**result), precision=kept["precision"],
             scoring_model=for_inference(loaded.model, kept["precision"]),
-            val_scores=np.asarray(kept["val_scores"], dtype=np.float64),
+            val_scores=np.asarray(kept["val_scores"], dtype=np.float64), lexical=loaded.lexical,
             val_pr_auc_int8=kept["val_pr_auc_int8"],
             val_f1_fp32=kept.get("val_f1_fp32"), val_f1_int8=kept.get("val_f1_int8"))
     except (ValueError, KeyError, TypeError) as exc:

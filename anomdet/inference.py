@@ -7,13 +7,18 @@ import contextlib
 import copy
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from scipy.special import expit
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from anomdet.batching import device_batches, encode, model_budget, token_budget_batches
 from anomdet.device import DeviceProfile, attention_kernels, describe, inference_dtype
+
+if TYPE_CHECKING:
+    from anomdet.lexical import LexicalEvidence
 
 # How a model scores. "int8": its Linear layers dynamically quantised (int8 weights,
 # activations quantised per batch), which on an AVX2 CPU scored short texts about twice
@@ -84,23 +89,26 @@ def scores_from_ids(
         for index, batch in zip(batches, device_batches(tokenizer, ids, batches, device),
                                 strict=True):
             logits = model(**batch).logits.float()
-            # Kept on the device: reading each batch's scores would wait for the GPU.
-            probabilities.append(torch.softmax(logits, dim=-1)[:, 1])
+            # Kept on the device: reading each batch's scores would wait for the GPU. The
+            # log-odds, not a float32 softmax, which rounds every confident anomaly to 1.0
+            # and so ties them (the blend with the n-gram model reads the log-odds).
+            probabilities.append(logits[:, 1] - logits[:, 0])
             done += len(index)
             if progress:
                 progress(done, len(ids))
     scores = np.empty(len(ids), dtype=np.float64)
     if batches:
         scores[np.concatenate(batches)] = torch.cat(probabilities).cpu().numpy()
-    return scores
+    return expit(scores)
 
 
 def predict_scores(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], *,
     batch_size: int | None = None, max_length: int = 128, progress: Progress | None = None,
-    max_tokens: int | None = None,
+    max_tokens: int | None = None, lexical: LexicalEvidence | None = None,
 ) -> np.ndarray:
-    """Probability of `anomalous` per text, in input order.
+    """Probability of `anomalous` per text, in input order: the encoder's, blended with the
+    n-gram model's where the model carries `lexical` evidence.
 
     Texts are tokenised once (in parallel), sorted by length and batched with dynamic
     padding, which on a CPU is several times faster than one text at a time or fixed
@@ -110,4 +118,5 @@ def predict_scores(
     if len(texts) == 0:
         return np.empty(0, dtype=np.float64)
     ids, _ = encode(tokenizer, texts, max_length)
-    return scores_from_ids(model, tokenizer, ids, batch_size, progress, max_tokens=max_tokens)
+    scores = scores_from_ids(model, tokenizer, ids, batch_size, progress, max_tokens=max_tokens)
+    return scores if lexical is None else lexical.combine(list(texts), scores)

@@ -120,6 +120,9 @@ class TrainingSettings(BaseModel):
     # Start the head as a logistic regression on the pre-trained features before
     # fine-tuning (see anomdet.finetune.probe_head); false starts it random.
     probe_head: bool = True
+    # Blend the encoder's evidence with a word and character n-gram model fitted on the
+    # same train split (see anomdet.lexical.Blend); false scores with the encoder alone.
+    lexical_evidence: bool = True
     evaluations: int = Field(6, ge=1, le=100, description="validation checks over the schedule")
     patience: int = Field(3, ge=1, description="validation checks without a better PR-AUC")
     seed: int = 42

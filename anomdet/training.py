@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from anomdet.device import configure_threads
 from anomdet.encoder import load_base_model
 from anomdet.finetune import TrainConfig, TrainResult, fine_tune
 from anomdet.inference import Progress, for_inference, predict_scores
+from anomdet.lexical import Blend, LexicalEvidence, LexicalModel
 from anomdet.metrics import choose_threshold, classification_metrics
 from anomdet.promotion import EvalResult
 from anomdet.settings import TrainingSettings
@@ -57,6 +59,8 @@ class Challenger:
     precision: str
     scoring_model: PreTrainedModel
     val_scores: np.ndarray  # the scoring model's, on which the threshold was chosen
+    # The n-gram model and blend that join the encoder's scores (None: encoder alone).
+    lexical: LexicalEvidence | None = None
     val_pr_auc_int8: float | None = None
     # Validation F1 at each precision's own threshold, where "auto" compared them.
     val_f1_fp32: float | None = None
@@ -72,7 +76,8 @@ class Challenger:
                 "val_pr_auc_int8": self.val_pr_auc_int8, "val_f1_fp32": self.val_f1_fp32,
                 "val_f1_int8": self.val_f1_int8,
                 "best_epoch": self.result.best_epoch, "train_rows": self.result.train_rows,
-                "truncated_texts": self.result.truncated}
+                "truncated_texts": self.result.truncated,
+                "lexical_blend": None if self.lexical is None else self.lexical.blend.as_dict()}
 
 
 def _cap_rows(train: pd.DataFrame, max_rows: int | None, seed: int) -> pd.DataFrame:
@@ -118,10 +123,30 @@ def choose_precision(setting: str, fp32: ValQuality, int8: ValQuality, tolerance
     return "int8" if keeps else "fp32"
 
 
+def _blended(split: Split, train: pd.DataFrame, settings: TrainingSettings,
+             ) -> Callable[[np.ndarray], tuple[LexicalEvidence | None, np.ndarray]]:
+    """For an encoder's validation scores, the lexical evidence that joins them (the
+    n-gram model fitted on the same train rows, blended on validation) and the blended
+    scores; the scores unchanged with `lexical_evidence` off."""
+    if not settings.lexical_evidence:
+        return lambda scores: (None, scores)
+    ngrams = LexicalModel.fit(train["text"].tolist(), train["label"].to_numpy(),
+                              seed=settings.seed)
+    y_val = split.val["label"].to_numpy()
+    val_log_odds = ngrams.log_odds(split.val["text"].tolist())
+
+    def blend(scores: np.ndarray) -> tuple[LexicalEvidence, np.ndarray]:
+        evidence = LexicalEvidence(ngrams, Blend.fit(y_val, scores, val_log_odds))
+        return evidence, evidence.blend.scores(scores, val_log_odds)
+
+    return blend
+
+
 def train_challenger(
     split: Split, settings: TrainingSettings, *, progress: Progress | None = None
 ) -> Challenger:
-    """Fine-tune the base model on the train split; choose the threshold on validation."""
+    """Fine-tune the base model on the train split, fit the n-gram model beside it, and
+    choose the blend and the threshold on validation."""
     configure_threads()
     config = train_config(settings)
     model, tokenizer = load_base_model(settings.base_model, seed=settings.seed,
@@ -132,16 +157,17 @@ def train_challenger(
         split.val["text"].tolist(), split.val["label"].to_numpy(), config, progress=progress,
     )
     y_val = split.val["label"].to_numpy()
-    scoring_model, val_scores, precision = model, result.val_scores, "fp32"
+    blended = _blended(split, train, settings)
+    lexical, val_scores = blended(result.val_scores)
+    scoring_model, precision = model, "fp32"
     fp32_quality = int8_quality = None
     if settings.inference_precision != "fp32":
         int8_model = for_inference(model, "int8")
         # The threshold must suit the scores the model will give when it scores.
-        int8_scores = predict_scores(int8_model, tokenizer, split.val["text"].tolist(),
-                                     batch_size=config.eval_batch_size,
-                                     max_tokens=config.eval_batch_tokens,
-                                     max_length=config.max_length)
-        fp32_quality = val_quality(y_val, result.val_scores, settings.target_precision)
+        int8_lexical, int8_scores = blended(predict_scores(
+            int8_model, tokenizer, split.val["text"].tolist(), batch_size=config.eval_batch_size,
+            max_tokens=config.eval_batch_tokens, max_length=config.max_length))
+        fp32_quality = val_quality(y_val, val_scores, settings.target_precision)
         int8_quality = val_quality(y_val, int8_scores, settings.target_precision)
         precision = choose_precision(settings.inference_precision, fp32_quality, int8_quality,
                                      settings.int8_tolerance)
@@ -149,15 +175,17 @@ def train_challenger(
                     "scoring in %s", fp32_quality.pr_auc, int8_quality.pr_auc, fp32_quality.f1,
                     int8_quality.f1, precision)
         if precision == "int8":
-            scoring_model, val_scores = int8_model, int8_scores
+            scoring_model, val_scores, lexical = int8_model, int8_scores, int8_lexical
         threshold = (int8_quality if precision == "int8" else fp32_quality).threshold
     else:
         threshold = choose_threshold(y_val, val_scores, target_precision=settings.target_precision)
-    logger.info("challenger: best epoch %d, validation PR-AUC %.4f, threshold %.4f (%s)",
-                result.best_epoch, result.best_val_pr_auc, threshold, precision)
+    logger.info("challenger: best epoch %d, validation PR-AUC %.4f (encoder alone %.4f), "
+                "threshold %.4f (%s)", result.best_epoch,
+                float(average_precision_score(y_val, val_scores)), result.best_val_pr_auc,
+                threshold, precision)
     return Challenger(model=model, tokenizer=tokenizer, threshold=threshold, config=config,
                       base_model=settings.base_model, result=result, precision=precision,
-                      scoring_model=scoring_model, val_scores=val_scores,
+                      scoring_model=scoring_model, val_scores=val_scores, lexical=lexical,
                       val_pr_auc_int8=None if int8_quality is None else int8_quality.pr_auc,
                       val_f1_fp32=None if fp32_quality is None else fp32_quality.f1,
                       val_f1_int8=None if int8_quality is None else int8_quality.f1)
@@ -166,12 +194,12 @@ def train_challenger(
 def evaluate(
     model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, test: pd.DataFrame,
     threshold: float, *, max_length: int, batch_size: int | None = None,
-    max_tokens: int | None = None,
+    max_tokens: int | None = None, lexical: LexicalEvidence | None = None,
 ) -> EvalResult:
-    """Scores and metrics of one model on the test split, at its own threshold (batches
-    as `predict_scores` makes them)."""
+    """Scores and metrics of one model (with its `lexical` evidence, if any) on the test
+    split, at its own threshold (batches as `predict_scores` makes them)."""
     labels = test["label"].to_numpy(dtype=np.int64)
     scores = predict_scores(model, tokenizer, test["text"].tolist(), batch_size=batch_size,
-                            max_tokens=max_tokens, max_length=max_length)
+                            max_tokens=max_tokens, max_length=max_length, lexical=lexical)
     metrics = classification_metrics(labels, scores, threshold)
     return EvalResult(metrics=metrics, labels=labels, scores=scores, threshold=threshold)

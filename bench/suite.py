@@ -176,7 +176,7 @@ def quality_once(frame: pd.DataFrame, *, seed: int, base_model: str = "bundled",
     train_seconds = time.perf_counter() - started
     ours = evaluate(challenger.scoring_model, challenger.tokenizer, split.test,
                     challenger.threshold, max_length=challenger.config.max_length,
-                    batch_size=challenger.config.eval_batch_size)
+                    batch_size=challenger.config.eval_batch_size, lexical=challenger.lexical)
     baseline = evaluate_baseline(split, seed=seed)
     return {"seed": seed, "test_rows": len(split.test),
             "test_anomalies": int(split.test["label"].sum()),
@@ -207,6 +207,7 @@ def summarise(name: str, regime: str, frame: pd.DataFrame,
         row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
     row["f1_gain_mean"] = row["f1_mean"] - row["baseline_f1_mean"]
     row["at_or_above_baseline"] = row["f1_mean"] >= row["baseline_f1_mean"]
+    row["seeds_at_or_above"] = sum(r["f1"] >= r["baseline_f1"] for r in runs)
     row["runs"] = runs
     return row
 
