@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import average_precision_score
 
 from anomdet.artifact import load_artifact, save_artifact
 from anomdet.csv_import import read_records_csv
 from anomdet.data import Split, split_records
 from anomdet.inference import predict_scores
+from anomdet.lexical import Blend
 from anomdet.metrics import choose_threshold, classification_metrics
 from anomdet.settings import TrainingSettings
 from anomdet.training import (
@@ -59,17 +61,57 @@ def test_threshold_lies_in_the_unit_interval_and_comes_from_validation(
 def test_auto_precision_is_decided_on_validation(challenger: tuple[Challenger, object]) -> None:
     model, split = challenger
     assert model.precision in {"int8", "fp32"} and model.val_pr_auc_int8 is not None
-    # fp32's validation F1 at the threshold fp32 would have used, computed afresh.
+    # fp32's validation F1 at the threshold fp32 would have used, computed afresh: the
+    # fp32 encoder's scores blended with the same n-gram model.
     y_val = split.val["label"].to_numpy()
-    fp32_cut = choose_threshold(y_val, model.result.val_scores)
+    val_log_odds = model.lexical.model.log_odds(split.val["text"].tolist())
+    fp32_val = Blend.fit(y_val, model.result.val_scores, val_log_odds).scores(
+        model.result.val_scores, val_log_odds)
+    fp32_cut = choose_threshold(y_val, fp32_val)
     assert model.val_f1_fp32 == pytest.approx(
-        classification_metrics(y_val, model.result.val_scores, fp32_cut)["f1"])
+        classification_metrics(y_val, fp32_val, fp32_cut)["f1"])
     expected = choose_precision(
-        "auto", ValQuality(model.result.best_val_pr_auc, model.val_f1_fp32, fp32_cut),
+        "auto", ValQuality(average_precision_score(y_val, fp32_val), model.val_f1_fp32,
+                           fp32_cut),
         ValQuality(model.val_pr_auc_int8, model.val_f1_int8, model.threshold), 0.002)
     assert model.precision == expected
     assert model.hyperparameters()["val_f1_int8"] == model.val_f1_int8 is not None
     assert (model.scoring_model is model.model) == (model.precision == "fp32")
+
+
+def test_the_challenger_scores_with_its_encoder_blended_with_its_n_gram_model(
+        challenger: tuple[Challenger, Split], tmp_path: Path) -> None:
+    model, split = challenger
+    texts = split.val["text"].tolist()
+    encoder = predict_scores(model.scoring_model, model.tokenizer, texts, max_length=24)
+    np.testing.assert_allclose(model.val_scores, model.lexical.combine(texts, encoder),
+                               atol=1e-6)
+    assert model.hyperparameters()["lexical_blend"] == model.lexical.blend.as_dict()
+    # Saved and loaded, it gives the same scores: the n-gram model and blend travel with it.
+    sha = save_artifact(model.model, model.tokenizer, tmp_path / "v1",
+                        {"threshold": model.threshold, "max_length": 24,
+                         "precision": model.precision}, lexical=model.lexical)
+    loaded = load_artifact(tmp_path / "v1", expected_sha256=sha)
+    assert loaded.lexical is not None and loaded.lexical.blend == model.lexical.blend
+    test = split.test["text"].tolist()
+    np.testing.assert_allclose(
+        predict_scores(loaded.model, loaded.tokenizer, test, max_length=24,
+                       lexical=loaded.lexical),
+        predict_scores(model.scoring_model, model.tokenizer, test, max_length=24,
+                       lexical=model.lexical), atol=1e-5)
+
+
+def test_without_lexical_evidence_the_encoder_scores_alone(tmp_path: Path) -> None:
+    split = split_records(_frame(seed=2), val_fraction=0.2, test_fraction=0.2, seed=1)
+    settings = TrainingSettings(base_model="tiny-random", epochs=1, min_steps=10, max_steps=10,
+                                max_length=24, seed=3, inference_precision="fp32",
+                                lexical_evidence=False)
+    model = train_challenger(split, settings)
+    assert model.lexical is None and model.hyperparameters()["lexical_blend"] is None
+    np.testing.assert_array_equal(model.val_scores, model.result.val_scores)
+    save_artifact(model.model, model.tokenizer, tmp_path / "v1",
+                  {"threshold": model.threshold, "precision": "fp32"})
+    assert load_artifact(tmp_path / "v1").lexical is None
 
 
 def test_hyperparameters_describe_the_run(challenger: tuple[Challenger, object]) -> None:
