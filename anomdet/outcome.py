@@ -1,9 +1,15 @@
-"""What a retraining run concluded: the retrain flow returns it, the CLI and tests read it."""
+"""What a run concluded: a retraining run's decision, a scoring run's counts. The flows
+return them; the CLI and tests read them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
+
+#: How many ids of skipped or unkeyed records a scoring result names: enough to find
+#: them, few enough for a run's result and its artifact.
+EXAMPLE_IDS = 20
 
 
 @dataclass(frozen=True)
@@ -54,3 +60,58 @@ class RetrainOutcome:
             shown |= {"promoted_version": self.promoted_version,
                       "flags_written": self.flags_written}
         return shown
+
+
+@dataclass(frozen=True)
+class ScoreCounts:
+    """What scoring some records did: how many it scored and flagged, how many it skipped
+    for want of text (`skipped`) or of an id of their own (`unkeyed`), with ids of some
+    of those. The results of id ranges add up with `+`, or all at once with `total`.
+    """
+
+    scored: int = 0
+    flagged: int = 0
+    skipped: int = 0
+    skipped_example_ids: tuple[str, ...] = ()
+    unkeyed: int = 0
+    unkeyed_example_ids: tuple[str, ...] = ()
+
+    def __add__(self, other: ScoreCounts) -> ScoreCounts:
+        if not isinstance(other, ScoreCounts):
+            return NotImplemented
+        return ScoreCounts(
+            scored=self.scored + other.scored, flagged=self.flagged + other.flagged,
+            skipped=self.skipped + other.skipped,
+            skipped_example_ids=(self.skipped_example_ids
+                                 + other.skipped_example_ids)[:EXAMPLE_IDS],
+            unkeyed=self.unkeyed + other.unkeyed,
+            unkeyed_example_ids=(self.unkeyed_example_ids
+                                 + other.unkeyed_example_ids)[:EXAMPLE_IDS])
+
+    @classmethod
+    def total(cls, parts: Iterable[ScoreCounts]) -> ScoreCounts:
+        """The sum of `parts`; nothing done for none."""
+        return sum(parts, cls())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The counts under the keys a scoring result has always had, for JSON."""
+        return {"scored": self.scored, "flagged": self.flagged, "skipped": self.skipped,
+                "skipped_example_ids": list(self.skipped_example_ids),
+                "unkeyed": self.unkeyed, "unkeyed_example_ids": list(self.unkeyed_example_ids)}
+
+
+@dataclass(frozen=True)
+class ScoringOutcome:
+    """A scoring pass over a version's unscored records: the version, the records the
+    pass had to score (`records`, unkeyed ones included), what it did with them, and the
+    kept scores of older versions it pruned."""
+
+    model_version_id: int
+    records: int
+    counts: ScoreCounts
+    pruned_scores: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """The pass under the keys a scoring run's result has always had, for JSON."""
+        return {"model_version_id": self.model_version_id, "records": self.records,
+                **self.counts.to_dict(), "pruned_scores": self.pruned_scores}

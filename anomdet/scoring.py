@@ -1,22 +1,27 @@
-"""Score records with a model; keep the scores and the flags they earn."""
+"""Score records with a model, chunk by chunk, and count what the scores earn.
+
+Where the records come from and where their scores are kept is the caller's: this module
+is handed the chunks and a function that keeps each chunk's rows, and never reaches a
+database itself."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
-from sqlalchemy.engine import Engine
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from anomdet.inference import Progress, predict_scores
-from db import repository as repo
-from db.engine import session_scope
-from db.records import IdRange, RecordsMapping, iter_unlabelled, reflect_records_table
-from db.repository import ScoreRow
+from anomdet.outcome import EXAMPLE_IDS, ScoreCounts
+from db.models import ScoreRow
 
 logger = logging.getLogger(__name__)
+
+#: Keeps one chunk's score rows and the flags they earn; returns the flags written.
+KeepScores = Callable[[Sequence[ScoreRow]], int]
 
 
 @dataclass(frozen=True)
@@ -51,10 +56,15 @@ class ScoreSummary:
     def skipped(self) -> int:
         return len(self.skipped_ids)
 
+    def counts(self) -> ScoreCounts:
+        """What the pass did, as the scoring flow adds it up over id ranges."""
+        return ScoreCounts(
+            scored=self.scored, flagged=self.flagged, skipped=self.skipped,
+            skipped_example_ids=tuple(str(i) for i in self.skipped_ids[:EXAMPLE_IDS]),
+            unkeyed=self.unkeyed, unkeyed_example_ids=tuple(self.unkeyed_ids[:EXAMPLE_IDS]))
+
     def as_dict(self) -> dict[str, Any]:
-        return {"scored": self.scored, "flagged": self.flagged, "skipped": self.skipped,
-                "skipped_example_ids": [str(i) for i in self.skipped_ids[:20]],
-                "unkeyed": self.unkeyed, "unkeyed_example_ids": self.unkeyed_ids[:20]}
+        return self.counts().to_dict()
 
 
 def scorable(frame: pd.DataFrame) -> pd.Series:
@@ -91,30 +101,20 @@ def score_rows(scorer: Scorer, frame: pd.DataFrame, summary: ScoreSummary) -> li
     return [ScoreRow(*row) for row in zip(keys, scores, hashes, strict=True)]
 
 
-def score_id_range(
-    scorer: Scorer, engine: Engine, mapping: RecordsMapping, *, version_id: int,
-    id_range: IdRange | None, chunk_size: int, progress: Progress | None = None,
-    expected: int = 0, run_id: int | None = None,
-) -> ScoreSummary:
-    """Score the unlabelled records of one id range that `version_id` has not scored for
-    their current text, and keep their scores and flags.
+def score_chunks(scorer: Scorer, chunks: Iterable[pd.DataFrame], keep: KeepScores, *,
+                 progress: Progress | None = None, expected: int = 0) -> ScoreSummary:
+    """Score `chunks` of records one after another, handing each chunk's rows to `keep`
+    before the next chunk is read.
 
-    The range is read in chunks of `chunk_size`; each chunk's scores and flags commit in
-    their own transaction, so a pass that stops part-way resumes where it stopped.
-    `progress` is told (records done, at least `expected`) after each chunk. `run_id`
-    is the retraining run whose promotion the scores are for, if any.
+    The records come from the caller, and go back to it through `keep`: where they are
+    read from and how they are stored (each chunk in its own transaction, so that a
+    pass that stops part-way resumes where it stopped) is the caller's. `progress` is
+    told (records done, at least `expected`) after each chunk is kept.
     """
     summary = ScoreSummary()
-    with engine.connect() as conn:
-        table = reflect_records_table(conn, mapping)
-        for chunk in iter_unlabelled(conn, table, mapping, chunk_size=chunk_size,
-                                     id_range=id_range, version_id=version_id):
-            rows = score_rows(scorer, chunk, summary)
-            with session_scope(engine) as session:
-                summary.flags_written += repo.write_scores(
-                    session=session, model_version_id=version_id, rows=rows,
-                    threshold=scorer.threshold, run_id=run_id)
-            if progress:
-                done = summary.scored + summary.skipped
-                progress(done, max(done, expected))
+    for chunk in chunks:
+        summary.flags_written += keep(score_rows(scorer, chunk, summary))
+        if progress:
+            done = summary.scored + summary.skipped
+            progress(done, max(done, expected))
     return summary

@@ -6,7 +6,7 @@ Three parts, each against its own reference:
 1. flag writes: `db.repository.insert_flags` (multi-row INSERT ... ON CONFLICT DO NOTHING)
    against the naive ORM pattern (one `Flag` object added and flushed per row, one commit),
    on SQLite and on PostgreSQL;
-2. end-to-end scoring with `anomdet.scoring.score_id_range`, what the scoring flow runs
+2. end-to-end scoring with `tasks.scoring.score_id_range`, what the scoring flow runs
    per id range (read unlabelled records in chunks, score, write scores and flags, commit
    per chunk), against `predict_scores` on the same texts already in memory;
 3. peak memory of the streaming scorer at two table sizes, each in a fresh process.
@@ -47,12 +47,13 @@ from anomdet.demo import generate_demo_records
 from anomdet.device import configure_threads, pick_device
 from anomdet.encoder import TRANSFORMERS_DEFAULTS, load_base_model, quiet_transformers
 from anomdet.inference import predict_scores
-from anomdet.scoring import Scorer, ScoreSummary, score_id_range
+from anomdet.scoring import Scorer, ScoreSummary
 from anomdet.settings import RecordsSettings
 from db import repository as repo
 from db.engine import get_engine, migrate, session_scope
 from db.models import Flag, ModelVersion, Score, utcnow
 from db.records import RecordsMapping, ensure_records_table, reflect_records_table, upsert_records
+from tasks.scoring import score_id_range
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -151,3 +151,12 @@ class Score(Base):
     text_hash: Mapped[str | None] = mapped_column(sa.String(64))
     run_id: Mapped[int | None] = mapped_column(sa.ForeignKey("anomdet_runs.id"))
     scored_at: Mapped[datetime] = mapped_column(sa.DateTime(timezone=True), default=utcnow)
+
+
+class ScoreRow(NamedTuple):
+    """One record's score, as a scoring pass hands it to be kept: its key (the id as
+    text), the score (None: no text to score) and the hash of the text scored."""
+
+    record_id: str
+    score: float | None
+    text_hash: str | None

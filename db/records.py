@@ -13,6 +13,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -528,6 +529,25 @@ def iter_unlabelled(
         # missing text or hash stays None, never NaN.
         yield pd.DataFrame({name: pd.Series([r[i] for r in rows], dtype=object)
                             for i, name in enumerate(("id", "key", "text", "text_hash"))})
+
+
+@contextmanager
+def unscored_chunks(
+    engine: Engine, mapping: RecordsMapping, *, version_id: int, id_range: IdRange | None,
+    chunk_size: int,
+) -> Iterator[Iterator[pd.DataFrame]]:
+    """The unlabelled records of one id range that `version_id` has not scored for their
+    current text, as `iter_unlabelled` streams them in chunks of `chunk_size`.
+
+    A context manager, so that the connection the chunks are read on is given back as
+    soon as the caller is done with them, or fails part-way, not when the stream
+    happens to be collected. The chunks' scores are kept on other connections meanwhile
+    (see `db.repository.keep_scores`).
+    """
+    with engine.connect() as conn:
+        table = reflect_records_table(conn, mapping)
+        yield iter_unlabelled(conn, table, mapping, chunk_size=chunk_size, id_range=id_range,
+                              version_id=version_id)
 
 
 def id_ranges(

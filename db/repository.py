@@ -10,16 +10,18 @@ import hashlib
 import logging
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, fields
+from datetime import datetime
 from typing import Any, Literal, NamedTuple
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from db.engine import lock_sqlite_writes
-from db.models import RUN_DECISIONS, Flag, ModelVersion, Run, Score, utcnow
+from db.engine import lock_sqlite_writes, session_scope
+from db.models import RUN_DECISIONS, Flag, ModelVersion, Run, Score, ScoreRow, utcnow
 from db.records import RecordsMapping, key_matches, plain, text_hash, text_unchanged
 
 logger = logging.getLogger(__name__)
@@ -58,6 +60,11 @@ def version_of_run(*, session: Session, model_name: str, run_id: int) -> ModelVe
         ModelVersion.model_name == model_name, ModelVersion.run_id == run_id
     )
     return session.scalars(query).one_or_none()
+
+
+def get_version_by_id(*, session: Session, version_id: int) -> ModelVersion | None:
+    """One version by its id, whatever its model and status."""
+    return session.get(ModelVersion, version_id)
 
 
 def get_version(*, session: Session, model_name: str, version: int) -> ModelVersion | None:
@@ -207,6 +214,18 @@ def recent_runs(*, session: Session, model_name: str, limit: int = 10) -> list[R
     return list(session.scalars(query))
 
 
+def running_retrain(*, session: Session, model_name: str, started_after: datetime) -> int | None:
+    """The id of a retraining run of `model_name` whose row reads `running` and that
+    started after `started_after`, if there is one.
+
+    The bound is the caller's: a row left `running` by a process that died is not a run
+    under way, and past the run timeout it no longer counts as one.
+    """
+    query = sa.select(Run.id).where(Run.model_name == model_name, Run.kind == "retrain",
+                                    Run.state == "running", Run.started_at >= started_after)
+    return session.scalar(query.limit(1))
+
+
 def _retire_expected_champion(
     session: Session, model_name: str, expected_champion_id: int | None
 ) -> None:
@@ -256,12 +275,62 @@ class VersionNumberTaken(RuntimeError):
     """A concurrent run registered the same version number first: register again."""
 
 
+#: How many times `register_run_candidate` numbers a version before it gives up.
+REGISTER_ATTEMPTS = 10
+
+
+def register_run_candidate(
+    sessions: Callable[[], AbstractContextManager[Session]], *, model_name: str,
+    run_id: int | None = None, **version_fields: Any,
+) -> ModelVersion:
+    """Register run `run_id`'s challenger as a `candidate` (see `register_candidate`), or
+    return the version that run registered already.
+
+    Each try runs in a transaction of its own, taken from `sessions`: one that lost its
+    version number to a concurrent run (`VersionNumberTaken`) tries again in a new one,
+    which sees the other run's number. A retry of a try whose insert went through but
+    whose answer was lost finds its version by the run id, so a run never registers
+    two versions.
+    """
+    for _ in range(REGISTER_ATTEMPTS):
+        try:
+            with sessions() as session:
+                done = run_id is not None and version_of_run(
+                    session=session, model_name=model_name, run_id=run_id)
+                if done:
+                    return done
+                return register_candidate(session=session, model_name=model_name,
+                                          run_id=run_id, **version_fields)
+        except VersionNumberTaken:
+            continue
+    raise VersionNumberTaken(f"could not number a new version of {model_name!r}: other runs "
+                             "kept registering versions at the same time")
+
+
 def pending_candidate(*, session: Session, model_name: str) -> ModelVersion | None:
     """The newest candidate of `model_name`: a promotion whose backfill did not finish."""
     query = (sa.select(ModelVersion)
              .where(ModelVersion.model_name == model_name, ModelVersion.status == "candidate")
              .order_by(ModelVersion.id.desc()).limit(1))
     return session.scalars(query).first()
+
+
+class PendingPromotion(NamedTuple):
+    """A candidate whose promotion did not finish, and the run that registered it (None
+    when the version names no run, or its row is gone)."""
+
+    version: ModelVersion
+    run: Run | None
+
+
+def pending_promotion(*, session: Session, model_name: str) -> PendingPromotion | None:
+    """The newest candidate of `model_name` (see `pending_candidate`) with its run's row,
+    which holds what that run saw and decided."""
+    version = pending_candidate(session=session, model_name=model_name)
+    if version is None:
+        return None
+    run = session.get(Run, version.run_id) if version.run_id is not None else None
+    return PendingPromotion(version, run)
 
 
 def flip_champion(
@@ -455,15 +524,6 @@ def _insert_flags_postgres(session: Session, statement: sa.TextClause,
     return max(0, session.execute(statement, _columns(_FLAG_COLUMNS, payload)).rowcount)
 
 
-class ScoreRow(NamedTuple):
-    """One record's score: its key (the id as text), the score (None: no text to score)
-    and the hash of the text scored."""
-
-    record_id: str
-    score: float | None
-    text_hash: str | None
-
-
 def write_scores(
     *, session: Session, model_version_id: int, rows: Sequence[ScoreRow], threshold: float,
     run_id: int | None = None, replace: bool = True, batch_size: int = 20_000,
@@ -495,6 +555,16 @@ def write_scores(
                       [r.record_id for r in rows if r.score is None or r.score < threshold])
     return insert_flags(session=session, model_version_id=model_version_id, rows=hits,
                         batch_size=batch_size, replace=replace)
+
+
+def keep_scores(engine: Engine, *, model_version_id: int, rows: Sequence[ScoreRow],
+                threshold: float, run_id: int | None = None) -> int:
+    """`write_scores` in a transaction of its own, committed before it returns: what a
+    scoring pass keeps of one chunk stays kept if a later chunk fails, so a pass that
+    stops part-way resumes after the last chunk it kept. Returns the flags written."""
+    with session_scope(engine) as session:
+        return write_scores(session=session, model_version_id=model_version_id, rows=rows,
+                            threshold=threshold, run_id=run_id)
 
 
 _SCORE_COLUMNS = ("record_id", "model_version_id", "score", "text_hash", "run_id", "scored_at")
@@ -589,6 +659,26 @@ def flagged_rows(*, session: Session, limit: int = 20) -> list[dict[str, Any]]:
     view = sa.table(FLAGGED_VIEW, sa.column("score"))
     query = sa.select(sa.text("*")).select_from(view).order_by(view.c.score.desc()).limit(limit)
     return [dict(row._mapping) for row in session.execute(query)]
+
+
+def flags_since(*, session: Session, version_id: int, since: datetime,
+                limit: int = 20) -> tuple[int | None, list[dict[str, Any]]]:
+    """The number of version id `version_id` and the records it flagged since `since`, as
+    `anomdet_flagged` shows them, highest score first (at most `limit`). (None, []) when
+    there is no such version; none while it is not the champion, since the view shows
+    the champion's flags only."""
+    version = session.get(ModelVersion, version_id)
+    if version is None:
+        return None, []
+    # Typed columns: SQLAlchemy then binds the time as the flags table stores it.
+    view = sa.table(FLAGGED_VIEW, sa.column("model_name", sa.String),
+                    sa.column("model_version", sa.Integer), sa.column("score", sa.Float),
+                    sa.column("flagged_at", sa.DateTime(timezone=True)))
+    query = (sa.select(sa.text("*")).select_from(view)
+             .where(view.c.model_name == version.model_name,
+                    view.c.model_version == version.version, view.c.flagged_at >= since)
+             .order_by(view.c.score.desc()).limit(limit))
+    return version.version, [dict(row._mapping) for row in session.execute(query)]
 
 
 def flagged_view_select(records: sa.Table, mapping: RecordsMapping,

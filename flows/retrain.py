@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 from prefect import flow, get_run_logger, tags
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
@@ -12,13 +14,15 @@ from prefect.transactions import transaction
 from pydantic import BaseModel
 
 from anomdet.artifact import data_docs_dir
-from anomdet.data import fingerprint
+from anomdet.data import Split, fingerprint
 from anomdet.drift import DataProfile
 from anomdet.errors import DataValidationError, DriftError, is_run_timeout, timed_out
 from anomdet.outcome import RetrainOutcome
 from anomdet.promotion import Decision, EvalResult, PendingCandidate
 from anomdet.report import RunSummary, promoted_message, rejected_message
 from anomdet.settings import Settings
+from anomdet.training import Challenger
+from anomdet.validation import ValidationReport
 from db.repository import ChampionChanged, RunEnding, RunProgress
 from flows.approval import Approval, ask_for_approval
 from flows.logs import flow_timeout, run_namer, show_domain_logs
@@ -51,6 +55,7 @@ from tasks.events import (
     on_run_failed,
 )
 from tasks.model import (
+    Champion,
     discard_challenger,
     evaluate_model,
     fine_tune_challenger,
@@ -179,12 +184,32 @@ def _stopped_by_data(exc: ValueError) -> State:
 
 
 def _retrain(settings: Settings, run_id: int) -> State:
-    logger = get_run_logger()
+    """The run once its row exists: read and check the data, then finish a promotion an
+    earlier run left, or train a challenger, compare it and act on the decision."""
+    frame = _read_labelled(settings, run_id)
+    report = _validate(settings, run_id, frame)
+    champion = load_champion(settings)
+    data_fingerprint, data_profile = _check_drift(settings, run_id, frame, report, champion)
+    pending = _resumable(settings, data_fingerprint, champion)
+    if pending is not None:
+        return _resume(settings, run_id, pending, champion)
+    comparison = _compare(settings, run_id, frame, champion)
+    return _settle(settings, run_id, comparison, data_profile)
+
+
+def _read_labelled(settings: Settings, run_id: int) -> pd.DataFrame:
+    """The labelled records, with how many labels are new to the champion in the run's row."""
     frame = extract_labelled(settings)
     labels = count_new_labels(settings)
-    logger.info("%d labels in the records table, %d of them newer than the champion's "
-                "training data", labels.labelled, labels.new)
+    get_run_logger().info("%d labels in the records table, %d of them newer than the "
+                          "champion's training data", labels.labelled, labels.new)
     record_progress(settings, run_id, RunProgress(details={"labels": labels.to_dict()}))
+    return frame
+
+
+def _validate(settings: Settings, run_id: int, frame: pd.DataFrame) -> ValidationReport:
+    """The data gate's report, published whatever it found; `DataValidationError` when
+    the records fail it."""
     docs_dir = data_docs_dir(settings.artifact_root(), run_id)
     validated = validate_records(frame, settings, docs_dir, return_state=True)
     try:
@@ -195,129 +220,193 @@ def _retrain(settings: Settings, run_id: int) -> State:
     publish_validation(settings.model_name, report)
     if not report.success:
         raise DataValidationError(report)
-    champion = load_champion(settings)
-    drift, data_profile = measure_drift(frame, champion[1] if champion else None, settings)
+    return report
+
+
+def _check_drift(settings: Settings, run_id: int, frame: pd.DataFrame,
+                 report: ValidationReport, champion: Champion | None) -> tuple[str, DataProfile]:
+    """The records' fingerprint and profile, once their drift against the champion's
+    training data is published and recorded; `DriftError` when the drift blocks the run."""
+    drift, data_profile = measure_drift(frame, champion.model if champion else None, settings)
     publish_drift(settings.model_name, drift.summary())
     data_fingerprint = fingerprint(frame)
     record_progress(settings, run_id, RunProgress(
         validation=report.summary(), drift=drift.summary(), data_fingerprint=data_fingerprint))
     if drift.blocks:
         raise DriftError(drift)
+    return data_fingerprint, data_profile
+
+
+def _resumable(settings: Settings, data_fingerprint: str,
+               champion: Champion | None) -> PendingCandidate | None:
+    """The candidate whose promotion an earlier run decided and left unfinished, when this
+    run should finish it. One whose run is still going is that run's; one decided on
+    other data or against another champion is discarded."""
     pending = find_pending_candidate(settings)
-    if pending is not None and not pending.in_progress(settings.retrain_timeout_minutes):
-        stale = pending.stale_because(data_fingerprint, champion[0].id if champion else None)
-        if stale is None:
-            return _resume(settings, run_id, pending, champion[0] if champion else None)
-        discard_candidate(settings, pending.version_id, stale)
+    if pending is None or pending.in_progress(settings.retrain_timeout_minutes):
+        return None
+    stale = pending.stale_because(data_fingerprint, champion.id if champion else None)
+    if stale is None:
+        return pending
+    discard_candidate(settings, pending.version_id, stale)
+    return None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """What a run compared on the test side of its split: the challenger, the champion
+    (None on a first run) and the baseline, and the promotion rule's decision."""
+
+    split: Split
+    challenger: Challenger
+    challenger_eval: EvalResult
+    champion: Champion | None
+    champion_eval: EvalResult | None  # None also for a champion whose files are gone
+    baseline: EvalResult
+    decision: Decision
+
+    @property
+    def champion_id(self) -> int | None:
+        return self.champion.id if self.champion else None
+
+    @property
+    def champion_version(self) -> int | None:
+        return self.champion.version if self.champion else None
+
+    @property
+    def champion_metrics(self) -> dict[str, Any] | None:
+        return self.champion_eval.metrics if self.champion_eval else None
+
+
+def _compare(settings: Settings, run_id: int, frame: pd.DataFrame,
+             champion: Champion | None) -> Comparison:
+    """Split the records, fit the baseline and fine-tune the challenger on the train
+    side, judge them with the champion on the test side, and publish and record it."""
     split = split_data(frame, settings)
-    logger.info("split: %s", ", ".join(f"{name} {rows} ({anomalies} anomalous)" for name,
-                                       (rows, anomalies) in _split_counts(split).items()))
+    get_run_logger().info("split: %s", ", ".join(
+        f"{name} {rows} ({anomalies} anomalous)"
+        for name, (rows, anomalies) in _split_counts(split).items()))
     record_progress(settings, run_id, RunProgress(test_rows=len(split.test)))
     baseline = fit_baseline(split, settings)
     challenger = fine_tune_challenger.with_options(
         timeout_seconds=settings.fine_tune_timeout_minutes * 60)(split, settings)
+    comparison = _judge(settings, split, challenger, baseline, champion)
+    _record_comparison(settings, run_id, comparison)
+    return comparison
+
+
+def _judge(settings: Settings, split: Split, challenger: Challenger, baseline: EvalResult,
+           champion: Champion | None) -> Comparison:
+    """Evaluate the challenger and the champion on the shared test split and decide."""
     ch_eval = evaluate_model.with_options(task_run_name="evaluate challenger")(
         (challenger.scoring_model, challenger.tokenizer), split.test,
         challenger.threshold, challenger.config.max_length, settings)
     champ_eval = None
-    if champion is not None and champion[1] is not None:
-        row, loaded = champion
+    if champion is not None and champion.model is not None:
+        loaded = champion.model
         champ_eval = evaluate_model.with_options(
-            task_run_name=f"evaluate champion v{row.version}")(
+            task_run_name=f"evaluate champion v{champion.version}")(
             (loaded.model, loaded.tokenizer), split.test, loaded.threshold, loaded.max_length,
             settings)
     decision = decide_promotion(ch_eval, champ_eval, settings, baseline)
-    if champion is not None and champion[1] is None:
-        decision = _judged_without(champion[0], decision)
-    champ_metrics = champ_eval.metrics if champ_eval else None
-    publish_decision(settings.model_name, ch_eval.metrics, champ_metrics, decision,
-                     baseline.metrics)
-    publish_pr_curve(settings.model_name, ch_eval, champ_eval)
+    if champion is not None and champion.model is None:
+        decision = _judged_without(champion, decision)
+    return Comparison(split, challenger, ch_eval, champion, champ_eval, baseline, decision)
+
+
+def _record_comparison(settings: Settings, run_id: int, comparison: Comparison) -> None:
+    """Publish the metrics, decision and curves, and keep them in the run's row."""
+    challenger, decision = comparison.challenger_eval, comparison.decision
+    publish_decision(settings.model_name, challenger.metrics, comparison.champion_metrics,
+                     decision, comparison.baseline.metrics)
+    publish_pr_curve(settings.model_name, challenger, comparison.champion_eval)
     record_progress(settings, run_id, RunProgress(
-        challenger_metrics=ch_eval.metrics, champion_metrics=champ_metrics,
-        baseline_metrics=baseline.metrics,
-        champion_version_id=champion[0].id if champion else None,
+        challenger_metrics=challenger.metrics, champion_metrics=comparison.champion_metrics,
+        baseline_metrics=comparison.baseline.metrics,
+        champion_version_id=comparison.champion_id,
         details={"checks": [c.__dict__ for c in decision.checks],
                  "decision_reason": decision.reason,
                  "bootstrap": decision.bootstrap, "uncertainty": decision.uncertainty,
                  "baseline_bootstrap": decision.baseline_bootstrap,
-                 "training": challenger.result.history}))
-    champion_version = champion[0].version if champion else None
-    reason = decision.reason
-    approved_by = ""
-    if decision.promote and settings.promotion.require_approval:
-        approval = _approval(settings, run_id, decision, ch_eval, champ_eval, baseline,
-                             champion_version)
+                 "training": comparison.challenger.result.history}))
+
+
+def _settle(settings: Settings, run_id: int, comparison: Comparison,
+            data_profile: DataProfile) -> State:
+    """Act on the decision: reject the challenger, or promote it once a person approves
+    where promotions wait for one."""
+    decision = comparison.decision
+    if not decision.promote:
+        return _reject(settings, run_id, comparison, reason=decision.reason,
+                       message=rejected_message(decision, settings.promotion.primary_metric,
+                                                comparison.challenger_eval.metrics,
+                                                comparison.champion_metrics))
+    reason, approved_by = decision.reason, ""
+    if settings.promotion.require_approval:
+        approval = _approval(settings, run_id, comparison)
         if not approval.approved:
-            refused = f"{decision.reason} Not promoted: {approval.describe()}."
-            end_run(settings, run_id, RunEnding(state="completed", decision="rejected",
-                                                reason=refused))
-            emit_rejected(settings.model_name, champion_version=champion_version,
-                          metrics=ch_eval.metrics, champion_metrics=champ_metrics,
-                          run_id=run_id, reason=refused)
-            unapproved = _outcome(run_id, ch_eval, champ_eval, baseline, decision,
-                                  champion_version, reason=refused,
-                                  message=f"not promoted: {approval.describe()}")
-            return _conclude(settings, unapproved, decision, challenger, split)
+            return _reject(settings, run_id, comparison,
+                           reason=f"{decision.reason} Not promoted: {approval.describe()}.",
+                           message=f"not promoted: {approval.describe()}")
         said = approval.describe()
         reason = f"{reason} {said[0].upper()}{said[1:]}."
         approved_by = f", {approval.describe(comment=False)}"
-    if not decision.promote:
-        end_run(settings, run_id, RunEnding(state="completed", decision="rejected",
-                                            reason=decision.reason))
-        emit_rejected(settings.model_name, champion_version=champion_version,
-                      metrics=ch_eval.metrics, champion_metrics=champ_metrics, run_id=run_id,
-                      reason=decision.reason)
-        rejected = _outcome(run_id, ch_eval, champ_eval, baseline, decision, champion_version,
-                            message=rejected_message(decision, settings.promotion.primary_metric,
-                                                     ch_eval.metrics, champ_metrics))
-        return _conclude(settings, rejected, decision, challenger, split)
+    return _promote_challenger(settings, run_id, comparison, data_profile, reason=reason,
+                               approved_by=approved_by)
+
+
+def _promote_challenger(settings: Settings, run_id: int, comparison: Comparison,
+                        data_profile: DataProfile, *, reason: str, approved_by: str) -> State:
+    """Promote the challenger, unless the champion moved since it was compared with it."""
+    challenger, champion_id = comparison.challenger, comparison.champion_id
     try:
         if settings.promotion.require_approval:  # the answer came after a wait
-            check_champion(settings, champion[0].id if champion else None)
+            check_champion(settings, champion_id)
         flipped, artifact_uri = _promote(
-            settings, run_id, challenger, ch_eval.metrics, champion[0].id if champion else None,
-            fingerprint(split.train), data_profile)
+            settings, run_id, challenger, comparison.challenger_eval.metrics, champion_id,
+            fingerprint(comparison.split.train), data_profile)
     except ChampionChanged as exc:
-        reason = f"{reason} Promotion abandoned: {exc}."
-        end_run(settings, run_id, RunEnding(state="completed", decision="rejected", reason=reason))
-        emit_rejected(settings.model_name, champion_version=champion_version,
-                      metrics=ch_eval.metrics, champion_metrics=champ_metrics, run_id=run_id,
-                      reason=reason)
-        abandoned = _outcome(run_id, ch_eval, champ_eval, baseline, decision, champion_version,
-                             reason=reason, message=f"rejected: promotion abandoned, {exc}")
-        return _conclude(settings, abandoned, decision, challenger, split)
-    _announce_promotion(settings, run_id, flipped, reason=reason,
-                        previous_version=champion_version, metrics=ch_eval.metrics,
-                        champion_metrics=champ_metrics, threshold=challenger.threshold,
-                        artifact_uri=artifact_uri)
-    promoted = _outcome(run_id, ch_eval, champ_eval, baseline, decision, champion_version,
-                        reason=reason, promoted_version=flipped.version,
-                        flags_written=flipped.flagged,
-                        message=promoted_message(flipped.version,
-                                                 settings.promotion.primary_metric,
-                                                 ch_eval.metrics, champ_metrics,
-                                                 champion_version, flipped.flagged)
-                        + approved_by)
-    return _conclude(settings, promoted, decision, challenger, split, artifact_uri)
+        return _reject(settings, run_id, comparison,
+                       reason=f"{reason} Promotion abandoned: {exc}.",
+                       message=f"rejected: promotion abandoned, {exc}")
+    previous, metrics = comparison.champion_version, comparison.challenger_eval.metrics
+    _announce_promotion(settings, run_id, flipped, reason=reason, previous_version=previous,
+                        metrics=metrics, champion_metrics=comparison.champion_metrics,
+                        threshold=challenger.threshold, artifact_uri=artifact_uri)
+    message = promoted_message(flipped.version, settings.promotion.primary_metric, metrics,
+                               comparison.champion_metrics, previous, flipped.flagged)
+    promoted = _outcome(run_id, comparison, reason=reason, message=message + approved_by,
+                        flipped=flipped)
+    return _conclude(settings, promoted, comparison, artifact_uri)
 
 
-def _judged_without(lost: Any, decision: Decision) -> Decision:
+def _reject(settings: Settings, run_id: int, comparison: Comparison, *, reason: str,
+            message: str) -> State:
+    """End the run with the challenger not promoted, for `reason`: the run's row, the
+    rejected event, and the run's summary and state, whose message is `message`."""
+    end_run(settings, run_id, RunEnding(state="completed", decision="rejected", reason=reason))
+    emit_rejected(settings.model_name, champion_version=comparison.champion_version,
+                  metrics=comparison.challenger_eval.metrics,
+                  champion_metrics=comparison.champion_metrics, run_id=run_id, reason=reason)
+    rejected = _outcome(run_id, comparison, reason=reason, message=message)
+    return _conclude(settings, rejected, comparison)
+
+
+def _judged_without(lost: Champion, decision: Decision) -> Decision:
     """The decision about a challenger judged as if there were no champion, because the
     champion's files are gone; a promotion retires that champion by compare-and-set."""
     why = (f"Champion v{lost.version} could not be evaluated: its artifact folder "
-           f"{lost.artifact_uri} is missing, so the challenger was judged as if there were "
-           "no champion.")
+           f"{lost.row.artifact_uri} is missing, so the challenger was judged as if there "
+           "were no champion.")
     return dataclasses.replace(decision, reason=f"{why} {decision.reason}")
 
 
-def _approval(settings: Settings, run_id: int, decision: Decision, challenger: EvalResult,
-              champion: EvalResult | None, baseline: EvalResult,
-              champion_version: int | None) -> Approval:
+def _approval(settings: Settings, run_id: int, comparison: Comparison) -> Approval:
     """Ask a person (flows.approval) and keep the answer in the run's row."""
-    approval = ask_for_approval(settings, run_id, decision, challenger.metrics,
-                                champion.metrics if champion else None, baseline.metrics,
-                                champion_version)
+    approval = ask_for_approval(settings, run_id, comparison.decision,
+                                comparison.challenger_eval.metrics,
+                                comparison.champion_metrics, comparison.baseline.metrics,
+                                comparison.champion_version)
     record_progress(settings, run_id, RunProgress(details={"approval": approval.to_dict()}))
     return approval
 
@@ -340,7 +429,7 @@ def _announce_promotion(settings: Settings, run_id: int, flipped: Flipped, *, re
 
 
 def _resume(settings: Settings, run_id: int, pending: PendingCandidate,
-            champion: Any | None) -> State:
+            champion: Champion | None) -> State:
     """Finish the promotion that an earlier run decided and did not complete: backfill
     what its candidate has not scored, then flip. Nothing is trained again: the data and
     the champion are those the earlier run evaluated against."""
@@ -393,40 +482,40 @@ def _resumed_outcome(run_id: int, pending: PendingCandidate, champion_version: i
         flags_written=flipped.flagged if flipped else None)
 
 
-def _outcome(run_id: int, challenger: EvalResult, champion: EvalResult | None,
-             baseline: EvalResult, decision: Decision, champion_version: int | None, *,
-             message: str, reason: str | None = None, promoted_version: int | None = None,
-             flags_written: int | None = None) -> RetrainOutcome:
+def _outcome(run_id: int, comparison: Comparison, *, reason: str, message: str,
+             flipped: Flipped | None = None) -> RetrainOutcome:
     """The run's outcome: the models' test metrics and the rule's checks. It is a
-    promotion when it names the new version, and gives the rule's reason unless told
-    another."""
+    promotion when it names the flip that made the challenger champion."""
+    decision = comparison.decision
     return RetrainOutcome(
-        run_id=run_id, decision="promoted" if promoted_version is not None else "rejected",
-        reason=reason or decision.reason, message=message, challenger=challenger.metrics,
-        champion=champion.metrics if champion else None, baseline=baseline.metrics,
-        uncertainty=decision.uncertainty, champion_version=champion_version,
+        run_id=run_id, decision="promoted" if flipped else "rejected", reason=reason,
+        message=message, challenger=comparison.challenger_eval.metrics,
+        champion=comparison.champion_metrics, baseline=comparison.baseline.metrics,
+        uncertainty=decision.uncertainty, champion_version=comparison.champion_version,
         checks=tuple((c.name, c.passed, c.detail) for c in decision.checks),
-        promoted_version=promoted_version, flags_written=flags_written)
+        promoted_version=flipped.version if flipped else None,
+        flags_written=flipped.flagged if flipped else None)
 
 
-def _split_counts(split: Any) -> dict[str, tuple[int, int]]:
+def _split_counts(split: Split) -> dict[str, tuple[int, int]]:
     """Rows and anomalies of each side of the split."""
     return {name: (len(frame), int(frame["label"].sum()))
             for name, frame in (("train", split.train), ("validation", split.val),
                                 ("test", split.test))}
 
 
-def _conclude(settings: Settings, outcome: RetrainOutcome, decision: Any, challenger: Any,
-              split: Any, artifact_uri: str | None = None) -> State:
+def _conclude(settings: Settings, outcome: RetrainOutcome, comparison: Comparison,
+              artifact_uri: str | None = None) -> State:
     """Publish the run's summary, tag the run with its decision, and end it with a state
     whose message says what happened; the outcome is the state's result."""
+    challenger = comparison.challenger
     publish_summary(RunSummary(
         model_name=settings.model_name, run_id=outcome.run_id,
-        settings=_settings_shown(settings, challenger), splits=_split_counts(split),
+        settings=_settings_shown(settings, challenger), splits=_split_counts(comparison.split),
         training_seconds=challenger.result.seconds, history=challenger.result.history,
         challenger=outcome.challenger, champion=outcome.champion,
         baseline=outcome.baseline, champion_version=outcome.champion_version,
-        decision=decision, message=outcome.message,
+        decision=comparison.decision, message=outcome.message,
         promoted_version=outcome.promoted_version, flags_written=outcome.flags_written,
         threshold=challenger.threshold, artifact_uri=artifact_uri,
         production=tuple(read_version_quality(settings))))
@@ -436,7 +525,7 @@ def _conclude(settings: Settings, outcome: RetrainOutcome, decision: Any, challe
     return Completed(message=outcome.message, data=outcome)
 
 
-def _settings_shown(settings: Settings, challenger: Any) -> dict[str, Any]:
+def _settings_shown(settings: Settings, challenger: Challenger) -> dict[str, Any]:
     """The settings that made this challenger, as it was trained and will score."""
     t = settings.training
     return {"base model": challenger.base_model, "epochs": t.epochs,
@@ -447,7 +536,7 @@ def _settings_shown(settings: Settings, challenger: Any) -> dict[str, Any]:
             "max train rows": t.max_train_rows}
 
 
-def _promote(settings: Settings, run_id: int, challenger: Any, metrics: dict[str, Any],
+def _promote(settings: Settings, run_id: int, challenger: Challenger, metrics: dict[str, Any],
              expected_champion_id: int | None, data_fingerprint: str,
              data_profile: DataProfile) -> tuple[Flipped, str]:
     """Promote in two phases. First the artifact is stored and the version inserted as a

@@ -19,6 +19,7 @@ from prefect.runtime import task_run
 from prefect.states import Completed, State
 from pydantic import Field
 
+from anomdet.outcome import ScoreCounts
 from anomdet.settings import Settings
 from flows.logs import flow_timeout, run_namer, show_domain_logs
 from flows.parameters import ModelName, settings_for
@@ -63,28 +64,30 @@ def score(model_name: ModelName = None, chunks: Annotated[int, Field(ge=1)] = 4)
         return Completed(message=message, data={"model_version_id": None, "records": 0,
                                                 "scored": 0, "flagged": 0, "skipped": 0,
                                                 "message": message})
-    summary = finish_scoring(settings, plan, _score_ranges(settings, plan))
+    outcome = finish_scoring(settings, plan, _score_ranges(settings, plan))
+    counts = outcome.counts
     emit_flags_written(settings.model_name, version=plan.version, version_id=plan.version_id,
                        threshold=dict(plan.recorded).get("threshold"),
-                       flagged=summary["flagged"], scored=summary["scored"])
+                       flagged=counts.flagged, scored=counts.scored)
     logger = get_run_logger()
     logger.info("scored %d records in %d chunks, %d flagged, %d skipped",
-                summary["scored"], len(plan.ranges), summary["flagged"], summary["skipped"])
-    if summary["unkeyed"]:
+                counts.scored, len(plan.ranges), counts.flagged, counts.skipped)
+    if counts.unkeyed:
         logger.warning("%d unlabelled records were not scored: their id is NULL or held by "
                        "another record too (e.g. %s); give each record an id of its own",
-                       summary["unkeyed"], ", ".join(summary["unkeyed_example_ids"][:5]))
+                       counts.unkeyed, ", ".join(counts.unkeyed_example_ids[:5]))
+    summary = outcome.to_dict()
     version, flags = new_flags(settings, plan.version_id, started)
     publish_scoring(settings.model_name, version, dict(plan.recorded).get("threshold"), summary,
                     flags)
-    message = (f"v{version}: {summary['scored']} records scored, {summary['flagged']} flagged"
-               if summary["scored"] or summary["skipped"]
+    message = (f"v{version}: {counts.scored} records scored, {counts.flagged} flagged"
+               if counts.scored or counts.skipped
                else f"nothing new to score: v{version} has scored every unlabelled record")
     logger.info(message)
     return Completed(message=message, data={**summary, "message": message})
 
 
-def _score_ranges(settings: Settings, plan: ScoringPlan) -> list[dict[str, Any]]:
+def _score_ranges(settings: Settings, plan: ScoringPlan) -> list[ScoreCounts]:
     """Score the plan's id ranges, one mapped task each; their summaries."""
     # Settings is a pydantic model, which is iterable: mark it (and the plan) unmapped.
     futures = score_range.with_options(task_run_name=_range_name).map(
@@ -108,12 +111,11 @@ def backfill(version_id: int, chunks: int = 4, run_id: int | None = None,
     show_domain_logs()
     settings = settings_for(model_name)
     plan = plan_backfill(settings, version_id, chunks, run_id)
-    summaries = _score_ranges(settings, plan)
-    done = {key: sum(part[key] for part in summaries) for key in ("scored", "flagged", "skipped")}
+    done = ScoreCounts.total(_score_ranges(settings, plan))
     get_run_logger().info("v%s: %d records scored in %d ranges, %d flagged", plan.version,
-                          done["scored"], len(plan.ranges), done["flagged"])
+                          done.scored, len(plan.ranges), done.flagged)
     return {"version_id": version_id, "ranges": len(plan.ranges), "records": plan.records,
-            **done}
+            "scored": done.scored, "flagged": done.flagged, "skipped": done.skipped}
 
 
 def with_task_runner(flow_fn: Flow, name: str, workers: int = 2) -> Flow:

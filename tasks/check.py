@@ -6,7 +6,6 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import sqlalchemy as sa
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.orchestration import get_client
@@ -26,7 +25,6 @@ from anomdet.settings import Settings
 from anomdet.triggers import CheckFindings
 from db import repository as repo
 from db.feedback import label_news
-from db.models import Run
 from db.records import reflect_records_table, sample_unlabelled
 from tasks.database import IO_RETRIES, run_logger
 
@@ -63,10 +61,8 @@ def retrain_under_way(settings: Settings, deployment_name: str) -> str | None:
     # A row left `running` by a process that died stops counting after the run timeout.
     since = datetime.now(UTC) - timedelta(minutes=settings.run_timeout_minutes())
     with settings.session() as session:
-        running = session.scalar(
-            sa.select(Run.id).where(Run.model_name == settings.model_name,
-                                    Run.kind == "retrain", Run.state == "running",
-                                    Run.started_at >= since).limit(1))
+        running = repo.running_retrain(session=session, model_name=settings.model_name,
+                                       started_after=since)
     if running is not None:
         return f"run {running} of anomdet_runs is running"
     with get_client(sync_client=True) as client:

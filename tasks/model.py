@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 from prefect import task
@@ -61,9 +62,27 @@ def split_data(frame: pd.DataFrame, settings: Settings) -> Split:
                          seed=t.split_seed)
 
 
+class Champion(NamedTuple):
+    """The champion a run compares its challenger with: its row, and its verified model,
+    None when the artifact folder is gone (the run then judges without it)."""
+
+    row: ModelVersion
+    model: LoadedModel | None
+
+    @property
+    def id(self) -> int:
+        """The champion's version id, as runs and compare-and-set name it."""
+        return self.row.id
+
+    @property
+    def version(self) -> int:
+        """The champion's version number, as users see it."""
+        return self.row.version
+
+
 # No retries: a corrupt or missing artifact will not mend itself.
 @task(name="load champion", cache_policy=NO_CACHE)
-def load_champion(settings: Settings) -> tuple[ModelVersion, LoadedModel | None] | None:
+def load_champion(settings: Settings) -> Champion | None:
     """The current champion's row and its verified artifact, or None on the first run.
 
     A champion whose artifact folder is gone comes without a model (None): the run
@@ -80,8 +99,8 @@ def load_champion(settings: Settings) -> tuple[ModelVersion, LoadedModel | None]
                                                          champion.hyperparameters))
     except ArtifactMissing as exc:
         run_logger().warning("champion v%d cannot be evaluated: %s", champion.version, exc)
-        return champion, None
-    return champion, loaded
+        return Champion(champion, None)
+    return Champion(champion, loaded)
 
 
 # The flow sets the timeout (ANOMDET_FINE_TUNE_TIMEOUT_MINUTES). No retries: a retry of

@@ -21,7 +21,6 @@ from anomdet.settings import Settings
 from anomdet.training import Challenger
 from db import repository as repo
 from db.engine import session_scope
-from db.models import ModelVersion, Run
 from tasks.database import IO_RETRIES, run_logger
 
 ARTIFACT_KEY = "artifact_dir"
@@ -116,21 +115,9 @@ def _remove_artifact(transaction: Transaction) -> None:
 def register_candidate(settings: Settings, version_fields: dict[str, Any]) -> tuple[int, int]:
     """Phase one of a promotion: insert the challenger as a `candidate` version, which
     nothing users read shows. Returns (version id, version number)."""
-    for _ in range(10):
-        try:
-            with settings.session() as session:
-                run_id = version_fields.get("run_id")
-                done = run_id and repo.version_of_run(
-                    session=session, model_name=settings.model_name, run_id=run_id)
-                if done:
-                    return done.id, done.version
-                version = repo.register_candidate(
-                    session=session, model_name=settings.model_name, **version_fields)
-                return version.id, version.version
-        except repo.VersionNumberTaken:
-            continue  # in a new transaction, which sees the other run's number
-    raise repo.VersionNumberTaken(f"could not number a new version of {settings.model_name!r}: "
-                                  "other runs kept registering versions at the same time")
+    version = repo.register_run_candidate(settings.session, model_name=settings.model_name,
+                                          **version_fields)
+    return version.id, version.version
 
 
 @dataclass(frozen=True)
@@ -156,7 +143,7 @@ def flip_champion(settings: Settings, candidate_id: int,
     """
     engine = settings.engine()
     with session_scope(engine) as session:
-        candidate = session.get(ModelVersion, candidate_id)
+        candidate = repo.get_version_by_id(session=session, version_id=candidate_id)
         if candidate is None or candidate.status != "champion":
             candidate = repo.flip_champion(session=session, candidate_id=candidate_id,
                                            expected_champion_id=expected_champion_id)
@@ -180,7 +167,7 @@ def discard_candidate(settings: Settings, candidate_id: int, reason: str) -> boo
     its row stays as `rejected`. Nothing happens to a version that is no longer a
     candidate (another run made it champion). Returns whether it was discarded."""
     with settings.session() as session:
-        candidate = session.get(ModelVersion, candidate_id)
+        candidate = repo.get_version_by_id(session=session, version_id=candidate_id)
         discarded = repo.discard_candidate(session=session, candidate_id=candidate_id)
         artifact = Path(candidate.artifact_uri) if candidate else None
     if discarded and artifact is not None:
@@ -194,18 +181,18 @@ def discard_candidate(settings: Settings, candidate_id: int, reason: str) -> boo
 def find_pending_candidate(settings: Settings) -> PendingCandidate | None:
     """The model's candidate whose promotion did not finish, if there is one."""
     with settings.session() as session:
-        version = repo.pending_candidate(session=session, model_name=settings.model_name)
-        if version is None:
-            return None
-        run = session.get(Run, version.run_id) if version.run_id is not None else None
-        return PendingCandidate(
-            version_id=version.id, version=version.version, run_id=version.run_id,
-            run_state=run.state if run else None,
-            run_started_at=run.started_at if run else None,
-            data_fingerprint=run.data_fingerprint if run else None,
-            expected_champion_id=run.champion_version_id if run else None,
-            threshold=version.threshold, artifact_uri=version.artifact_uri,
-            challenger_metrics=version.metrics,
-            champion_metrics=run.champion_metrics if run else None,
-            baseline_metrics=run.baseline_metrics if run else None,
-            details=dict(run.details or {}) if run else {})
+        found = repo.pending_promotion(session=session, model_name=settings.model_name)
+    if found is None:
+        return None
+    version, run = found
+    return PendingCandidate(
+        version_id=version.id, version=version.version, run_id=version.run_id,
+        run_state=run.state if run else None,
+        run_started_at=run.started_at if run else None,
+        data_fingerprint=run.data_fingerprint if run else None,
+        expected_champion_id=run.champion_version_id if run else None,
+        threshold=version.threshold, artifact_uri=version.artifact_uri,
+        challenger_metrics=version.metrics,
+        champion_metrics=run.champion_metrics if run else None,
+        baseline_metrics=run.baseline_metrics if run else None,
+        details=dict(run.details or {}) if run else {})

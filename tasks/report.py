@@ -7,7 +7,6 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-import sqlalchemy as sa
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -27,8 +26,7 @@ from anomdet.report import (
 )
 from anomdet.settings import Settings
 from anomdet.validation import ValidationReport
-from db.models import ModelVersion
-from db.repository import FLAGGED_VIEW
+from db import repository as repo
 
 logger = logging.getLogger(__name__)
 
@@ -142,19 +140,9 @@ def new_flags(settings: Settings, version_id: int,
               since: datetime) -> tuple[int | None, list[dict[str, Any]]]:
     """The champion's version number and its records flagged since `since`, highest
     score first, as `anomdet_flagged` shows them (at most `top_flagged`)."""
-    # Typed columns: SQLAlchemy then binds the time as the flags table stores it.
-    view = sa.table(FLAGGED_VIEW, sa.column("model_name", sa.String),
-                    sa.column("model_version", sa.Integer), sa.column("score", sa.Float),
-                    sa.column("flagged_at", sa.DateTime(timezone=True)))
     with settings.session() as session:
-        version = session.get(ModelVersion, version_id)
-        if version is None:
-            return None, []
-        query = (sa.select(sa.text("*")).select_from(view)
-                 .where(view.c.model_name == version.model_name,
-                        view.c.model_version == version.version, view.c.flagged_at >= since)
-                 .order_by(view.c.score.desc()).limit(settings.top_flagged))
-        return version.version, [dict(row._mapping) for row in session.execute(query)]
+        return repo.flags_since(session=session, version_id=version_id, since=since,
+                                limit=settings.top_flagged)
 
 
 def tag_run(*tags: str, remove: tuple[str, ...] = ()) -> None:

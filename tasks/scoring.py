@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -9,15 +10,25 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from sqlalchemy.engine import Engine
 
 from anomdet.artifact import load_artifact, recorded_scoring
 from anomdet.device import configure_threads
-from anomdet.scoring import Scorer, score_id_range
+from anomdet.inference import Progress
+from anomdet.outcome import ScoreCounts, ScoringOutcome
+from anomdet.scoring import Scorer, ScoreSummary, score_chunks
 from anomdet.settings import Settings
 from db import repository as repo
 from db.engine import session_scope
-from db.models import ModelVersion
-from db.records import id_ranges, reflect_records_table, unkeyed_unlabelled
+from db.models import ModelVersion, ScoreRow
+from db.records import (
+    IdRange,
+    RecordsMapping,
+    id_ranges,
+    reflect_records_table,
+    unkeyed_unlabelled,
+    unscored_chunks,
+)
 from tasks.database import only_transient
 from tasks.progress import ui_progress
 
@@ -70,7 +81,7 @@ def plan_backfill(settings: Settings, version_id: int, chunks: int,
     """A candidate version and the unlabelled records it has not scored yet, in id ranges:
     a resumed backfill plans only what is left."""
     with settings.session() as session:
-        version = session.get(ModelVersion, version_id)
+        version = repo.get_version_by_id(session=session, version_id=version_id)
         if version is None:
             raise ValueError(f"model version id {version_id} does not exist")
         return plan_for(settings, version, chunks, run_id)
@@ -101,9 +112,31 @@ def _scorer(artifact_uri: str, sha256: str, batch_size: int,
                   batch_size)
 
 
+def score_id_range(
+    scorer: Scorer, engine: Engine, mapping: RecordsMapping, *, version_id: int,
+    id_range: IdRange | None, chunk_size: int, progress: Progress | None = None,
+    expected: int = 0, run_id: int | None = None,
+) -> ScoreSummary:
+    """Score the unlabelled records of one id range that `version_id` has not scored for
+    their current text, and keep their scores and flags.
+
+    The range is read in chunks of `chunk_size`; each chunk's scores and flags commit in
+    their own transaction, so a pass that stops part-way resumes where it stopped.
+    `progress` is told (records done, at least `expected`) after each chunk. `run_id`
+    is the retraining run whose promotion the scores are for, if any.
+    """
+    def keep(rows: Sequence[ScoreRow]) -> int:
+        return repo.keep_scores(engine, model_version_id=version_id, rows=rows,
+                                threshold=scorer.threshold, run_id=run_id)
+
+    with unscored_chunks(engine, mapping, version_id=version_id, id_range=id_range,
+                         chunk_size=chunk_size) as chunks:
+        return score_chunks(scorer, chunks, keep, progress=progress, expected=expected)
+
+
 @task(name="score id range", cache_policy=NO_CACHE)
 def score_range(settings: Settings, plan: ScoringPlan,
-                id_range: tuple[Any, Any]) -> dict[str, Any]:
+                id_range: tuple[Any, Any]) -> ScoreCounts:
     """Score one id range in chunks; each chunk's scores and flags commit on their own."""
     scorer = _scorer(plan.artifact_uri, plan.weights_sha256, settings.score_batch_size,
                      plan.recorded)
@@ -114,25 +147,18 @@ def score_range(settings: Settings, plan: ScoringPlan,
         version_id=plan.version_id, id_range=id_range, chunk_size=settings.chunk_size,
         run_id=plan.run_id,
         progress=ui_progress(f"scoring ids from {low} to {high}"), expected=plan.range_size)
-    return summary.as_dict()
+    return summary.counts()
 
 
 @task(name="finish scoring", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5],
       retry_condition_fn=only_transient)
 def finish_scoring(settings: Settings, plan: ScoringPlan,
-                   summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Add up the summaries; prune the kept scores of versions past the retention."""
-    total: dict[str, Any] = {
-        "model_version_id": plan.version_id, "records": plan.records + plan.unkeyed,
-        "scored": 0, "flagged": 0, "skipped": 0, "skipped_example_ids": [],
-        "unkeyed": plan.unkeyed, "unkeyed_example_ids": list(plan.unkeyed_ids)}
-    for part in summaries:
-        for key in ("scored", "flagged", "skipped"):
-            total[key] += part[key]
-        total["skipped_example_ids"] = (total["skipped_example_ids"]
-                                        + part["skipped_example_ids"])[:20]
+                   summaries: list[ScoreCounts]) -> ScoringOutcome:
+    """Add up the ranges' counts; prune the kept scores of versions past the retention."""
+    unkeyed = ScoreCounts(unkeyed=plan.unkeyed, unkeyed_example_ids=plan.unkeyed_ids)
     with settings.session() as session:
-        total["pruned_scores"] = repo.prune_scores(
-            session=session, model_name=settings.model_name,
-            keep_versions=settings.scoring.keep_versions)
-    return total
+        pruned = repo.prune_scores(session=session, model_name=settings.model_name,
+                                   keep_versions=settings.scoring.keep_versions)
+    return ScoringOutcome(model_version_id=plan.version_id,
+                          records=plan.records + plan.unkeyed,
+                          counts=ScoreCounts.total([unkeyed, *summaries]), pruned_scores=pruned)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 import yaml
@@ -30,3 +31,35 @@ def test_domain_package_does_not_import_prefect() -> None:
             continue
         text = path.read_text()
         assert "import prefect" not in text and "from prefect" not in text, path.name
+
+
+# Queries and statements built or run by hand: SQLAlchemy's select() and text(), a
+# session or connection executing one, the legacy Query API, and rows read by class.
+_SQL = re.compile(r"\b(?:select|text)\(|\.execute\(|\.query\(|session\.(?:get|scalars?)\(")
+
+
+def test_sql_lives_in_the_db_package() -> None:
+    # Tasks reach the database through one named function of db/ each, and the domain is
+    # handed its data: a query anywhere else would escape the connect timeout that
+    # Settings.session() and Settings.engine() carry, and the tests of db/.
+    found = []
+    for folder in ("anomdet", "tasks", "flows"):
+        for path in sorted((ROOT / folder).glob("*.py")):
+            if path.relative_to(ROOT).as_posix() == "anomdet/cli.py":
+                continue
+            found += [f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+                      for number, line in enumerate(path.read_text().splitlines(), 1)
+                      if _SQL.search(line)]
+    assert not found, "\n".join(found)
+
+
+def test_the_domain_is_handed_its_data() -> None:
+    # Only Settings opens sessions (Settings.session, Settings.engine); the rest of the
+    # domain gets records and stores results through what its callers pass in.
+    for path in sorted((ROOT / "anomdet").glob("*.py")):
+        if path.name in ("cli.py", "settings.py"):
+            continue
+        text = path.read_text()
+        for reach in ("from db.repository", "from db import repository", "from db.engine",
+                      "session_scope(", ".connect("):
+            assert reach not in text, f"{path.name} reaches the database: {reach}"

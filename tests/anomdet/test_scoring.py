@@ -10,10 +10,11 @@ import pytest
 import anomdet.scoring as scoring
 from anomdet.encoder import TINY_RANDOM, load_base_model
 from anomdet.inference import predict_scores
-from anomdet.scoring import Scorer, ScoreSummary, scorable, score_id_range, score_rows
+from anomdet.scoring import Scorer, ScoreSummary, scorable, score_rows
 from db import repository as repo
 from db.engine import get_engine, migrate, session_scope
 from db.records import ensure_records_table, upsert_records
+from tasks.scoring import score_id_range
 from tests.configs import records_mapping
 from tests.versions import promote
 

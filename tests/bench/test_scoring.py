@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 import tasks.scoring
 from anomdet.encoder import load_base_model
 from anomdet.inference import predict_scores
-from anomdet.scoring import Scorer, score_id_range
+from anomdet.scoring import Scorer
 from bench import scoring as bench_scoring
 from bench.scoring import (
     ScoreBenchConfig,
@@ -35,6 +35,7 @@ from bench.scoring import (
 from db import repository as repo
 from db.engine import session_scope
 from db.models import Flag, ModelVersion
+from tasks.scoring import score_id_range
 from tests.configs import records_mapping
 
 FLAG_KEYS = ("backend", "bulk_rows", "bulk_seconds", "orm_rows", "orm_seconds",

@@ -4,6 +4,7 @@ compare-and-set, idempotent flags, the view, and the records mapping."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from db import repository as repo
 from db.engine import get_engine, migrate, session_scope
+from db.models import ScoreRow
 from db.records import (
     ensure_records_table,
     iter_unlabelled,
@@ -19,6 +21,7 @@ from db.records import (
     record_key,
     reflect_records_table,
     text_hash,
+    unscored_chunks,
     upsert_records,
 )
 from tests.configs import records_mapping
@@ -280,3 +283,90 @@ def test_a_capped_read_is_a_stratified_sample_drawn_by_the_database(
     assert sampled["id"].tolist() == again["id"].tolist(), "the same rows for the same seed"
     assert set(sampled["id"]) != set(other["id"])
     assert len(whole) == len(roomy) == 1003
+
+
+def test_a_retrain_is_under_way_while_its_row_is_running_and_recent(engine: sa.Engine) -> None:
+    since = datetime.now(UTC) - timedelta(minutes=5)
+    with session_scope(engine) as session:
+        assert repo.running_retrain(session=session, model_name="m", started_after=since) is None
+        run = repo.start_run(session=session, model_name="m")
+        repo.start_run(session=session, model_name="m", kind="rollback")
+        repo.start_run(session=session, model_name="other")
+    with session_scope(engine) as session:
+        assert repo.running_retrain(session=session, model_name="m", started_after=since) == run.id
+        later = datetime.now(UTC) + timedelta(minutes=1)
+        assert repo.running_retrain(session=session, model_name="m", started_after=later) is None
+        repo.finish_run(session=session, run_id=run.id, state="failed", decision="failed",
+                        reason="stopped")
+    with session_scope(engine) as session:
+        assert repo.running_retrain(session=session, model_name="m", started_after=since) is None
+
+
+def test_flags_since_a_time_are_the_versions_highest_first(engine: sa.Engine) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=5)
+    with session_scope(engine) as session:
+        v1 = repo.promote_new_version(session=session, expected_champion_id=None, version=1,
+                                      flags=_flag_rows(engine, {5: 0.9, 7: 0.7, 10: 0.8}),
+                                      **_version())
+    with session_scope(engine) as session:
+        number, rows = repo.flags_since(session=session, version_id=v1.id, since=before, limit=2)
+        assert (number, [(r["record_id"], r["text"]) for r in rows]) == (
+            1, [("5", "text 5"), ("10", "text 10")])
+        later = datetime.now(UTC) + timedelta(minutes=1)
+        assert repo.flags_since(session=session, version_id=v1.id, since=later) == (1, [])
+        assert repo.flags_since(session=session, version_id=v1.id + 1, since=before) == (None, [])
+
+
+def test_a_run_registers_one_candidate_however_often_it_tries(
+        engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    def sessions() -> object:
+        return session_scope(engine)
+
+    with session_scope(engine) as session:
+        run_id = repo.start_run(session=session, model_name="m").id
+        assert repo.pending_promotion(session=session, model_name="m") is None
+    register, tries = repo.register_candidate, []
+
+    def taken_once(**fields: object) -> object:
+        tries.append(1)
+        if len(tries) == 1:  # a concurrent run took the number: the next try sees it
+            raise repo.VersionNumberTaken("taken")
+        return register(**fields)
+
+    monkeypatch.setattr(repo, "register_candidate", taken_once)
+    first = repo.register_run_candidate(sessions, run_id=run_id, **_version())
+    again = repo.register_run_candidate(sessions, run_id=run_id, **_version())
+    assert (again.id, again.version, first.status, len(tries)) == (first.id, 1, "candidate", 2)
+    with session_scope(engine) as session:
+        version, run = repo.pending_promotion(session=session, model_name="m")
+    assert (version.id, run.id) == (first.id, run_id)
+
+
+def test_registering_gives_up_when_every_number_is_taken(
+        engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    tries = []
+
+    def always_taken(**_fields: object) -> None:
+        tries.append(1)
+        raise repo.VersionNumberTaken("taken")
+
+    monkeypatch.setattr(repo, "register_candidate", always_taken)
+    with pytest.raises(repo.VersionNumberTaken, match="could not number"):
+        repo.register_run_candidate(lambda: session_scope(engine), **_version())
+    assert len(tries) == repo.REGISTER_ATTEMPTS
+
+
+def test_kept_scores_leave_the_unscored_chunks(engine: sa.Engine) -> None:
+    with session_scope(engine) as session:
+        version_id = repo.register_candidate(session=session, **_version()).id
+    with unscored_chunks(engine, MAPPING, version_id=version_id, id_range=(6, None),
+                         chunk_size=2) as chunks:
+        frames = list(chunks)
+    # Unlabelled are ids 5, 6, 7 and 10; the range starts at 6.
+    assert [list(f["key"]) for f in frames] == [["6", "7"], ["10"]]
+    rows = [ScoreRow(key, 0.9 if key == "7" else 0.1, digest)
+            for f in frames for key, digest in zip(f["key"], f["text_hash"], strict=True)]
+    assert repo.keep_scores(engine, model_version_id=version_id, rows=rows, threshold=0.5) == 1
+    with unscored_chunks(engine, MAPPING, version_id=version_id, id_range=None,
+                         chunk_size=2) as chunks:
+        assert [list(f["key"]) for f in chunks] == [["5"]]

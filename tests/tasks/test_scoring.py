@@ -44,7 +44,7 @@ def test_a_range_is_scored_with_the_plans_version_and_settings(
     make_scorer, score = Recorder(scorer), Recorder(summary)
     monkeypatch.setattr(ts, "_scorer", make_scorer)
     monkeypatch.setattr(ts, "score_id_range", score)
-    assert ts.score_range.fn(settings, PLAN, (51, None)) == summary.as_dict()
+    assert ts.score_range.fn(settings, PLAN, (51, None)) == summary.counts()
     assert make_scorer.call == (("/models/v4", "ab" * 32, 9, (("threshold", 0.5),)), {})
     (used, engine, mapping), kwargs = score.call
     assert used is scorer and engine is get_engine(settings.database_url)
@@ -64,10 +64,10 @@ def test_finish_adds_the_ranges_up_and_prunes(sqlite_url: str,
     migrate(get_engine(sqlite_url))
     prune = Recorder(12)
     monkeypatch.setattr(repo, "prune_scores", prune)
-    parts = [ScoreSummary(scored=40, flagged=3, skipped_ids=list(range(15))).as_dict(),
-             ScoreSummary(scored=30, flagged=2, skipped_ids=list(range(15, 25))).as_dict()]
+    parts = [ScoreSummary(scored=40, flagged=3, skipped_ids=list(range(15))).counts(),
+             ScoreSummary(scored=30, flagged=2, skipped_ids=list(range(15, 25))).counts()]
     settings = Settings(database_url=sqlite_url, scoring={"keep_versions": 1})
-    total = ts.finish_scoring.fn(settings, PLAN, parts)
+    total = ts.finish_scoring.fn(settings, PLAN, parts).to_dict()
     assert (total["scored"], total["flagged"], total["skipped"]) == (70, 5, 25)
     assert total["records"] == 101 and total["unkeyed_example_ids"] == ["7", "8"]
     assert len(total["skipped_example_ids"]) == 20
