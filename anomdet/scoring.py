@@ -11,10 +11,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from anomdet.inference import Progress, predict_scores
+from anomdet.lexical import LexicalEvidence
 from anomdet.outcome import EXAMPLE_IDS, ScoreCounts
 from db.models import ScoreRow
 
@@ -26,7 +28,8 @@ KeepScores = Callable[[Sequence[ScoreRow]], int]
 
 @dataclass(frozen=True)
 class Scorer:
-    """A model with what scoring needs: its tokenizer, threshold and max length."""
+    """A model with what scoring needs: its tokenizer, threshold, max length and the
+    n-gram evidence its scores blend in."""
 
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
@@ -34,6 +37,13 @@ class Scorer:
     max_length: int
     # Texts per batch; None: the device's figure (see anomdet.device.batch_budget).
     batch_size: int | None = None
+    # None: a model that scores with its encoder alone.
+    lexical: LexicalEvidence | None = None
+
+    def scores(self, texts: list[str]) -> np.ndarray:
+        """The model's probability that each text is anomalous, in input order."""
+        return predict_scores(self.model, self.tokenizer, texts, batch_size=self.batch_size,
+                              max_length=self.max_length, lexical=self.lexical)
 
 
 @dataclass
@@ -91,8 +101,7 @@ def score_rows(scorer: Scorer, frame: pd.DataFrame, summary: ScoreSummary) -> li
     scores: list[float | None] = [None] * len(frame)
     if ok.any():
         texts = frame["text"][ok].tolist()
-        found = predict_scores(scorer.model, scorer.tokenizer, texts,
-                               batch_size=scorer.batch_size, max_length=scorer.max_length)
+        found = scorer.scores(texts)
         for position, value in zip(ok.nonzero()[0], found.tolist(), strict=True):
             scores[position] = value
         summary.scored += len(texts)

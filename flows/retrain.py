@@ -20,6 +20,7 @@ from anomdet.errors import DataValidationError, DriftError, is_run_timeout, time
 from anomdet.outcome import RetrainOutcome
 from anomdet.promotion import Decision, EvalResult, PendingCandidate
 from anomdet.report import RunSummary, promoted_message, rejected_message
+from anomdet.scoring import Scorer
 from anomdet.settings import Settings
 from anomdet.training import Challenger
 from anomdet.validation import ValidationReport
@@ -299,15 +300,16 @@ def _judge(settings: Settings, split: Split, challenger: Challenger, baseline: E
            champion: Champion | None) -> Comparison:
     """Evaluate the challenger and the champion on the shared test split and decide."""
     ch_eval = evaluate_model.with_options(task_run_name="evaluate challenger")(
-        (challenger.scoring_model, challenger.tokenizer), split.test,
-        challenger.threshold, challenger.config.max_length, settings)
+        Scorer(challenger.scoring_model, challenger.tokenizer, challenger.threshold,
+               challenger.config.max_length, settings.score_batch_size, challenger.lexical),
+        split.test)
     champ_eval = None
     if champion is not None and champion.model is not None:
         loaded = champion.model
         champ_eval = evaluate_model.with_options(
             task_run_name=f"evaluate champion v{champion.version}")(
-            (loaded.model, loaded.tokenizer), split.test, loaded.threshold, loaded.max_length,
-            settings)
+            Scorer(loaded.model, loaded.tokenizer, loaded.threshold, loaded.max_length,
+                   settings.score_batch_size, loaded.lexical), split.test)
     decision = decide_promotion(ch_eval, champ_eval, settings, baseline)
     if champion is not None and champion.model is None:
         decision = _judged_without(champion, decision)

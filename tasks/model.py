@@ -17,6 +17,7 @@ from anomdet.data import Split, split_records
 from anomdet.drift import DataProfile, DriftReport, compare, profile
 from anomdet.errors import DataValidationError
 from anomdet.promotion import EvalResult
+from anomdet.scoring import Scorer
 from anomdet.settings import Settings
 from anomdet.training import Challenger, base_vocab, evaluate
 from anomdet.validation import ValidationReport, validate_labelled
@@ -127,9 +128,8 @@ def fit_baseline(split: Split, settings: Settings) -> EvalResult:
 
 
 @task(name="evaluate on test split", cache_policy=NO_CACHE)
-def evaluate_model(model_and_tokenizer: tuple, test: pd.DataFrame, threshold: float,
-                   max_length: int, settings: Settings) -> EvalResult:
-    """Score the shared test split with one model at its own threshold."""
-    model, tokenizer = model_and_tokenizer
-    return evaluate(model, tokenizer, test, threshold, max_length=max_length,
-                    batch_size=settings.score_batch_size)
+def evaluate_model(scorer: Scorer, test: pd.DataFrame) -> EvalResult:
+    """Score the shared test split with one model as it scores, at its own threshold."""
+    return evaluate(scorer.model, scorer.tokenizer, test, scorer.threshold,
+                    max_length=scorer.max_length, batch_size=scorer.batch_size,
+                    lexical=scorer.lexical)

@@ -77,7 +77,8 @@ def store_artifact(challenger: Challenger, settings: Settings,
         # Known before the save: whatever fails after it, the rollback removes the folder.
         txn.set(ARTIFACT_KEY, str(directory))
     try:
-        checksum = save_artifact(challenger.model, challenger.tokenizer, directory, meta)
+        checksum = save_artifact(challenger.model, challenger.tokenizer, directory, meta,
+                                 lexical=challenger.lexical)
     except Exception as exc:
         if not is_disk_full(exc):
             raise

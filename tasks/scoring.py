@@ -109,7 +109,7 @@ def _scorer(artifact_uri: str, sha256: str, batch_size: int,
     configure_threads()
     loaded = load_artifact(Path(artifact_uri), expected_sha256=sha256, recorded=dict(recorded))
     return Scorer(loaded.model, loaded.tokenizer, loaded.threshold, loaded.max_length,
-                  batch_size)
+                  batch_size, loaded.lexical)
 
 
 def score_id_range(

@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 import anomdet.checkpoint as checkpoint
 import tasks.model as tm
 from anomdet.data import Split
+from anomdet.scoring import Scorer
 from anomdet.settings import Settings
 from db.engine import get_engine, migrate, session_scope
 from tests.tasks.conftest import Recorder
@@ -93,9 +94,10 @@ def test_evaluation_scores_at_the_models_own_threshold(monkeypatch: pytest.Monke
                                                        ) -> None:
     evaluate = Recorder("result")
     monkeypatch.setattr(tm, "evaluate", evaluate)
-    assert tm.evaluate_model.fn(("model", "tokenizer"), FRAME, 0.7, 33, SETTINGS) == "result"
+    scorer = Scorer("model", "tokenizer", 0.7, 33, 5, "lexical")
+    assert tm.evaluate_model.fn(scorer, FRAME) == "result"
     assert evaluate.call == (("model", "tokenizer", FRAME, 0.7),
-                             {"max_length": 33, "batch_size": 5})
+                             {"max_length": 33, "batch_size": 5, "lexical": "lexical"})
 
 
 def test_drift_without_a_champion_compares_against_the_base_vocabulary(
