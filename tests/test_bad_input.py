@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from click.testing import Result
 from typer.testing import CliRunner
 
-from anomdet.cli import app
+from cli.app import app
 from anomdet.model import WEIGHTS_FILE
 from db.engine import get_engine
 from tests.databases import Database, copy_database, drop_database, new_database

@@ -107,7 +107,7 @@ def test_every_command_leaves_the_migrated_schema_or_none(db_url: str, command: 
                                                           tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
-    from anomdet.cli import app
+    from cli.app import app
 
     csv = tmp_path / "records.csv"
     csv.write_text("id,text,label\n1,a first record,0\n")
@@ -125,7 +125,7 @@ def test_every_command_leaves_the_migrated_schema_or_none(db_url: str, command: 
 
 def test_flagged_before_any_champion_says_there_is_none_yet(
         db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from anomdet.cli import app
+    from cli.app import app
 
     monkeypatch.setenv("ANOMDET_DATABASE_URL", db_url)
     migrate(get_engine(db_url))

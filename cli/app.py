@@ -74,7 +74,7 @@ _USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Usag
 def _usage(exc: Exception) -> str:
     """A usage error in one line, with the way to the command's help."""
     ctx = getattr(exc, "ctx", None)
-    # The program's own name varies (`python -m anomdet.cli`, a test runner): say anomdet.
+    # The program's own name varies (`python -m cli`, a test runner): say anomdet.
     names, at = [], ctx
     while at is not None and at.parent is not None:
         names.insert(0, at.info_name)
@@ -903,8 +903,8 @@ def serve(
 
 
 def main() -> None:
-    """Console entry point."""
-    app()
+    """Entry point of `python -m cli`, under the console script's name."""
+    app(prog_name="anomdet")
 
 
 if __name__ == "__main__":
