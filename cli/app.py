@@ -295,22 +295,12 @@ def _model_environment() -> None:
 
 
 def _settings() -> Any:
-    from pydantic import ValidationError
-
-    from anomdet.settings import Settings
+    from anomdet.settings import InvalidConfiguration, load_settings
 
     try:
-        return Settings()
-    except ValidationError as exc:
-        from anomdet.settings import describe_invalid
-
-        _fail("invalid configuration (ANOMDET_* environment variables): "
-              f"{describe_invalid(exc)}")
-    except ValueError as exc:
-        from anomdet.settings import describe_unparsed
-
-        _fail(f"invalid configuration (ANOMDET_* environment variables): "
-              f"{describe_unparsed(exc) or exc}")
+        return load_settings()
+    except InvalidConfiguration as exc:
+        _fail(str(exc))
 
 
 def _fail(message: str, code: int = 1) -> None:

@@ -26,8 +26,8 @@ import sqlalchemy as sa
 from click.testing import Result
 from typer.testing import CliRunner
 
-from cli.app import app
 from anomdet.model import WEIGHTS_FILE
+from cli.app import app
 from db.engine import get_engine
 from tests.databases import Database, copy_database, drop_database, new_database
 from tests.flows.test_retrain import seed_records, toy_records
