@@ -151,14 +151,12 @@ def _explain(exc: BaseException) -> str:
     if is_run_timeout(exc):
         return timed_out(exc, fine_tune_minutes=settings.fine_tune_timeout_minutes,
                          retrain_minutes=settings.retrain_timeout_minutes)
-    if isinstance(exc, ValueError) and "isoformat" in str(exc):
-        # A timestamp the driver could not read: name the table, column and rows.
-        from db.checks import unreadable_timestamps
+    # A timestamp the driver could not read: name the table, column and rows.
+    from db.checks import explain_unreadable_timestamps
 
-        with settings.engine().connect() as conn:
-            problem = unreadable_timestamps(conn, settings.records.mapping())
-        if problem:
-            return problem
+    problem = explain_unreadable_timestamps(exc, settings.engine(), settings.records.mapping())
+    if problem:
+        return problem
     return explain(exc, database_url=settings.database_url,
                    connect_timeout=settings.connect_timeout)
 
@@ -427,8 +425,7 @@ def _check_before_training(settings: Any, base_model: str | None = None) -> None
                   "export PREFECT_API_URL=http://127.0.0.1:4200/api, or unset the variable")
     engine = settings.engine()
     migrate(engine)
-    with engine.connect() as conn:
-        reflect_records_table(conn, settings.records.mapping())
+    reflect_records_table(engine, settings.records.mapping())
     check_writable(settings.artifact_root())
     _check_room(settings, base_model or settings.training.base_model)
 
@@ -504,31 +501,20 @@ def demo(
     settings = _settings()  # every setting is checked before a model library loads
     _model_environment()
     from anomdet.demo import generate_demo_records
-    from db.records import count_rows, upsert_records
+    from db.service import count_runs, seed_if_empty
 
     engine = settings.engine()
     mapping = settings.records.mapping()
-    table = _records_table(engine, mapping)
-    with engine.begin() as conn:
-        if count_rows(conn, table) == 0:
-            frame = generate_demo_records(rows, anomaly_rate=anomaly_rate,
-                                          labelled_fraction=labelled)
-            upsert_records(conn, table, mapping, frame)
-            out.print(f"seeded {len(frame)} demo records into {mapping.table!r} "
-                      f"({int(frame['label'].notna().sum())} labelled)")
+    frame = seed_if_empty(engine, _records_table(engine, mapping), mapping,
+                          lambda: generate_demo_records(rows, anomaly_rate=anomaly_rate,
+                                                        labelled_fraction=labelled))
+    if frame is not None:
+        out.print(f"seeded {len(frame)} demo records into {mapping.table!r} "
+                  f"({int(frame['label'].notna().sum())} labelled)")
     out.print(f"database: {settings.safe_database_url()}")
-    _run_retrain(base_model, epochs, settings.training.seed + _previous_runs(settings), None,
+    previous_runs = count_runs(engine, settings.model_name)
+    _run_retrain(base_model, epochs, settings.training.seed + previous_runs, None,
                  learning_rate)
-
-
-def _previous_runs(settings: Any) -> int:
-    from db import repository as repo
-    from db.engine import migrate, session_scope
-
-    engine = settings.engine()
-    migrate(engine)
-    with session_scope(engine) as session:
-        return repo.count_runs(session=session, model_name=settings.model_name)
 
 
 @app.command("import-csv")
@@ -539,7 +525,8 @@ def import_csv(file: Path = typer.Argument(..., help="CSV with columns id,text a
     settings = _settings()
     from anomdet.csv_import import read_records_csv
     from db.engine import migrate
-    from db.records import target_id_column, upsert_records
+    from db.records import target_id_column
+    from db.service import write_records
 
     engine = settings.engine()
     mapping = settings.records.mapping()
@@ -550,9 +537,7 @@ def import_csv(file: Path = typer.Argument(..., help="CSV with columns id,text a
         _fail(str(exc))
     # After the file is accepted, so that a refused one leaves the database as it was.
     migrate(engine)
-    table = _records_table(engine, mapping)
-    with engine.begin() as conn:
-        written = upsert_records(conn, table, mapping, frame)
+    written = write_records(engine, _records_table(engine, mapping), mapping, frame)
     out.print(f"imported {written} records into {mapping.table!r}")
 
 
@@ -582,13 +567,13 @@ def score(
     out.print(json.dumps(summary, indent=2, default=str), markup=False, highlight=False)
 
 
-def _session(*, writes: bool = False):
-    """Settings and a session of a command that reads (`status`, `models`, `flagged`,
+def _database(*, writes: bool = False) -> tuple[Any, sa.Engine]:
+    """Settings and the engine of a command that reads (`status`, `models`, `flagged`,
     `queue`), or with `writes` changes (`rollback`), anomdet's tables. Neither creates the
     database or its tables: a database without them ends the command with what to do.
     Tables of an older schema are migrated for a command that writes, refused by one
     that reads."""
-    from db.engine import migrate, session_scope
+    from db.engine import migrate
 
     settings = _settings()
     engine = settings.engine()
@@ -597,17 +582,14 @@ def _session(*, writes: bool = False):
         migrate(engine)
     elif problem:
         _fail(problem)
-    return settings, session_scope(engine)
+    return settings, engine
 
 
 def _schema_problem(engine: sa.Engine, settings: Any, *, writes: bool) -> str | None:
     """Why anomdet's tables cannot be used in this database ("older": a migration would
     make them usable), or None when they can."""
-    from sqlalchemy.engine import make_url
+    from db.engine import NoDatabaseFile, describe_database, head_revision, schema_revision
 
-    from db.engine import NoDatabaseFile, head_revision, schema_revision
-
-    url = make_url(settings.database_url)
     only = ("this command changes only anomdet's own tables" if writes
             else "this command only reads")
     start = ("point ANOMDET_DATABASE_URL at anomdet's database, or start one there with "
@@ -620,9 +602,7 @@ def _schema_problem(engine: sa.Engine, settings: Any, *, writes: bool) -> str | 
                     f"{missing.path.parent} does not exist; create it or fix "
                     "ANOMDET_DATABASE_URL")
         return f"SQLite database {missing.path} does not exist, and {only}; {start}"
-    where = (f"SQLite database {url.database}" if url.get_backend_name() == "sqlite" else
-             f"PostgreSQL database {url.database!r} on {url.host or 'localhost'}:"
-             f"{url.port or 5432}")
+    where = describe_database(settings.database_url)
     if revision is None:
         return f"{where} holds no anomdet tables, and {only}; {start}"
     head = head_revision()
@@ -639,12 +619,10 @@ def _schema_problem(engine: sa.Engine, settings: Any, *, writes: bool) -> str | 
 def status(runs: int = typer.Option(5, min=1, help="how many recent runs to show")) -> None:
     """The champion and the latest runs with their decisions."""
     _environment()
-    from db import repository as repo
+    from db.service import champion_and_runs
 
-    settings, scope = _session()
-    with scope as session:
-        champion = repo.get_champion(session=session, model_name=settings.model_name)
-        recent = repo.recent_runs(session=session, model_name=settings.model_name, limit=runs)
+    settings, engine = _database()
+    champion, recent = champion_and_runs(engine, settings.model_name, runs)
     if champion:
         f1 = champion.metrics.get("f1")
         out.print(f"champion: {settings.model_name} version {champion.version} "
@@ -686,28 +664,20 @@ def _process_gone(run: Any) -> str | None:
 def flagged(limit: int = typer.Option(20, min=1, help="rows to show")) -> None:
     """The champion's flagged records with their text (the anomdet_flagged view)."""
     _environment()
-    import sqlalchemy.exc as sa_exc
+    from db.service import FLAGGED_QUERY, FlaggedViewMissing, champion_flags
 
-    from db import repository as repo
-
-    settings, scope = _session()
+    settings, engine = _database()
     try:
-        with scope as session:
-            # Before a first promotion nothing is flagged, and the view may not exist yet.
-            champion = repo.get_champion(session=session, model_name=settings.model_name)
-            rows = repo.flagged_rows(session=session, limit=limit) if champion else []
-    except sa_exc.ProgrammingError:  # no such view (PostgreSQL)
-        _fail(_why_no_flagged_view(settings))
-    except sa_exc.OperationalError as exc:
-        # SQLite's words for a missing view, or for the missing table of an existing one.
-        if "no such table" not in str(exc.orig):
-            raise
-        _fail(_why_no_flagged_view(settings))
+        champion, rows = champion_flags(engine, settings.model_name,
+                                        settings.records.mapping(), limit)
+    except FlaggedViewMissing as missing:
+        _fail(f"anomdet_flagged cannot be read: {missing.reason}" if missing.reason else
+              "anomdet_flagged does not exist yet; run `anomdet retrain` first")
     if champion is None:
         out.print(f"no champion of {settings.model_name!r} yet: nothing is flagged until "
                   "`anomdet retrain` promotes one", soft_wrap=True, highlight=False)
         return
-    table = Table(title="SELECT * FROM anomdet_flagged ORDER BY score DESC")
+    table = Table(title=FLAGGED_QUERY)
     for col in ("record_id", "score", "version", "text"):
         table.add_column(col)
     for row in rows:
@@ -716,30 +686,16 @@ def flagged(limit: int = typer.Option(20, min=1, help="rows to show")) -> None:
     out.print(table)
 
 
-def _why_no_flagged_view(settings: Any) -> str:
-    """Why anomdet_flagged cannot be read: the records it joins are gone, or the view
-    was never made."""
-    from db.records import reflect_records_table
-
-    try:
-        with settings.engine().connect() as conn:
-            reflect_records_table(conn, settings.records.mapping())
-    except ValueError as exc:
-        return f"anomdet_flagged cannot be read: {exc}"
-    return "anomdet_flagged does not exist yet; run `anomdet retrain` first"
-
-
 @app.command()
 def models() -> None:
     """Every model version with its status, test metrics, production precision of its
     reviewed flags, and promotion/retirement times."""
     _environment()
-    from db import repository as repo
+    from db.service import QUALITY_QUERY, versions_and_quality
 
-    settings, scope = _session()
-    with scope as session:
-        versions = repo.list_versions(session=session, model_name=settings.model_name)
-        quality = _version_quality(session, settings) if versions else {}
+    settings, engine = _database()
+    versions, quality = versions_and_quality(engine, settings.model_name,
+                                             settings.records.mapping())
     table = Table(title=f"versions of {settings.model_name}")
     for col in ("version", "status", "f1", "pr_auc", "threshold", "flags", "reviewed",
                 "precision (95% CI)", "base model", "created", "promoted", "retired"):
@@ -754,21 +710,8 @@ def models() -> None:
     out.print(table if versions else f"no versions of {settings.model_name!r} yet")
     if quality:
         out.print("precision: of the flags reviewers labelled since (label 1 confirms a flag, "
-                  "0 dismisses it); SELECT * FROM anomdet_version_quality", highlight=False,
+                  f"0 dismisses it); {QUALITY_QUERY}", highlight=False,
                   markup=False, soft_wrap=True)
-
-
-def _version_quality(session: Any, settings: Any) -> dict[int, dict[str, Any]]:
-    """anomdet_version_quality's rows by version; none while the records table is missing."""
-    from db.feedback import version_quality
-    from db.records import reflect_records_table
-
-    mapping = settings.records.mapping()
-    try:
-        records = reflect_records_table(session.connection(), mapping)
-    except ValueError:
-        return {}
-    return version_quality(session, records, mapping, settings.model_name)
 
 
 def _reviewed(row: dict[str, Any] | None) -> str:
@@ -789,26 +732,21 @@ def queue(limit: int = typer.Option(20, min=1, help="rows to show")) -> None:
     """The unlabelled records to label next (the anomdet_label_queue view): those the
     champion is least sure of, and a sample of its high scores across distinct texts."""
     _environment()
-    from db import repository as repo
-    from db.feedback import label_queue
-    from db.records import reflect_records_table
+    from db.service import QUEUE_QUERY, champion_label_queue, verdict_sql
 
-    settings, scope = _session()
+    settings, engine = _database()
     mapping = settings.records.mapping()
-    with scope as session:
-        champion = repo.get_champion(session=session, model_name=settings.model_name)
-        if champion is None:
-            out.print(f"no champion of {settings.model_name!r} yet: the queue is made of its "
-                      "scores, so it fills once `anomdet retrain` promotes one",
-                      soft_wrap=True, highlight=False)
-            return
-        try:
-            records = reflect_records_table(session.connection(), mapping)
-        except ValueError as exc:
-            _fail(str(exc))
-        rows = label_queue(session, records, mapping, settings.model_name,
-                           settings.review.queue_sample_every, limit)
-    table = Table(title="SELECT * FROM anomdet_label_queue ORDER BY rank")
+    try:
+        rows = champion_label_queue(engine, settings.model_name, mapping,
+                                    settings.review.queue_sample_every, limit)
+    except ValueError as exc:
+        _fail(str(exc))
+    if rows is None:
+        out.print(f"no champion of {settings.model_name!r} yet: the queue is made of its "
+                  "scores, so it fills once `anomdet retrain` promotes one",
+                  soft_wrap=True, highlight=False)
+        return
+    table = Table(title=QUEUE_QUERY)
     for col in ("rank", "record_id", "score", "threshold", "version", "reason", "copies",
                 "text"):
         table.add_column(col)
@@ -818,9 +756,8 @@ def queue(limit: int = typer.Option(20, min=1, help="rows to show")) -> None:
                       _cell(row["reason"]), str(row["copies"]), _cell(row["text"], 80))
     out.print(table if rows else "the queue is empty: no unlabelled record holds a score of "
               "the champion (`anomdet score` scores new records)")
-    out.print(f"record a verdict: UPDATE {mapping.table} SET {mapping.label_column} = 1 "
-              f"(anomaly) or 0 (normal) WHERE {mapping.id_column} = ...", markup=False,
-              highlight=False, soft_wrap=True)
+    out.print(f"record a verdict: {verdict_sql(mapping)}", markup=False, highlight=False,
+              soft_wrap=True)
 
 
 @app.command()
@@ -831,23 +768,20 @@ def rollback(
     """Make an earlier version champion again; anomdet_flagged follows it."""
     _environment()
     from anomdet.artifact import verify_artifact
-    from db import repository as repo
+    from db.repository import ChampionChanged
+    from db.service import roll_back
 
-    settings, scope = _session(writes=True)
+    settings, engine = _database(writes=True)
     try:
-        with scope as session:
-            # The artifact is checked inside the transaction: a version whose files are
-            # gone or altered never becomes champion.
-            target, run = repo.rollback_champion(
-                session=session, model_name=settings.model_name, version=version, reason=reason,
-                verify=lambda v: verify_artifact(Path(v.artifact_uri), v.weights_sha256))
-            previous = (session.get(type(target), run.champion_version_id)
-                        if run.champion_version_id is not None else None)
-    except (ValueError, repo.ChampionChanged) as exc:
+        # The artifact is checked inside the transaction: a version whose files are
+        # gone or altered never becomes champion.
+        done = roll_back(engine, settings.model_name, version, reason,
+                         verify=lambda v: verify_artifact(Path(v.artifact_uri), v.weights_sha256))
+    except (ValueError, ChampionChanged) as exc:
         _fail(str(exc))
-    _emit_rolled_back(settings.model_name, target.version,
-                      previous.version if previous else None, reason, run.id)
-    out.print(f"version {target.version} is champion again (recorded as run {run.id}). "
+    _emit_rolled_back(settings.model_name, done.version, done.previous_version, reason,
+                      done.run_id)
+    out.print(f"version {done.version} is champion again (recorded as run {done.run_id}). "
               "Run `anomdet score` to flag records it has not scored yet.")
 
 

@@ -76,6 +76,16 @@ def environment_database_url() -> str:
     return os.environ.get(DATABASE_URL_VARIABLE, DEFAULT_DATABASE_URL)
 
 
+def describe_database(url: str) -> str:
+    """The database of `url` for people, without its password: "SQLite database PATH" or
+    "PostgreSQL database 'NAME' on HOST:PORT"."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite database {parsed.database}"
+    return (f"PostgreSQL database {parsed.database!r} on {parsed.host or 'localhost'}:"
+            f"{parsed.port or 5432}")
+
+
 def get_engine(url: str, connect_timeout: float | None = None) -> Engine:
     """One engine per database URL (and connect timeout) for the whole process."""
     return _engine(url, float(connect_timeout or DEFAULT_CONNECT_TIMEOUT))
