@@ -134,7 +134,7 @@ def test_database_errors_name_the_place_and_hide_the_password() -> None:
 def test_failure_records_stay_off_the_terminal() -> None:
     import logging
 
-    from cli.app import _NoFailureTracebacks
+    from cli.runtime import _NoFailureTracebacks
 
     quiet = _NoFailureTracebacks()
 
