@@ -86,7 +86,7 @@ def _flagged_view_missing(engine: sa.Engine, mapping: RecordsMapping) -> Flagged
 
 def versions_and_quality(engine: sa.Engine, model_name: str, mapping: RecordsMapping
                          ) -> tuple[list[ModelVersion], dict[int, dict[str, Any]]]:
-    """Every version of `model_name`, oldest first, and anomdet_version_quality's rows by
+    """Every version of `model_name`, newest first, and anomdet_version_quality's rows by
     version number (none while there are no versions, or no records table)."""
     with session_scope(engine) as session:
         versions = repo.list_versions(session=session, model_name=model_name)
