@@ -8,8 +8,8 @@ transaction. From the command line, at the repository root (see alembic.ini):
 
 the database is the one every anomdet command uses: alembic.ini names the function
 that opens it (`engine`, "module:function"), so that this environment reads no settings
-and `db` imports nothing above it. Without that option the database is
-`sqlalchemy.url`, else ANOMDET_DATABASE_URL, else the default SQLite file.
+and `db` imports nothing above it. A caller's `sqlalchemy.url` comes first; with neither,
+the database is ANOMDET_DATABASE_URL, else the default SQLite file.
 """
 
 from __future__ import annotations
@@ -35,11 +35,12 @@ def _migrate(connection: sa.Connection) -> None:
 
 
 def _configured_engine() -> sa.Engine:
+    url = config.get_main_option("sqlalchemy.url")
     named = config.get_main_option("engine")
-    if named:
+    if named and not url:
         module, _, function = named.partition(":")
         return getattr(importlib.import_module(module), function)()
-    return get_engine(config.get_main_option("sqlalchemy.url") or environment_database_url())
+    return get_engine(url or environment_database_url())
 
 
 def run_migrations() -> None:
