@@ -26,7 +26,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from db.engine import DEFAULT_CONNECT_TIMEOUT, get_engine, session_scope
+from db.engine import DEFAULT_CONNECT_TIMEOUT, DEFAULT_DATABASE_URL, get_engine, session_scope
 from db.records import RecordsMapping, check_identifier
 
 if TYPE_CHECKING:
@@ -313,7 +313,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ANOMDET_", env_nested_delimiter="__",
                                       extra="ignore")
 
-    database_url: str = "sqlite:///anomdet.db"
+    database_url: str = DEFAULT_DATABASE_URL
     connect_timeout: float = Field(
         DEFAULT_CONNECT_TIMEOUT, gt=0, le=600,
         description="seconds to wait for the database server to accept a connection")
@@ -428,6 +428,23 @@ def describe_invalid(error: ValidationError) -> str:
         named = message if message.startswith(name) else f"{name}: {message}"
         problems.append(named.replace(name, f"{name}={value}", 1) if shown else named)
     return "; ".join(problems)
+
+
+class InvalidConfiguration(ValueError):
+    """The ANOMDET_* environment makes no valid settings; the message says why in one line."""
+
+
+def load_settings() -> Settings:
+    """The settings of the environment, or InvalidConfiguration naming each variable
+    refused and why (and never echoing the database URL, which may hold a password)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problem = describe_invalid(exc)
+    except ValueError as exc:
+        problem = describe_unparsed(exc) or str(exc)
+    raise InvalidConfiguration(
+        f"invalid configuration (ANOMDET_* environment variables): {problem}")
 
 
 def debug_requested(environ: Mapping[str, str] | None = None) -> bool:

@@ -122,7 +122,7 @@ def _peak():
         out.write(re.search(r"VmHWM:\\s+(\\d+) kB", status).group(1))
 atexit.register(_peak)
 sys.argv = ["anomdet", *sys.argv[1:]]
-runpy.run_module("anomdet.cli", run_name="__main__")
+runpy.run_module("cli", run_name="__main__")
 """
 
 

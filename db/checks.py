@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from db.records import RecordsMapping, reflect_records_table
 
@@ -43,6 +43,16 @@ def unreadable_timestamps(conn: Connection, mapping: RecordsMapping) -> str | No
             f"value(s) are not timestamps ({shown}); store them as ISO 8601 "
             "(e.g. 2026-02-01 03:00:00), or set ANOMDET_RECORDS__TIMESTAMP_COLUMN= to read "
             "no timestamp column")
+
+
+def explain_unreadable_timestamps(exc: BaseException, engine: Engine,
+                                  mapping: RecordsMapping) -> str | None:
+    """For a read that failed with `exc`: the sentence of `unreadable_timestamps` when the
+    driver could not parse a stored timestamp, or None for any other failure."""
+    if not (isinstance(exc, ValueError) and "isoformat" in str(exc)):
+        return None
+    with engine.connect() as conn:
+        return unreadable_timestamps(conn, mapping)
 
 
 def _reads(parse: Any, value: Any) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -63,6 +64,26 @@ def _sha3(value: object) -> bytes | None:
 #: Seconds to wait for a database server to accept a connection. A host that takes
 #: the connection and never answers would otherwise hold a command for minutes.
 DEFAULT_CONNECT_TIMEOUT = 10.0
+
+#: The variable that names anomdet's database, and the database where it is unset.
+DATABASE_URL_VARIABLE = "ANOMDET_DATABASE_URL"
+DEFAULT_DATABASE_URL = "sqlite:///anomdet.db"
+
+
+def environment_database_url() -> str:
+    """The database URL as the environment sets it: what the migrations fall back to
+    when their caller names no database (anomdet's settings read the same variable)."""
+    return os.environ.get(DATABASE_URL_VARIABLE, DEFAULT_DATABASE_URL)
+
+
+def describe_database(url: str) -> str:
+    """The database of `url` for people, without its password: "SQLite database PATH" or
+    "PostgreSQL database 'NAME' on HOST:PORT"."""
+    parsed = sa.engine.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return f"SQLite database {parsed.database}"
+    return (f"PostgreSQL database {parsed.database!r} on {parsed.host or 'localhost'}:"
+            f"{parsed.port or 5432}")
 
 
 def get_engine(url: str, connect_timeout: float | None = None) -> Engine:

@@ -17,12 +17,13 @@ from prefect.states import Completed, State
 
 from flows.logs import flow_timeout, new_run_name, run_namer, show_domain_logs
 from flows.parameters import ModelName, settings_for
+from flows.schedules import RETRAIN_ENTRYPOINT, declared
 from tasks.check import gather_findings, retrain_under_way, start_retrain
 from tasks.database import prepare_database
 from tasks.events import emit_labels_arrived
 
-#: The retrain deployment of prefect.yaml; `anomdet serve` passes its own.
-RETRAIN_DEPLOYMENT = "retrain/retrain-nightly"
+#: The retrain deployment of prefect.yaml, as flow/deployment; `anomdet serve` passes its own.
+RETRAIN_DEPLOYMENT = f"retrain/{declared(RETRAIN_ENTRYPOINT).name}"
 
 
 # Bounded by ANOMDET_CHECK_TIMEOUT_MINUTES: overlapping checks are cancelled, so one that

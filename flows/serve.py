@@ -1,9 +1,14 @@
-"""Serve both flows on their schedules from one long-running process, without a work pool.
+"""Serve the flows on their schedules from one long-running process, without a work pool.
 
 This is the lighter alternative to the deployments in prefect.yaml: no work pool, no
 worker, no `prefect deploy`; the process that calls `serve_all` polls the server and
 runs each scheduled or manually triggered run as a subprocess of itself. It still
 needs a Prefect server (PREFECT_API_URL) to hold the schedules and the run history.
+
+Each served deployment mirrors its flow's deployment in prefect.yaml (read through
+flows.schedules): description, tags, parameters, schedule and concurrency limit are
+written there once. Only the names differ, and the cron expressions and time zone when
+`anomdet serve` is given others.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import logging
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from prefect import serve
+from prefect import Flow, serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 from prefect.schedules import Cron, Schedule
@@ -19,17 +24,33 @@ from prefect.settings import get_current_settings
 
 from flows.check import check
 from flows.retrain import retrain
-from flows.schedules import CHECK_CRON, RETRAIN_CRON, SCORE_CRON, TIMEZONE
+from flows.schedules import (
+    CHECK_CRON,
+    CHECK_ENTRYPOINT,
+    RETRAIN_CRON,
+    RETRAIN_ENTRYPOINT,
+    SCORE_CRON,
+    SCORE_ENTRYPOINT,
+    TIMEZONE,
+    Declared,
+    declared,
+)
 from flows.score import score
 
 logger = logging.getLogger(__name__)
 
-#: Deployment names of the served flows. They differ from prefect.yaml's
-#: `retrain-nightly` and `score-hourly` on purpose: serving under those names would
-#: take over the work-pool deployments of the same flows on the same server.
-RETRAIN_SERVED = "retrain-served"
-SCORE_SERVED = "score-served"
-CHECK_SERVED = "check-served"
+
+def served_name(flow: Flow) -> str:
+    """The name under which `serve_all` serves `flow`. It differs from prefect.yaml's
+    names on purpose: serving under those would take over the work-pool deployments of
+    the same flows on the same server."""
+    return f"{flow.name}-served"
+
+
+#: Deployment names of the served flows.
+RETRAIN_SERVED = served_name(retrain)
+SCORE_SERVED = served_name(score)
+CHECK_SERVED = served_name(check)
 
 
 def _schedule(expression: str, timezone: str, what: str) -> Schedule:
@@ -47,41 +68,39 @@ def _schedule(expression: str, timezone: str, what: str) -> Schedule:
                          ) from exc
 
 
+def _limit(declaration: Declared) -> ConcurrencyLimitConfig | int | None:
+    if declaration.concurrency_limit is None or declaration.collision_strategy is None:
+        return declaration.concurrency_limit
+    return ConcurrencyLimitConfig(
+        limit=declaration.concurrency_limit,
+        collision_strategy=ConcurrencyLimitStrategy(declaration.collision_strategy))
+
+
 def served_deployments(retrain_cron: str = RETRAIN_CRON, score_cron: str = SCORE_CRON,
                        timezone: str = TIMEZONE, check_cron: str = CHECK_CRON
                        ) -> list[RunnerDeployment]:
     """The retraining, scoring and label-checking deployments that `serve_all` serves,
     not yet registered."""
-    retraining = retrain.to_deployment(
-        name=RETRAIN_SERVED,
-        schedules=[_schedule(retrain_cron, timezone, "retrain cron")],
-        # One retraining at a time: a run triggered during another waits for it.
-        concurrency_limit=ConcurrencyLimitConfig(
-            limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE),
-        description="Retrain the detector; promote only a challenger that beats the champion.",
-        tags=["anomdet", "retrain", "served"],
-    )
-    scoring = score.to_deployment(
-        name=SCORE_SERVED,
-        schedules=[_schedule(score_cron, timezone, "score cron")],
-        # Scoring is incremental: a run that would overlap the previous one is dropped.
-        concurrency_limit=ConcurrencyLimitConfig(
-            limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
-        description="Score new unlabelled records with the champion and write their flags.",
-        tags=["anomdet", "score", "served"],
-    )
-    checking = check.to_deployment(
-        name=CHECK_SERVED,
-        schedules=[_schedule(check_cron, timezone, "check cron")],
-        # It starts the served retrain deployment, whose limit keeps one retrain at a time.
-        parameters={"retrain_deployment": f"{retrain.name}/{RETRAIN_SERVED}"},
-        concurrency_limit=ConcurrencyLimitConfig(
-            limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW),
-        description="Start a retrain when enough new labels arrived or the unlabelled "
-                    "records drifted.",
-        tags=["anomdet", "check", "served"],
-    )
-    return [retraining, scoring, checking]
+    served = [(retrain, declared(RETRAIN_ENTRYPOINT), retrain_cron),
+              (score, declared(SCORE_ENTRYPOINT), score_cron),
+              (check, declared(CHECK_ENTRYPOINT), check_cron)]
+    # A parameter naming a deployment of prefect.yaml (the check flow's retrain_deployment)
+    # names its served twin instead: a served check starts the served retrain, whose
+    # concurrency limit keeps one retrain at a time.
+    twins = {f"{flow.name}/{declaration.name}": f"{flow.name}/{served_name(flow)}"
+             for flow, declaration, _ in served}
+    # prefect.yaml's triggers stay with `prefect deploy`: served copies would start a
+    # second run for each event on a server that holds the work-pool deployments too.
+    return [flow.to_deployment(
+        name=served_name(flow),
+        schedules=[_schedule(cron, timezone, f"{flow.name} cron")],
+        concurrency_limit=_limit(declaration),
+        parameters={name: twins.get(value, value) if isinstance(value, str) else value
+                    for name, value in declaration.parameters.items()},
+        enforce_parameter_schema=declaration.enforce_parameter_schema,
+        description=declaration.description,
+        tags=[*declaration.tags, "served"],
+    ) for flow, declaration, cron in served]
 
 
 def serve_all(retrain_cron: str = RETRAIN_CRON, score_cron: str = SCORE_CRON,

@@ -25,7 +25,7 @@ for name in list(os.environ):
     if name.startswith("ANOMDET_") and name != "ANOMDET_TEST_POSTGRES_URL":
         del os.environ[name]
 # pytest-xdist's workers inherit COLUMNS=80 and LINES=24; rich would fix the command
-# line's width at 80 when `anomdet.cli` is imported, before CliRunner sets its own.
+# line's width at 80 when `cli` is imported, before CliRunner sets its own.
 for name in ("COLUMNS", "LINES"):
     os.environ.pop(name, None)
 # Each xdist worker takes its share of the cores for torch (anomdet.device.configure_threads

@@ -27,7 +27,7 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from anomdet.artifact import WEIGHTS_FILE
-from anomdet.cli import app
+from cli.app import app
 from db.engine import get_engine
 from tests.databases import Database, copy_database, drop_database, new_database
 from tests.flows.test_retrain import seed_records, toy_records

@@ -23,7 +23,7 @@ import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
 
-from anomdet.cli import app
+from cli.app import app
 from db.engine import get_engine
 from flows.retrain import CANCELLED
 from tests.databases import only_on
@@ -77,7 +77,7 @@ def command(anomdet_env: str, tmp_path: Path) -> Iterator[dict[str, object]]:
 def _start(command: dict[str, object]) -> subprocess.Popen:
     # Output to files: a server that outlived the command would hold a pipe open.
     with open(command["stderr"], "wb") as stderr:  # type: ignore[arg-type]
-        return subprocess.Popen([sys.executable, "-m", "anomdet.cli", "retrain"], cwd=ROOT,
+        return subprocess.Popen([sys.executable, "-m", "cli", "retrain"], cwd=ROOT,
                                 env=command["env"], stdout=subprocess.DEVNULL, stderr=stderr)
 
 

@@ -534,7 +534,7 @@ def _check_one_retrain_at_a_time(server: Server, client: Any, served: Any, env: 
     seed_records(env["ANOMDET_DATABASE_URL"], toy_records(300))  # enough labels to train
     params = {"base_model": "tiny-random", "epochs": 2}
     cli_log = work / "cli.log"
-    args = [sys.executable, "-m", "anomdet.cli", "retrain", "--base-model", "tiny-random",
+    args = [sys.executable, "-m", "cli", "retrain", "--base-model", "tiny-random",
             "--epochs", "2"]
     with _process(args, {**env, "ANOMDET_PROMOTION__FIRST_RUN": "always"}, REPO,
                   cli_log) as cli:

@@ -6,18 +6,21 @@ transaction. From the command line, at the repository root (see alembic.ini):
     alembic upgrade head
     alembic revision --autogenerate --rev-id 0004 -m "what changes"
 
-the database is the one every anomdet command uses: ANOMDET_DATABASE_URL, or the
-settings' default.
+the database is the one every anomdet command uses: alembic.ini names the function
+that opens it (`engine`, "module:function"), so that this environment reads no settings
+and `db` imports nothing above it. A caller's `sqlalchemy.url` comes first; with neither,
+the database is ANOMDET_DATABASE_URL, else the default SQLite file.
 """
 
 from __future__ import annotations
 
+import importlib
 from logging.config import fileConfig
 
 import sqlalchemy as sa
 from alembic import context
 
-from db.engine import MIGRATION_OPTIONS, lock_migrations
+from db.engine import MIGRATION_OPTIONS, environment_database_url, get_engine, lock_migrations
 from db.models import Base
 
 config = context.config
@@ -32,21 +35,12 @@ def _migrate(connection: sa.Connection) -> None:
 
 
 def _configured_engine() -> sa.Engine:
-    # The command line reads the same settings as the anomdet commands (URL, default,
-    # checks, connect timeout): one home for the URL, and no secret in alembic.ini.
-    # Imported here only, so that migrating from code keeps `db` free of `anomdet`.
-    from pydantic import ValidationError
-
-    from anomdet.settings import Settings
-
-    try:
-        return Settings().engine()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'settings'}: "
-            f"{e['msg'].removeprefix('Value error, ')}" for e in exc.errors())
-        raise SystemExit(f"error: invalid configuration (ANOMDET_* environment variables): "
-                         f"{problems}") from None
+    url = config.get_main_option("sqlalchemy.url")
+    named = config.get_main_option("engine")
+    if named and not url:
+        module, _, function = named.partition(":")
+        return getattr(importlib.import_module(module), function)()
+    return get_engine(url or environment_database_url())
 
 
 def run_migrations() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from anomdet.cli import app
+from cli.app import app
 from db import repository as repo
 from db.engine import get_engine, session_scope
 from tests.databases import only_on
@@ -134,7 +134,7 @@ def test_database_errors_name_the_place_and_hide_the_password() -> None:
 def test_failure_records_stay_off_the_terminal() -> None:
     import logging
 
-    from anomdet.cli import _NoFailureTracebacks
+    from cli.runtime import _NoFailureTracebacks
 
     quiet = _NoFailureTracebacks()
 

@@ -19,7 +19,7 @@ COMMANDS = (("--help",), ("status",), ("flagged",), ("models",), ("rollback", "-
 # Runs one command in-process, then prints its exit code and which heavy packages are loaded.
 _PROBE = f"""
 import json, sys
-from anomdet.cli import app
+from cli.app import app
 try:
     app(sys.argv[1:], prog_name="anomdet")
     code = 0

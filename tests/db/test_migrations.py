@@ -96,6 +96,29 @@ def test_alembic_command_line_refuses_a_bad_setting_in_one_line(sqlite_url: str)
     assert "ANOMDET_TRAINNG__EPOCHS" in result.stderr and "Traceback" not in result.stderr
 
 
+def _upgrade_without_a_connection(config_url: str | None) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    if config_url:
+        config.set_main_option("sqlalchemy.url", config_url)
+    command.upgrade(config, "head")
+
+
+def test_migrations_take_the_url_of_their_config_else_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # No alembic.ini here, so no settings: the environment reads the URL itself.
+    named, from_environment = (f"sqlite:///{tmp_path / name}" for name in ("a.db", "b.db"))
+    monkeypatch.setenv("ANOMDET_DATABASE_URL", from_environment)
+    _upgrade_without_a_connection(named)
+    assert _revision(get_engine(named)) == HEAD
+    assert not (tmp_path / "b.db").exists()
+    _upgrade_without_a_connection(None)
+    assert _revision(get_engine(from_environment)) == HEAD
+
+
 COMMANDS = [["status"], ["flagged"], ["models"], ["queue"], ["rollback", "1", "--reason", "test"],
             ["import-csv", "records.csv"]]
 # None of these creates anomdet's tables; rollback has nothing to roll back without them.
@@ -107,7 +130,7 @@ def test_every_command_leaves_the_migrated_schema_or_none(db_url: str, command: 
                                                           tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch
                                                           ) -> None:
-    from anomdet.cli import app
+    from cli.app import app
 
     csv = tmp_path / "records.csv"
     csv.write_text("id,text,label\n1,a first record,0\n")
@@ -125,7 +148,7 @@ def test_every_command_leaves_the_migrated_schema_or_none(db_url: str, command: 
 
 def test_flagged_before_any_champion_says_there_is_none_yet(
         db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from anomdet.cli import app
+    from cli.app import app
 
     monkeypatch.setenv("ANOMDET_DATABASE_URL", db_url)
     migrate(get_engine(db_url))

@@ -11,7 +11,7 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 from typer.testing import CliRunner
 
-from anomdet.cli import app
+from cli.app import app
 from db import repository as repo
 from db.engine import get_engine, session_scope
 from tests.databases import only_on

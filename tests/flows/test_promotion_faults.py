@@ -299,7 +299,7 @@ def test_sigkill_leaves_champion_and_flags_and_the_next_run_completes(
                                    "ANOMDET_TRAINING__EPOCHS": "3",
                                    "ANOMDET_CHUNK_SIZE": "100",
                                    "ANOMDET_SCORING__BACKFILL_CHUNKS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "anomdet.cli", "retrain"], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "cli", "retrain"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for_moment(moment, anomdet_env, proc)

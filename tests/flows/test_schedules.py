@@ -21,7 +21,7 @@ def test_prefect_yaml_deployments_run_on_the_default_schedules() -> None:
 
 
 def test_serve_command_defaults_to_the_same_schedules() -> None:
-    from anomdet.cli import app
+    from cli.app import app
 
     serve = get_command(app).get_command(None, "serve")  # type: ignore[attr-defined]
     defaults = {p.name: p.default for p in serve.params}

@@ -84,7 +84,7 @@ def test_promotion_rejection_and_rollback_emit_their_events(
     anomdet_env: str, monkeypatch: pytest.MonkeyPatch,
     asserting_events_worker: EventsWorker,  # noqa: F811
 ) -> None:
-    from anomdet.cli import app
+    from cli.app import app
     from flows.retrain import retrain
 
     seed_records(anomdet_env, toy_records())
