@@ -102,6 +102,10 @@ def _wait_for(url: str, sql: str, proc: subprocess.Popen, what: str) -> None:
 def test_ctrl_c_during_fine_tuning_records_the_run_as_cancelled(
         anomdet_env: str, command: dict[str, object]) -> None:
     seed_records(anomdet_env, toy_records(1200))
+    # A schedule of a minute or more: the tiny model would otherwise finish its three
+    # epochs within the moment the test takes to see the run start and signal it.
+    command["env"] |= {"ANOMDET_TRAINING__MIN_STEPS": "5000",  # type: ignore[operator]
+                       "ANOMDET_TRAINING__MAX_STEPS": "5000"}
     proc = _start(command)
     try:
         # The split is recorded just before the baseline and the fine-tuning start.

@@ -305,9 +305,8 @@ def test_a_retrain_is_under_way_while_its_row_is_running_and_recent(engine: sa.E
 def test_flags_since_a_time_are_the_versions_highest_first(engine: sa.Engine) -> None:
     before = datetime.now(UTC) - timedelta(seconds=5)
     with session_scope(engine) as session:
-        v1 = repo.promote_new_version(session=session, expected_champion_id=None, version=1,
-                                      flags=_flag_rows(engine, {5: 0.9, 7: 0.7, 10: 0.8}),
-                                      **_version())
+        v1 = promote(session, expected_champion_id=None,
+                     flags=_flag_rows(engine, {5: 0.9, 7: 0.7, 10: 0.8}), **_version())
     with session_scope(engine) as session:
         number, rows = repo.flags_since(session=session, version_id=v1.id, since=before, limit=2)
         assert (number, [(r["record_id"], r["text"]) for r in rows]) == (

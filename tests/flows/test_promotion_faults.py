@@ -65,6 +65,8 @@ def weak_champion(anomdet_env: str, weak_templates: dict[str, Database], tmp_pat
             patch.setenv("ANOMDET_DATABASE_URL", template.url)
             patch.setenv("ANOMDET_ARTIFACTS_DIR", str(root / "artifacts"))
             patch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.0000001")
+            # The encoder alone: the n-gram evidence would learn the toy records by itself.
+            patch.setenv("ANOMDET_TRAINING__LEXICAL_EVIDENCE", "false")
             seed_records(template.url, toy_records(400))
             assert retrain(epochs=1).decision == "promoted"
         weak_templates[backend] = template

@@ -96,13 +96,19 @@ def test_a_stored_artifact_gives_its_folder_and_the_checksum_that_verifies_it(
 
     from anomdet.artifact import MANIFEST_FILE, sha256_file, verify_artifact
     from anomdet.encoder import TINY_RANDOM, load_base_model
+    from anomdet.lexical import WEIGHTS_FILE, Blend, LexicalEvidence, LexicalModel
 
     model, tokenizer = load_base_model(TINY_RANDOM, seed=0)
+    ngrams = LexicalModel.fit(["disk failure", "login ok"] * 5, [1, 0] * 5, seed=0)
+    lexical = LexicalEvidence(ngrams, Blend(1.0, 1.0))
     settings = Settings(artifacts_dir=tmp_path)
-    stored = tp.store_artifact.fn(SimpleNamespace(model=model, tokenizer=tokenizer), settings,
-                                  {"threshold": 0.5})
+    stored = tp.store_artifact.fn(
+        SimpleNamespace(model=model, tokenizer=tokenizer, lexical=lexical), settings,
+        {"threshold": 0.5})
     assert stored.path.parent == tmp_path.resolve() / settings.model_name
     assert stored.checksum == sha256_file(stored.path / MANIFEST_FILE)
+    # The n-gram model is part of what the checksum covers.
+    assert WEIGHTS_FILE in (stored.path / MANIFEST_FILE).read_text()
     verify_artifact(stored.path, stored.checksum)
 
 
