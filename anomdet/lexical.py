@@ -93,12 +93,14 @@ class LexicalModel:
                         "vocabularies": vocabularies}))
 
     @classmethod
-    def load(cls, directory: Path) -> LexicalModel:
-        """The model saved in `directory`; ValueError when its files disagree."""
+    def load(cls, directory: Path, saved: dict[str, Any] | None = None) -> LexicalModel:
+        """The model saved in `directory` (`saved`: its `lexical.json`, where the caller
+        has read it already); ValueError when its files disagree."""
         from safetensors.numpy import load_file
 
         directory = Path(directory)
-        saved = json.loads((directory / VOCABULARY_FILE).read_text())
+        if saved is None:
+            saved = json.loads((directory / VOCABULARY_FILE).read_text())
         tensors = load_file(str(directory / WEIGHTS_FILE))
         if set(saved["vectorisers"]) != set(VECTORISERS):
             raise ValueError(f"{directory / VOCABULARY_FILE}: vectorisers "
@@ -157,7 +159,7 @@ class Blend:
     def fit(cls, labels: np.ndarray, encoder_probabilities: np.ndarray,
             lexical_log_odds: np.ndarray) -> Blend:
         """Scales and calibration from validation labels and both models' scores."""
-        from sklearn.linear_model import LogisticRegression
+        from anomdet.metrics import platt_scaling
 
         def weight(values: np.ndarray) -> float:
             spread = float(np.std(values))
@@ -171,11 +173,9 @@ class Blend:
         y = np.asarray(labels, dtype=np.int64)
         if len(np.unique(y)) < 2 or float(np.std(combined)) <= 1e-9:
             return blend
-        platt = LogisticRegression(C=1e4, max_iter=1000).fit(combined.reshape(-1, 1), y)
-        slope, intercept = float(platt.coef_[0, 0]), float(platt.intercept_[0])
-        if not (np.isfinite(slope) and np.isfinite(intercept) and slope > 0):
-            return blend
-        return cls(blend.encoder_weight, blend.lexical_weight, slope, intercept)
+        fitted = platt_scaling(y, combined, regularisation_c=1e4)
+        return blend if fitted is None else cls(blend.encoder_weight, blend.lexical_weight,
+                                                *fitted)
 
     def as_dict(self) -> dict[str, float]:
         return {"encoder_weight": self.encoder_weight, "lexical_weight": self.lexical_weight,
@@ -214,4 +214,4 @@ class LexicalEvidence:
         if not (Path(directory) / WEIGHTS_FILE).is_file():
             return None
         saved = json.loads((Path(directory) / VOCABULARY_FILE).read_text())
-        return cls(LexicalModel.load(directory), Blend.from_dict(saved[BLEND_KEY]))
+        return cls(LexicalModel.load(directory, saved), Blend.from_dict(saved[BLEND_KEY]))

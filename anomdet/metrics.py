@@ -106,6 +106,22 @@ MIN_CALIBRATION_ANOMALIES = 30
 _LOGIT_CLIP = 1e-12
 
 
+def platt_scaling(labels: np.ndarray, log_odds: np.ndarray, *,
+                  regularisation_c: float = 1.0) -> tuple[float, float] | None:
+    """Slope and intercept of a logistic regression of the labels on the log-odds, or None
+    where the fit is unusable (a non-positive or non-finite slope)."""
+    # Written out because scikit-learn's Platt scaling (`CalibratedClassifierCV`) calibrates
+    # an estimator it refits or wraps, not a column of scores that is already there.
+    from sklearn.linear_model import LogisticRegression
+
+    platt = LogisticRegression(C=regularisation_c, max_iter=1000).fit(
+        np.asarray(log_odds, dtype=np.float64).reshape(-1, 1), labels)
+    slope, intercept = float(platt.coef_[0, 0]), float(platt.intercept_[0])
+    if not (math.isfinite(slope) and math.isfinite(intercept) and slope > 0):
+        return None
+    return slope, intercept
+
+
 def calibrated_f1_threshold(labels: np.ndarray, scores: np.ndarray,
                             best_f1_value: float) -> float | None:
     """The score at which the calibrated probability of an anomaly is half the best F1.
@@ -119,18 +135,14 @@ def calibrated_f1_threshold(labels: np.ndarray, scores: np.ndarray,
     has the figures). None where the fit is unusable
     (a non-positive or non-finite slope): the caller then keeps the max-F1 cut.
     """
-    # Written out because scikit-learn's Platt scaling (`CalibratedClassifierCV`) calibrates
-    # an estimator it refits or wraps, not a column of scores that is already there.
     from scipy.special import expit, logit
-    from sklearn.linear_model import LogisticRegression
 
-    log_odds = logit(np.clip(scores, _LOGIT_CLIP, 1.0 - _LOGIT_CLIP)).reshape(-1, 1)
-    platt = LogisticRegression().fit(log_odds, labels)
-    slope, intercept = float(platt.coef_[0, 0]), float(platt.intercept_[0])
-    if not (math.isfinite(slope) and math.isfinite(intercept) and slope > 0):
-        logger.warning("the validation scores could not be calibrated (slope %.4g); "
-                       "using the max-F1 threshold", slope)
+    fitted = platt_scaling(labels, logit(np.clip(scores, _LOGIT_CLIP, 1.0 - _LOGIT_CLIP)))
+    if fitted is None:
+        logger.warning("the validation scores could not be calibrated; using the max-F1 "
+                       "threshold")
         return None
+    slope, intercept = fitted
     cut = float(expit((float(logit(best_f1_value / 2)) - intercept) / slope))
     return min(max(cut, math.ulp(0.0)), 1.0)
 

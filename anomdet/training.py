@@ -123,6 +123,14 @@ def choose_precision(setting: str, fp32: ValQuality, int8: ValQuality, tolerance
     return "int8" if keeps else "fp32"
 
 
+def blend_on_validation(ngrams: LexicalModel, labels: np.ndarray, val_log_odds: np.ndarray,
+                        scores: np.ndarray) -> tuple[LexicalEvidence, np.ndarray]:
+    """The lexical evidence for an encoder's validation `scores` (the blend fitted on them
+    and the n-gram model's `val_log_odds`), and the blended validation scores."""
+    evidence = LexicalEvidence(ngrams, Blend.fit(labels, scores, val_log_odds))
+    return evidence, evidence.blend.scores(scores, val_log_odds)
+
+
 def _blended(split: Split, train: pd.DataFrame, settings: TrainingSettings,
              ) -> Callable[[np.ndarray], tuple[LexicalEvidence | None, np.ndarray]]:
     """For an encoder's validation scores, the lexical evidence that joins them (the
@@ -135,11 +143,7 @@ def _blended(split: Split, train: pd.DataFrame, settings: TrainingSettings,
     y_val = split.val["label"].to_numpy()
     val_log_odds = ngrams.log_odds(split.val["text"].tolist())
 
-    def blend(scores: np.ndarray) -> tuple[LexicalEvidence, np.ndarray]:
-        evidence = LexicalEvidence(ngrams, Blend.fit(y_val, scores, val_log_odds))
-        return evidence, evidence.blend.scores(scores, val_log_odds)
-
-    return blend
+    return lambda scores: blend_on_validation(ngrams, y_val, val_log_odds, scores)
 
 
 def train_challenger(

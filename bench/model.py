@@ -40,11 +40,11 @@ from anomdet.device import configure_threads, describe, inference_dtype, pick_de
 from anomdet.encoder import load_base_model, quiet_transformers
 from anomdet.finetune import TrainConfig, fine_tune
 from anomdet.inference import for_inference, predict_scores
-from anomdet.lexical import Blend, LexicalEvidence
+from anomdet.lexical import LexicalEvidence
 from anomdet.metrics import best_f1, choose_threshold
 from anomdet.promotion import EvalResult
 from anomdet.settings import TrainingSettings
-from anomdet.training import Challenger, evaluate, train_challenger
+from anomdet.training import Challenger, blend_on_validation, evaluate, train_challenger
 from bench.suite import (
     BEST_THRESHOLD_KEYS,
     BenchSet,
@@ -345,9 +345,8 @@ def _fp32_evaluation(challenger: Challenger, split: Split, settings: TrainingSet
     y_val, val = split.val["label"].to_numpy(), challenger.result.val_scores
     lexical = challenger.lexical
     if lexical is not None:
-        val_log_odds = lexical.model.log_odds(split.val["text"].tolist())
-        lexical = LexicalEvidence(lexical.model, Blend.fit(y_val, val, val_log_odds))
-        val = lexical.blend.scores(val, val_log_odds)
+        lexical, val = blend_on_validation(
+            lexical.model, y_val, lexical.model.log_odds(split.val["text"].tolist()), val)
     threshold = choose_threshold(y_val, val, target_precision=settings.target_precision)
     return evaluate(challenger.model, challenger.tokenizer, split.test, threshold,
                     lexical=lexical, **kwargs)
