@@ -74,11 +74,18 @@ def command(anomdet_env: str, tmp_path: Path) -> Iterator[dict[str, object]]:
         os.kill(pid, signal.SIGKILL)
 
 
+def _interruptible() -> None:
+    # A child inherits an ignored SIGINT, and Python then leaves Ctrl-C ignored; an earlier
+    # test in this worker may have left it so. The command starts as from a terminal.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(command: dict[str, object]) -> subprocess.Popen:
     # Output to files: a server that outlived the command would hold a pipe open.
     with open(command["stderr"], "wb") as stderr:  # type: ignore[arg-type]
         return subprocess.Popen([sys.executable, "-m", "cli", "retrain"], cwd=ROOT,
-                                env=command["env"], stdout=subprocess.DEVNULL, stderr=stderr)
+                                env=command["env"], stdout=subprocess.DEVNULL, stderr=stderr,
+                                preexec_fn=_interruptible)
 
 
 def _scalar(url: str, sql: str) -> object:
