@@ -231,6 +231,9 @@ class ValidationSettings(BaseModel):
     anomaly_rate_min: float = Field(0.001, ge=0, le=1)
     anomaly_rate_max: float = Field(0.5, ge=0, le=1, validate_default=True)
     max_duplicate_text_ratio: float = Field(0.5, ge=0, le=1)
+    # Great Expectations' Data Docs (HTML) of each run's validation, under the artifacts
+    # folder. The verdict and the run's validation artifact do not depend on them.
+    data_docs: bool = True
 
     @field_validator("text_max_length", "anomaly_rate_max")
     @classmethod
@@ -252,7 +255,7 @@ class ValidationSettings(BaseModel):
         """The validation module's config object."""
         from anomdet.validation import ValidationConfig
 
-        return ValidationConfig(**self.model_dump())
+        return ValidationConfig(**self.model_dump(exclude={"data_docs"}))
 
 
 class DriftSettings(BaseModel):

@@ -211,7 +211,8 @@ def _read_labelled(settings: Settings, run_id: int) -> pd.DataFrame:
 def _validate(settings: Settings, run_id: int, frame: pd.DataFrame) -> ValidationReport:
     """The data gate's report, published whatever it found; `DataValidationError` when
     the records fail it."""
-    docs_dir = data_docs_dir(settings.artifact_root(), run_id)
+    docs_dir = (data_docs_dir(settings.artifact_root(), run_id)
+                if settings.validation.data_docs else None)
     validated = validate_records(frame, settings, docs_dir, return_state=True)
     try:
         report = validated.result()

@@ -111,6 +111,9 @@ def anomdet_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.001")
     monkeypatch.setenv("ANOMDET_TRAINING__MIN_STEPS", "40")
     monkeypatch.setenv("ANOMDET_PROMOTION__BOOTSTRAP_RESAMPLES", "200")
+    # Data Docs are HTML for people, built by GE in half a second a run; the tests that
+    # read them turn them on.
+    monkeypatch.setenv("ANOMDET_VALIDATION__DATA_DOCS", "false")
     # A tiny random BERT rarely reaches the TF-IDF baseline; tests that need a champion
     # get one whatever it scores, and the baseline rule has tests of its own.
     monkeypatch.setenv("ANOMDET_PROMOTION__FIRST_RUN", "always")

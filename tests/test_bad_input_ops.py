@@ -400,6 +400,7 @@ def test_the_view_is_replaced_only_when_its_definition_changes(db_url: str) -> N
 
 def test_markup_in_record_values_stays_text_in_data_docs(db: Database, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANOMDET_VALIDATION__DATA_DOCS", "true")
     payload = "<img src=x onerror=alert(1)>"
     [rid] = labelled_ids(1)
     if db.backend == "sqlite":

@@ -3,6 +3,7 @@ and PostgreSQL; what it decides before writing (validation, split, baseline) on 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,9 @@ def test_first_run_promotes_and_flags(anomdet_env: str) -> None:
     assert run.decision == "promoted" and run.state == "completed"
     assert run.challenger_metrics["f1"] == pytest.approx(outcome.challenger["f1"])
     assert run.validation["success"] is True
+    # ANOMDET_VALIDATION__DATA_DOCS=false (tests/conftest.py): no HTML was built; the
+    # Data Docs test in tests/test_bad_input_ops.py turns them on.
+    assert not (Path(os.environ["ANOMDET_ARTIFACTS_DIR"]) / "validation").exists()
     assert len(flagged) == outcome.flags_written > 0
     # Flags are unlabelled records only, each with its text from the records table.
     records = toy_records().set_index("id")

@@ -73,9 +73,23 @@ def test_progress_updates_every_step_and_at_the_end(monkeypatch: pytest.MonkeyPa
     create, update = Recorder("artifact-id"), Recorder()
     monkeypatch.setattr(tprog, "create_progress_artifact", create)
     monkeypatch.setattr(tprog, "update_progress_artifact", update)
-    report = tprog.ui_progress("scoring", step_percent=25)
+    report = tprog.ui_progress("scoring", step_percent=25, min_seconds=0)
     for done in (10, 20, 30, 55, 99, 100):
         report(done, 100)
     assert create.call[1] == {"progress": 0.0, "description": "scoring"}
     assert [kwargs["progress"] for _, kwargs in update.calls] == [30.0, 55.0, 99.0, 100.0]
     assert {kwargs["artifact_id"] for _, kwargs in update.calls} == {"artifact-id"}
+
+
+def test_progress_calls_the_api_at_most_once_a_second_but_always_at_the_end(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    update = Recorder()
+    monkeypatch.setattr(tprog, "create_progress_artifact", Recorder("artifact-id"))
+    monkeypatch.setattr(tprog, "update_progress_artifact", update)
+    clock = [100.0]
+    monkeypatch.setattr(tprog.time, "monotonic", lambda: clock[0])
+    report = tprog.ui_progress("fine-tuning", step_percent=5)
+    # (seconds since the start, texts done of 100)
+    for clock[0], done in ((100.3, 10), (100.9, 20), (101.2, 30), (101.5, 60), (101.6, 100)):
+        report(done, 100)
+    assert [kwargs["progress"] for _, kwargs in update.calls] == [30.0, 100.0]
