@@ -8,6 +8,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -37,6 +38,9 @@ if _WORKERS > 1:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, _CORES // _WORKERS)))
 
 import sqlalchemy as sa  # noqa: E402
+
+if TYPE_CHECKING:
+    from tests.databases import Database
 
 POSTGRES_URL = os.environ.get(
     "ANOMDET_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -84,6 +88,20 @@ def postgres_url(tmp_path: Path) -> Iterator[str]:
     yield database.url
     drop_database(database)
     get_engine.cache_clear()
+
+
+@pytest.fixture(scope="session",
+                params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def champion_template(request: pytest.FixtureRequest, prefect_harness: None,
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
+    """A database of toy records whose champion one `anomdet retrain` trained, once per
+    backend in a session: the bad-input tests work on copies (tests/test_bad_input.py)."""
+    from tests.databases import drop_database
+    from tests.test_bad_input import train_champion_template
+
+    template = train_champion_template(request.param, tmp_path_factory.mktemp("champion"))
+    yield template
+    drop_database(template)
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ wrong and where (ids, CSV lines, column, table), and that not one row changed in
 the anomdet tables or the records. A retraining stopped by a check records its own
 run in `anomdet_runs`; that row is the one change allowed, and it is checked too.
 
-Training the champion is the slow part, so it happens once per database backend
-(`champion_template`); each test works on a copy of that database.
+Training the champion is the slow part, so it happens once per database backend in a
+test session (`champion_template`, tests/conftest.py); each test works on a copy of it.
 """
 
 from __future__ import annotations
@@ -51,20 +51,16 @@ SETTINGS_ENV = {
 INJECTED = "records; DROP TABLE x"
 
 
-@pytest.fixture(scope="module",
-                params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def champion_template(request: pytest.FixtureRequest,
-                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
-    """Toy records and a champion trained by one `anomdet retrain`, per backend."""
-    root = tmp_path_factory.mktemp("champion")
-    template = new_database(request.param, root)
+def train_champion_template(backend: str, root: Path) -> Database:
+    """Toy records and a champion trained by one `anomdet retrain`, in a new database of
+    `backend` (the session's `champion_template` fixture, tests/conftest.py)."""
+    template = new_database(backend, root)
     seed_records(template.url, toy_records(ROWS))
     env = {**SETTINGS_ENV, "ANOMDET_DATABASE_URL": template.url,
            "ANOMDET_ARTIFACTS_DIR": str(root / "artifacts")}
     first = runner.invoke(app, ["retrain"], env=env)
     assert first.exit_code == 0 and "decision: promoted" in first.output, first.output
-    yield template
-    drop_database(template)
+    return template
 
 
 @pytest.fixture

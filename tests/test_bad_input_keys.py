@@ -39,8 +39,7 @@ from tests.test_bad_input import (
 )
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-# The fixtures of the bad-input cases: a trained champion per backend, a copy per test.
-champion_template = test_bad_input.champion_template
+# The fixture of the bad-input cases: a copy per test of a trained champion's database.
 db = test_bad_input.db
 INT64 = (-(2**63), 2**63 - 1)
 

@@ -27,7 +27,6 @@ from tests.flows.test_retrain import seed_records
 from tests.test_bad_input import (  # noqa: F401 - fixtures requested by name
     Database,
     assert_unchanged,
-    champion_template,
     cli,
     create_events,
     db,

@@ -29,7 +29,6 @@ from tests.test_bad_input import (  # noqa: F401 - fixtures requested by name
     ROWS,
     SETTINGS_ENV,
     assert_unchanged,
-    champion_template,
     cli,
     db,
     execute,
