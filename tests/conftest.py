@@ -47,6 +47,14 @@ POSTGRES_URL = os.environ.get(
 )
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked `long` first, the Prefect server's ones before them. pytest-xdist hands
+    tests out in this order: a long test started last would keep one worker busy after the
+    others have finished."""
+    items.sort(key=lambda item: (item.get_closest_marker("long") is None,
+                                 item.get_closest_marker("server") is None))
+
+
 @pytest.fixture(scope="session")
 def prefect_harness() -> Iterator[None]:
     """One temporary Prefect API for the whole test session, without flow heartbeats.

@@ -30,8 +30,8 @@ from tests.databases import only_on
 from tests.flows.test_retrain import seed_records, toy_records
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(),
-                                reason="finds the temporary server's process through /proc")
+pytestmark = [pytest.mark.long, pytest.mark.skipif(not Path("/proc/self/environ").exists(),
+                                reason="finds the temporary server's process through /proc")]
 
 
 def _servers(prefect_home: Path) -> list[int]:

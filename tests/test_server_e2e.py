@@ -32,7 +32,8 @@ from db import repository as repo
 from db.engine import get_engine, session_scope
 from tests.flows.test_retrain import seed_records, toy_records
 
-pytestmark = pytest.mark.server
+# One worker runs them all (make test's --dist loadgroup), so one server is started.
+pytestmark = [pytest.mark.server, pytest.mark.long, pytest.mark.xdist_group("prefect-server")]
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "anomdet-process"

@@ -26,6 +26,7 @@ def _csv(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.long
 @only_on("postgresql")
 def test_import_retrain_inspect_and_roll_back(anomdet_env: str, tmp_path: Path) -> None:
     result = runner.invoke(app, ["import-csv", str(_csv(tmp_path))])

@@ -278,6 +278,7 @@ def _cli_env(anomdet_env: str) -> dict[str, str]:
 @pytest.mark.parametrize(("db_url", "moment"), [
     ("sqlite", "training"), pytest.param("postgresql", "backfill", marks=pytest.mark.postgres),
 ], indirect=["db_url"])
+@pytest.mark.long
 def test_sigkill_leaves_champion_and_flags_and_the_next_run_completes(
     moment: str, anomdet_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

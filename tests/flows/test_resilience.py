@@ -54,6 +54,7 @@ _KILLED_AFTER_TRAINING = textwrap.dedent("""
 """)
 
 
+@pytest.mark.long
 @only_on("sqlite")
 def test_a_run_killed_after_training_is_retried_without_fine_tuning_again(
         anomdet_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

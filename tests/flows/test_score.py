@@ -55,6 +55,7 @@ def test_scoring_without_champion_says_so(anomdet_env: str) -> None:
         assert repo.count_flags(session=session) == 0
 
 
+@pytest.mark.long
 @only_on("postgresql")
 def test_dask_runner_writes_exactly_the_default_runners_flags(anomdet_env: str) -> None:
     from flows.retrain import retrain
