@@ -149,6 +149,10 @@ def anomdet_env(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     # Data Docs are HTML for people, built by GE in half a second a run; the tests that
     # read them turn them on.
     monkeypatch.setenv("ANOMDET_VALIDATION__DATA_DOCS", "false")
+    # One id range per backfill: a mapped task and a model load each, a tenth of a tiny
+    # run. A backfill of 4 ranges, stopped and resumed, is tested on both databases
+    # (tests/flows/test_promotion_faults.py); scoring runs map several (tests/flows).
+    monkeypatch.setenv("ANOMDET_SCORING__BACKFILL_CHUNKS", "1")
     # A tiny random BERT rarely reaches the TF-IDF baseline; tests that need a champion
     # get one whatever it scores, and the baseline rule has tests of its own.
     monkeypatch.setenv("ANOMDET_PROMOTION__FIRST_RUN", "always")

@@ -55,6 +55,9 @@ def _retrain_runs(deployment: str) -> list:
             id=DeploymentFilterId(any_=[found.id])))
 
 
+# Orchestration (Prefect starts the deployment once): SQLite only; the labels are counted on
+# both databases in tests/db/test_feedback.py.
+@only_on("sqlite")
 def test_new_labels_start_the_retrain_deployment_once(
         anomdet_env: str, retrain_deployment: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from flows.check import check
