@@ -20,7 +20,7 @@ demo: $(STAMP)
 TEST_WORKERS ?= auto
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -m "not slow" -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest -m "not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
 	$(VENV)/bin/python -m pytest -m slow $(PYTEST_ARGS)

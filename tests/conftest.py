@@ -49,8 +49,8 @@ POSTGRES_URL = os.environ.get(
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Tests marked `long` first, the Prefect server's ones before them. pytest-xdist hands
-    tests out in this order: a long test started last would keep one worker busy after the
-    others have finished."""
+    tests out in this order, and a long test started last would keep one worker busy after
+    the others have finished."""
     items.sort(key=lambda item: (item.get_closest_marker("long") is None,
                                  item.get_closest_marker("server") is None))
 

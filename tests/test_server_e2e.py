@@ -32,8 +32,7 @@ from db import repository as repo
 from db.engine import get_engine, session_scope
 from tests.flows.test_retrain import seed_records, toy_records
 
-# One worker runs them all (make test's --dist loadgroup), so one server is started.
-pytestmark = [pytest.mark.server, pytest.mark.long, pytest.mark.xdist_group("prefect-server")]
+pytestmark = [pytest.mark.server, pytest.mark.long]
 
 REPO = Path(__file__).resolve().parents[1]
 POOL = "anomdet-process"
