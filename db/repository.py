@@ -362,19 +362,20 @@ def flip_champion(
     return candidate
 
 
-def discard_candidate(*, session: Session, candidate_id: int) -> bool:
-    """Mark a candidate `rejected` and delete its scores and flags. False (and nothing
-    done) when it is no longer a candidate: a version in service is never discarded."""
+def discard_candidate(*, session: Session, candidate_id: int) -> ModelVersion | None:
+    """Mark a candidate `rejected` and delete its scores and flags; the discarded version
+    (its artifact folder is the caller's to remove). None (and nothing done) when it is no
+    longer a candidate: a version in service is never discarded."""
     result = session.execute(
         sa.update(ModelVersion)
         .where(ModelVersion.id == candidate_id, ModelVersion.status == "candidate")
         .values(status="rejected", retired_at=utcnow())
         .execution_options(synchronize_session="fetch"))
     if result.rowcount != 1:
-        return False
+        return None
     for table in (Flag, Score):
         session.execute(sa.delete(table).where(table.model_version_id == candidate_id))
-    return True
+    return get_version_by_id(session=session, version_id=candidate_id)
 
 
 def set_champion(

@@ -168,14 +168,14 @@ def discard_candidate(settings: Settings, candidate_id: int, reason: str) -> boo
     its row stays as `rejected`. Nothing happens to a version that is no longer a
     candidate (another run made it champion). Returns whether it was discarded."""
     with settings.session() as session:
-        candidate = repo.get_version_by_id(session=session, version_id=candidate_id)
         discarded = repo.discard_candidate(session=session, candidate_id=candidate_id)
-        artifact = Path(candidate.artifact_uri) if candidate else None
-    if discarded and artifact is not None:
-        # After the database forgot it: a folder left by a failed removal harms nobody.
-        shutil.rmtree(artifact, ignore_errors=True)
-        run_logger().info("discarded candidate v%s: %s", candidate.version, reason)
-    return discarded
+        if discarded is None:
+            return False
+        version, artifact = discarded.version, Path(discarded.artifact_uri)
+    # After the database forgot it: a folder left by a failed removal harms nobody.
+    shutil.rmtree(artifact, ignore_errors=True)
+    run_logger().info("discarded candidate v%s: %s", version, reason)
+    return True
 
 
 @task(name="find pending candidate", cache_policy=NO_CACHE, **IO_RETRIES)
