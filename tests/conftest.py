@@ -74,15 +74,6 @@ def prefect_harness() -> Iterator[None]:
             yield
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _drop_test_databases_before_the_end() -> Iterator[None]:
-    """The session ends once the PostgreSQL databases its tests made are dropped."""
-    yield
-    from tests.databases import finish_drops
-
-    finish_drops()
-
-
 def _postgres_admin() -> sa.Engine:
     engine = sa.create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT")
     try:

@@ -6,17 +6,11 @@ a task runner) runs on one of them, chosen here, so the suite pays for it once.
 
 Tests that start from a trained champion train it once per backend into a template
 database and work on copies of it (`new_database`, `copy_database`, `copy_into`).
-
-PostgreSQL waits for a checkpoint in each DROP DATABASE (half a second here), so a test's
-databases are dropped by a thread of the test process while the next tests run
-(`drop_database`); the session waits for the last drops at its end (`finish_drops`).
 """
 
 from __future__ import annotations
 
-import queue
 import sqlite3
-import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,51 +71,15 @@ def copy_into(template: Database, url: str) -> None:
                 sqlite3.connect(sa.engine.make_url(url).database) as dst:
             src.backup(dst)
         return
-    # The empty database moves aside (at once) and is dropped with the others, later.
-    aside = f"anomdet_aside_{uuid.uuid4().hex[:10]}"
-    _admin_execute(f'ALTER DATABASE "{_name(url)}" RENAME TO "{aside}"',
+    _admin_execute(f'DROP DATABASE IF EXISTS "{_name(url)}" WITH (FORCE)',
                    f'CREATE DATABASE "{_name(url)}" TEMPLATE "{_name(template.url)}"')
-    _drops().put(aside)
 
 
 def drop_database(database: Database) -> None:
-    """Drop a PostgreSQL database soon, in this process's dropping thread (a SQLite file
-    goes with its temporary folder)."""
+    """Drop a PostgreSQL database (a SQLite file goes with its temporary folder)."""
     get_engine(database.url).dispose()
     if database.backend == "postgresql":
-        _drops().put(_name(database.url))
-
-
-_pending: queue.Queue[str] | None = None
-_pending_lock = threading.Lock()
-
-
-def _drops() -> queue.Queue[str]:
-    """The queue of databases to drop, and the thread that drops them, started once."""
-    global _pending
-    with _pending_lock:
-        if _pending is None:
-            _pending = queue.Queue()
-            threading.Thread(target=_drop_pending, args=(_pending,), daemon=True,
-                             name="drop-test-databases").start()
-        return _pending
-
-
-def _drop_pending(names: queue.Queue[str]) -> None:
-    while True:
-        name = names.get()
-        try:
-            _admin_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        except BaseException as exc:  # noqa: BLE001 - said (pytest.fail too), the session goes on
-            print(f"could not drop the test database {name}: {exc}")
-        finally:
-            names.task_done()
-
-
-def finish_drops() -> None:
-    """Wait until every database handed to `drop_database` is dropped."""
-    if _pending is not None:
-        _pending.join()
+        _admin_execute(f'DROP DATABASE IF EXISTS "{_name(database.url)}" WITH (FORCE)')
 
 
 def _name(url: str) -> str:
