@@ -34,6 +34,7 @@ from anomdet.metrics import (
     as_scores,
     resampled_metric,
 )
+from db.repository import PendingPromotion
 
 logger = logging.getLogger(__name__)
 
@@ -590,23 +591,14 @@ def decide(challenger: EvalResult, champion: EvalResult | None,
 
 
 @dataclass(frozen=True)
-class PendingCandidate:
+class PendingCandidate(PendingPromotion):
     """A candidate left by a run that stopped during its backfill, with what that run
-    saw and decided: enough to resume its promotion, or to tell that it went stale."""
+    saw and decided (the fields of `PendingPromotion`, as the database holds them):
+    enough to resume its promotion, or to tell that it went stale."""
 
-    version_id: int
-    version: int
-    run_id: int | None
-    run_state: str | None  # "running" while the run that registered it is alive
-    run_started_at: datetime | None
-    data_fingerprint: str | None  # of the labelled records the run read
-    expected_champion_id: int | None  # the champion the run evaluated against
-    threshold: float
-    artifact_uri: str
-    challenger_metrics: dict[str, Any]
-    champion_metrics: dict[str, Any] | None
-    baseline_metrics: dict[str, Any] | None
-    details: dict[str, Any]
+    @classmethod
+    def of(cls, pending: PendingPromotion) -> PendingCandidate:
+        return cls(**{f.name: getattr(pending, f.name) for f in fields(pending)})
 
     @property
     def reason(self) -> str | None:

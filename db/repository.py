@@ -199,6 +199,27 @@ def close_abandoned_runs(
     return closed
 
 
+class OpenedRun(NamedTuple):
+    """A run just recorded, and the abandoned runs closed before it (see
+    `close_abandoned_runs`)."""
+
+    run_id: int
+    closed: list[int]
+
+
+def open_run(
+    *, session: Session, model_name: str, flow_run_id: str | None,
+    parameters: dict[str, Any] | None, host: str, pid: int, is_alive: Callable[[int], bool],
+) -> OpenedRun:
+    """Close this host's runs of `model_name` whose process is gone, then record a new
+    run of process `pid` on `host`, in the caller's transaction."""
+    closed = close_abandoned_runs(session=session, model_name=model_name, host=host,
+                                  is_alive=is_alive)
+    run = start_run(session=session, model_name=model_name, flow_run_id=flow_run_id,
+                    parameters=parameters, process={"host": host, "pid": pid})
+    return OpenedRun(run.id, closed)
+
+
 def count_runs(*, session: Session, model_name: str) -> int:
     """How many runs `model_name` has had, whatever their outcome."""
     query = sa.select(sa.func.count()).select_from(Run).where(Run.model_name == model_name)
@@ -315,22 +336,45 @@ def pending_candidate(*, session: Session, model_name: str) -> ModelVersion | No
     return session.scalars(query).first()
 
 
-class PendingPromotion(NamedTuple):
-    """A candidate whose promotion did not finish, and the run that registered it (None
-    when the version names no run, or its row is gone)."""
+@dataclass(frozen=True)
+class PendingPromotion:
+    """A candidate whose promotion did not finish, with what the run that registered it
+    saw and decided, as plain values (the run's fields are None, or empty, when the
+    version names no run or its row is gone)."""
 
-    version: ModelVersion
-    run: Run | None
+    version_id: int
+    version: int
+    run_id: int | None
+    run_state: str | None  # "running" while the run that registered it is alive
+    run_started_at: datetime | None
+    data_fingerprint: str | None  # of the labelled records the run read
+    expected_champion_id: int | None  # the champion the run evaluated against
+    threshold: float
+    artifact_uri: str
+    challenger_metrics: dict[str, Any]
+    champion_metrics: dict[str, Any] | None
+    baseline_metrics: dict[str, Any] | None
+    details: dict[str, Any]
 
 
 def pending_promotion(*, session: Session, model_name: str) -> PendingPromotion | None:
-    """The newest candidate of `model_name` (see `pending_candidate`) with its run's row,
-    which holds what that run saw and decided."""
+    """The newest candidate of `model_name` (see `pending_candidate`) with what its run's
+    row holds of what that run saw and decided."""
     version = pending_candidate(session=session, model_name=model_name)
     if version is None:
         return None
     run = session.get(Run, version.run_id) if version.run_id is not None else None
-    return PendingPromotion(version, run)
+    return PendingPromotion(
+        version_id=version.id, version=version.version, run_id=version.run_id,
+        run_state=run.state if run else None,
+        run_started_at=run.started_at if run else None,
+        data_fingerprint=run.data_fingerprint if run else None,
+        expected_champion_id=run.champion_version_id if run else None,
+        threshold=version.threshold, artifact_uri=version.artifact_uri,
+        challenger_metrics=version.metrics,
+        champion_metrics=run.champion_metrics if run else None,
+        baseline_metrics=run.baseline_metrics if run else None,
+        details=dict(run.details or {}) if run else {})
 
 
 def flip_champion(

@@ -67,7 +67,7 @@ from tasks.model import (
     validate_records,
 )
 from tasks.promotion import (
-    Flipped,
+    Flip,
     check_champion,
     decide_promotion,
     discard_candidate,
@@ -414,7 +414,7 @@ def _approval(settings: Settings, run_id: int, comparison: Comparison) -> Approv
     return approval
 
 
-def _announce_promotion(settings: Settings, run_id: int, flipped: Flipped, *, reason: str,
+def _announce_promotion(settings: Settings, run_id: int, flipped: Flip, *, reason: str,
                         previous_version: int | None, metrics: dict[str, Any],
                         champion_metrics: dict[str, Any] | None, threshold: float,
                         artifact_uri: str) -> None:
@@ -474,7 +474,7 @@ def _resume(settings: Settings, run_id: int, pending: PendingCandidate,
 
 def _resumed_outcome(run_id: int, pending: PendingCandidate, champion_version: int | None,
                      reason: str, message: str,
-                     flipped: Flipped | None = None) -> RetrainOutcome:
+                     flipped: Flip | None = None) -> RetrainOutcome:
     return RetrainOutcome(
         run_id=run_id, decision="promoted" if flipped else "rejected", reason=reason,
         message=message, challenger=pending.challenger_metrics,
@@ -486,7 +486,7 @@ def _resumed_outcome(run_id: int, pending: PendingCandidate, champion_version: i
 
 
 def _outcome(run_id: int, comparison: Comparison, *, reason: str, message: str,
-             flipped: Flipped | None = None) -> RetrainOutcome:
+             flipped: Flip | None = None) -> RetrainOutcome:
     """The run's outcome: the models' test metrics and the rule's checks. It is a
     promotion when it names the flip that made the challenger champion."""
     decision = comparison.decision
@@ -541,7 +541,7 @@ def _settings_shown(settings: Settings, challenger: Challenger) -> dict[str, Any
 
 def _promote(settings: Settings, run_id: int, challenger: Challenger, metrics: dict[str, Any],
              expected_champion_id: int | None, data_fingerprint: str,
-             data_profile: DataProfile) -> tuple[Flipped, str]:
+             data_profile: DataProfile) -> tuple[Flip, str]:
     """Promote in two phases. First the artifact is stored and the version inserted as a
     `candidate`, as one unit: on any failure the artifact is removed (Prefect transaction
     rollback) and no row remains. Then its scores are backfilled and it is flipped to
@@ -567,7 +567,7 @@ def _promote(settings: Settings, run_id: int, challenger: Challenger, metrics: d
 
 
 def _backfill_and_flip(settings: Settings, run_id: int, version_id: int,
-                       expected_champion_id: int | None) -> Flipped:
+                       expected_champion_id: int | None) -> Flip:
     """Score the candidate's records in id-range chunks (a subflow whose tasks run on
     threads or Dask workers; each chunk commits on its own), then flip it to champion in
     one short compare-and-set. A run stopped before the flip leaves the candidate, which

@@ -24,8 +24,7 @@ from anomdet.drift import MAX_PROFILE_ROWS, unlabelled_drift
 from anomdet.settings import Settings
 from anomdet.triggers import CheckFindings
 from db import repository as repo
-from db.feedback import label_news
-from db.records import reflect_records_table, sample_unlabelled
+from db import service
 from tasks.database import IO_RETRIES, run_logger
 
 #: States of a retraining run that is under way or about to start.
@@ -35,20 +34,14 @@ _ACTIVE = [StateType.PENDING, StateType.RUNNING, StateType.PAUSED, StateType.CAN
 @task(name="gather findings", cache_policy=NO_CACHE, **IO_RETRIES)
 def gather_findings(settings: Settings) -> CheckFindings:
     """New labels, what the last run saw of them, and drift of the unlabelled records."""
-    mapping = settings.records.mapping()
-    with settings.session() as session:
-        conn = session.connection()
-        records = reflect_records_table(conn, mapping)
-        champion = repo.get_champion(session=session, model_name=settings.model_name)
-        news = label_news(conn, records, mapping, champion)
-        runs = [r.details or {} for r in repo.recent_runs(
-            session=session, model_name=settings.model_name, limit=50) if r.kind == "retrain"]
-        breaches: tuple[str, ...] = ()
-        if champion is not None and settings.review.retrain_on_drift:
-            texts = sample_unlabelled(conn, records, mapping, MAX_PROFILE_ROWS)
-            breaches = unlabelled_drift(Path(champion.artifact_uri), texts,
-                                        settings.drift.bounds(), seed=settings.training.seed)
-    findings = CheckFindings.of(news, runs, breaches)
+    found = service.check_inputs(
+        settings.engine(), settings.model_name, settings.records.mapping(), recent=50,
+        profile_rows=MAX_PROFILE_ROWS if settings.review.retrain_on_drift else None)
+    news, breaches = found.news, ()
+    if found.champion_artifact is not None and settings.review.retrain_on_drift:
+        breaches = unlabelled_drift(Path(found.champion_artifact), found.unlabelled_texts,
+                                    settings.drift.bounds(), seed=settings.training.seed)
+    findings = CheckFindings.of(news, found.retrain_details, breaches)
     run_logger().info("%d labels, %d newer than the champion's training data (%d of them "
                       "seen by the last run); drift: %s", news.labelled, news.new,
                       findings.seen_by_last_run, "; ".join(breaches) or "within bounds")

@@ -17,10 +17,8 @@ from prefect.exceptions import MissingContextError
 from anomdet.errors import is_transient
 from anomdet.settings import Settings
 from db import repository as repo
-from db.checks import unreadable_timestamps
-from db.engine import migrate
-from db.feedback import LabelNews, ensure_feedback_views, label_news, version_quality
-from db.records import read_labelled, reflect_records_table
+from db import service
+from db.feedback import LabelNews
 
 
 def only_transient(_task: Any, _task_run: Any, state: Any) -> bool:
@@ -33,35 +31,23 @@ IO_RETRIES: dict[str, Any] = {"retries": 3, "retry_delay_seconds": [2, 5, 15],
                               "retry_condition_fn": only_transient}
 
 
-def prepare(settings: Settings) -> None:
-    """Migrate the anomdet tables, check the records mapping, (re)create the view."""
-    engine = settings.engine()
-    migrate(engine)
-    mapping = settings.records.mapping()
-    with engine.begin() as conn:
-        table = reflect_records_table(conn, mapping)
-        repo.ensure_flagged_view(conn, table, mapping)
-        ensure_feedback_views(conn, table, mapping, settings.review.queue_sample_every)
-
-
 @task(name="prepare database", cache_policy=NO_CACHE)
 def prepare_database(settings: Settings) -> None:
     """Migrate the anomdet tables and check the records table against its mapping."""
-    prepare(settings)
+    service.prepare(settings.engine(), settings.records.mapping(),
+                    settings.review.queue_sample_every)
 
 
 @task(name="start run", cache_policy=NO_CACHE, **IO_RETRIES)
 def start_run(settings: Settings, flow_run_id: str | None, parameters: dict[str, Any]) -> int:
     """Record a new run in anomdet_runs and return its id; close runs whose process died."""
-    host = socket.gethostname()
     with settings.session() as session:
-        closed = repo.close_abandoned_runs(session=session, model_name=settings.model_name,
-                                           host=host, is_alive=_pid_alive)
-        if closed:
-            get_run_logger().warning("marked abandoned runs %s as failed", closed)
-        return repo.start_run(session=session, model_name=settings.model_name,
-                              flow_run_id=flow_run_id, parameters=parameters,
-                              process={"host": host, "pid": os.getpid()}).id
+        opened = repo.open_run(session=session, model_name=settings.model_name,
+                               flow_run_id=flow_run_id, parameters=parameters,
+                               host=socket.gethostname(), pid=os.getpid(), is_alive=_pid_alive)
+    if opened.closed:
+        get_run_logger().warning("marked abandoned runs %s as failed", opened.closed)
+    return opened.run_id
 
 
 def _pid_alive(pid: int) -> bool:
@@ -100,21 +86,15 @@ def read_top_flagged(settings: Settings) -> list[dict[str, Any]]:
 @task(name="count new labels", cache_policy=NO_CACHE, **IO_RETRIES)
 def count_new_labels(settings: Settings) -> LabelNews:
     """The labels in the records table that the champion never trained on."""
-    mapping = settings.records.mapping()
-    with settings.session() as session:
-        champion = repo.get_champion(session=session, model_name=settings.model_name)
-        records = reflect_records_table(session.connection(), mapping)
-        return label_news(session.connection(), records, mapping, champion)
+    return service.champion_label_news(settings.engine(), settings.model_name,
+                                       settings.records.mapping())
 
 
 @task(name="read production precision", cache_policy=NO_CACHE, **IO_RETRIES)
 def read_version_quality(settings: Settings) -> list[dict[str, Any]]:
     """`anomdet_version_quality`'s rows of the model, newest version first."""
-    mapping = settings.records.mapping()
-    with settings.session() as session:
-        records = reflect_records_table(session.connection(), mapping)
-        rows = version_quality(session, records, mapping, settings.model_name)
-    return [rows[v] for v in sorted(rows, reverse=True)]
+    return service.quality_newest_first(settings.engine(), settings.model_name,
+                                        settings.records.mapping())
 
 
 def run_logger() -> logging.Logger | logging.LoggerAdapter:
@@ -140,19 +120,10 @@ def labelled_sample(settings: Settings) -> int | None:
 def extract_labelled(settings: Settings) -> pd.DataFrame:
     """Read the labelled records, in chunks, under the standard column names: all of
     them, or with `max_train_rows` a stratified sample drawn by the database."""
-    engine = settings.engine()
-    mapping = settings.records.mapping()
-    with engine.connect() as conn:
-        table = reflect_records_table(conn, mapping)
-        try:
-            frame = read_labelled(conn, table, mapping, chunk_size=settings.chunk_size,
-                                  sample=labelled_sample(settings),
-                                  seed=settings.training.split_seed)
-        except ValueError as exc:
-            problem = unreadable_timestamps(conn, mapping)
-            if problem is None:
-                raise
-            raise ValueError(problem) from exc
+    frame = service.labelled_records(settings.engine(), settings.records.mapping(),
+                                     chunk_size=settings.chunk_size,
+                                     sample=labelled_sample(settings),
+                                     seed=settings.training.split_seed)
     capped = settings.training.max_train_rows
     run_logger().info(
         "read %d labelled records%s; peak memory so far %.0f MB", len(frame),

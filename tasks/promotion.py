@@ -13,14 +13,14 @@ from typing import Any
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.transactions import Transaction, get_transaction
-from sqlalchemy.exc import SQLAlchemyError
 
 from anomdet.artifact import DiskFull, data_docs_dir, is_disk_full, save_artifact
 from anomdet.promotion import Decision, EvalResult, PendingCandidate, decide
 from anomdet.settings import Settings
 from anomdet.training import Challenger
 from db import repository as repo
-from db.engine import session_scope
+from db import service
+from db.service import Flip
 from tasks.database import IO_RETRIES, run_logger
 
 ARTIFACT_KEY = "artifact_dir"
@@ -121,44 +121,21 @@ def register_candidate(settings: Settings, version_fields: dict[str, Any]) -> tu
     return version.id, version.version
 
 
-@dataclass(frozen=True)
-class Flipped:
-    """A candidate made champion: its number, and the records it scored and flagged."""
-
-    version_id: int
-    version: int
-    scored: int
-    flagged: int
-
-
 # Retried when the connection fails; a try that went through is recognised (the
 # candidate is champion already) rather than failing its own compare-and-set.
 @task(name="flip champion", cache_policy=NO_CACHE, **IO_RETRIES)
 def flip_champion(settings: Settings, candidate_id: int,
-                  expected_champion_id: int | None) -> Flipped:
+                  expected_champion_id: int | None) -> Flip:
     """Phase two of a promotion: one short transaction makes the backfilled candidate
     champion, by compare-and-set on the champion the run evaluated against. Then, apart,
     prune the kept scores of versions past the retention.
 
     Raises `ChampionChanged` if another run or a rollback moved the champion meanwhile.
     """
-    engine = settings.engine()
-    with session_scope(engine) as session:
-        candidate = repo.get_version_by_id(session=session, version_id=candidate_id)
-        if candidate is None or candidate.status != "champion":
-            candidate = repo.flip_champion(session=session, candidate_id=candidate_id,
-                                           expected_champion_id=expected_champion_id)
-        flipped = Flipped(candidate.id, candidate.version,
-                          repo.count_scores(session=session, model_version_id=candidate_id),
-                          repo.count_flags(session=session, model_version_id=candidate_id))
-    # Not in the flip's transaction, which stays short; and a failed prune must not
-    # fail this task. The old scores wait for the next prune.
-    try:
-        with session_scope(engine) as session:
-            repo.prune_scores(session=session, model_name=settings.model_name,
-                              keep_versions=settings.scoring.keep_versions)
-    except SQLAlchemyError as exc:
-        run_logger().warning("old versions' scores were not pruned: %s", exc)
+    flipped = service.flip_and_prune(settings.engine(), settings.model_name, candidate_id,
+                                     expected_champion_id, settings.scoring.keep_versions)
+    if flipped.prune_error is not None:
+        run_logger().warning("old versions' scores were not pruned: %s", flipped.prune_error)
     return flipped
 
 
@@ -183,17 +160,4 @@ def find_pending_candidate(settings: Settings) -> PendingCandidate | None:
     """The model's candidate whose promotion did not finish, if there is one."""
     with settings.session() as session:
         found = repo.pending_promotion(session=session, model_name=settings.model_name)
-    if found is None:
-        return None
-    version, run = found
-    return PendingCandidate(
-        version_id=version.id, version=version.version, run_id=version.run_id,
-        run_state=run.state if run else None,
-        run_started_at=run.started_at if run else None,
-        data_fingerprint=run.data_fingerprint if run else None,
-        expected_champion_id=run.champion_version_id if run else None,
-        threshold=version.threshold, artifact_uri=version.artifact_uri,
-        challenger_metrics=version.metrics,
-        champion_metrics=run.champion_metrics if run else None,
-        baseline_metrics=run.baseline_metrics if run else None,
-        details=dict(run.details or {}) if run else {})
+    return None if found is None else PendingCandidate.of(found)

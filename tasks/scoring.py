@@ -19,16 +19,10 @@ from anomdet.outcome import ScoreCounts, ScoringOutcome
 from anomdet.scoring import Scorer, ScoreSummary, score_chunks
 from anomdet.settings import Settings
 from db import repository as repo
-from db.engine import session_scope
-from db.models import ModelVersion, ScoreRow
-from db.records import (
-    IdRange,
-    RecordsMapping,
-    id_ranges,
-    reflect_records_table,
-    unkeyed_unlabelled,
-    unscored_chunks,
-)
+from db import service
+from db.models import ScoreRow
+from db.records import IdRange, RecordsMapping, unscored_chunks
+from db.service import ScoringWork
 from tasks.database import only_transient
 from tasks.progress import ui_progress
 
@@ -51,6 +45,15 @@ class ScoringPlan:
     version: int | None = None  # the version's number, as users see it
     run_id: int | None = None  # the retraining run whose promotion this backfill is
 
+    @classmethod
+    def of(cls, work: ScoringWork, run_id: int | None = None) -> ScoringPlan:
+        """The plan for the work the database found left to a version."""
+        version = work.version
+        return cls(version.id, version.artifact_uri, version.weights_sha256,
+                   tuple(work.ranges), work.records, work.unkeyed, tuple(work.unkeyed_ids),
+                   tuple(recorded_scoring(version.threshold, version.hyperparameters).items()),
+                   version=version.version, run_id=run_id)
+
     @property
     def range_size(self) -> int:
         """Records per range (the last may hold fewer)."""
@@ -60,18 +63,13 @@ class ScoringPlan:
 @task(name="plan scoring", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5],
       retry_condition_fn=only_transient)
 def plan_scoring(settings: Settings, chunks: int) -> ScoringPlan | None:
-    """The champion and the unlabelled records it has not scored, cut into id ranges.
-
-    First the flags of records whose text changed since they were flagged are marked, so
-    that the views hide them until the new texts are scored (see
-    `db.repository.retire_changed_flags`)."""
-    engine, mapping = settings.engine(), settings.records.mapping()
-    with session_scope(engine) as session:
-        champion = repo.get_champion(session=session, model_name=settings.model_name)
-        if champion is not None:
-            records = reflect_records_table(session.connection(), mapping)
-            repo.retire_changed_flags(session=session, records=records, mapping=mapping)
-    return None if champion is None else plan_for(settings, champion, chunks)
+    """The champion and the unlabelled records it has not scored, cut into id ranges;
+    None without a champion. First the flags of records whose text changed since they
+    were flagged are marked, so that the views hide them until the new texts are scored
+    (see `db.service.champion_scoring_work`)."""
+    work = service.champion_scoring_work(settings.engine(), settings.model_name,
+                                         settings.records.mapping(), chunks)
+    return None if work is None else ScoringPlan.of(work)
 
 
 @task(name="plan backfill", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[2, 5],
@@ -80,26 +78,9 @@ def plan_backfill(settings: Settings, version_id: int, chunks: int,
                   run_id: int | None = None) -> ScoringPlan:
     """A candidate version and the unlabelled records it has not scored yet, in id ranges:
     a resumed backfill plans only what is left."""
-    with settings.session() as session:
-        version = repo.get_version_by_id(session=session, version_id=version_id)
-        if version is None:
-            raise ValueError(f"model version id {version_id} does not exist")
-        return plan_for(settings, version, chunks, run_id)
-
-
-def plan_for(settings: Settings, version: ModelVersion, chunks: int,
-             run_id: int | None = None) -> ScoringPlan:
-    """What `version` has left to score, cut into about `chunks` id ranges."""
-    engine, mapping = settings.engine(), settings.records.mapping()
-    with engine.connect() as conn:
-        table = reflect_records_table(conn, mapping)
-        ranges, count = id_ranges(conn, table, mapping, parts=chunks, version_id=version.id)
-        unkeyed, examples = unkeyed_unlabelled(conn, table, mapping)
-    return ScoringPlan(version.id, version.artifact_uri, version.weights_sha256,
-                       tuple(ranges), count, unkeyed, tuple(examples),
-                       tuple(recorded_scoring(version.threshold,
-                                              version.hyperparameters).items()),
-                       version=version.version, run_id=run_id)
+    return ScoringPlan.of(service.version_scoring_work(settings.engine(), version_id,
+                                                       settings.records.mapping(), chunks),
+                          run_id)
 
 
 @lru_cache(maxsize=2)

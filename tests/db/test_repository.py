@@ -337,8 +337,8 @@ def test_a_run_registers_one_candidate_however_often_it_tries(
     again = repo.register_run_candidate(sessions, run_id=run_id, **_version())
     assert (again.id, again.version, first.status, len(tries)) == (first.id, 1, "candidate", 2)
     with session_scope(engine) as session:
-        version, run = repo.pending_promotion(session=session, model_name="m")
-    assert (version.id, run.id) == (first.id, run_id)
+        pending = repo.pending_promotion(session=session, model_name="m")
+    assert (pending.version_id, pending.run_id, pending.run_state) == (first.id, run_id, "running")
 
 
 def test_registering_gives_up_when_every_number_is_taken(
