@@ -97,15 +97,6 @@ def best_f1(labels: Sequence[int] | np.ndarray, scores: np.ndarray) -> float:
     return float(_f1_from_curve(precision, recall).max())
 
 
-# Validation anomalies from which `choose_threshold` uses the calibrated cut. With
-# fewer, a calibration fitted to a handful of points is no steadier than the max-F1
-# cut, and on log lines with 3-15 validation anomalies it cut the baseline's test F1
-# from 0.82 to 0 on one split.
-MIN_CALIBRATION_ANOMALIES = 30
-# Scores are clipped this far from 0 and 1 before taking log-odds.
-_LOGIT_CLIP = 1e-12
-
-
 def platt_scaling(labels: np.ndarray, log_odds: np.ndarray, *,
                   regularisation_c: float = 1.0) -> tuple[float, float] | None:
     """Slope and intercept of a logistic regression of the labels on the log-odds, or None
@@ -122,79 +113,110 @@ def platt_scaling(labels: np.ndarray, log_odds: np.ndarray, *,
     return slope, intercept
 
 
-def calibrated_f1_threshold(labels: np.ndarray, scores: np.ndarray,
-                            best_f1_value: float) -> float | None:
-    """The score at which the calibrated probability of an anomaly is half the best F1.
+# Resamples of the validation set behind the smoothed bootstrap cut, and the cuts it
+# weighs: evenly spaced in log-odds between the lowest and the highest score.
+BOOTSTRAP_RESAMPLES = 200
+CUT_GRID = 400
+# Scores are clipped this far from 0 and 1 for the smoothing: past it, log-odds tell
+# rounding apart, not examples.
+_SMOOTHING_CLIP = 1e-6
+# Validation examples whose smoothed flags are held in memory at once.
+_SMOOTHING_ROWS = 4096
 
-    For calibrated probabilities, the F1-optimal cut is half the optimal F1 (Lipton,
-    Elkan and Narayanaswamy, "Optimal Thresholding of Classifiers to Maximize F1 Measure",
-    ECML PKDD 2014). The probabilities are calibrated by Platt scaling: a logistic
-    regression of the labels on the scores' log-odds. The max-F1 cut itself rests on
-    the one or two validation examples at the peak of a jagged F1 curve and moves
-    with their noise; the two fitted parameters rest on every example (docs/recipe.md
-    has the figures). None where the fit is unusable
-    (a non-positive or non-finite slope): the caller then keeps the max-F1 cut.
+
+def _bandwidth(log_odds: np.ndarray) -> float | None:
+    """Silverman's rule of thumb for a Gaussian kernel over these log-odds; None when
+    they have no spread to measure."""
+    if log_odds.size < 2:
+        return None
+    q75, q25 = np.percentile(log_odds, [75, 25])
+    sd, iqr = float(log_odds.std(ddof=1)), float(q75 - q25) / 1.349
+    spread = min(sd, iqr) if iqr > 0 else sd
+    return 0.9 * spread * log_odds.size ** -0.2 if spread > 0 else None
+
+
+def smoothed_bootstrap_threshold(labels: np.ndarray, scores: np.ndarray, *,
+                                 resamples: int = BOOTSTRAP_RESAMPLES, grid: int = CUT_GRID,
+                                 seed: int = 0) -> float:
+    """The cut with the highest F1 averaged over smoothed bootstrap resamples of the
+    validation examples.
+
+    The max-F1 cut of the validation set itself rests on the one or two examples at the
+    peak of a jagged curve, and where a gap separates the weakest anomaly from the
+    strongest normal example it sits at the gap's top edge, however wide the gap: test
+    anomalies a little weaker than any validation anomaly are missed. Here each resample
+    draws the anomalies and the normal examples with replacement, as many of each as
+    there are, and moves each drawn score by Gaussian noise in log-odds (a kernel per
+    class, Silverman's bandwidth), so a cut is weighed on the sets the validation set
+    could as well have been: ties are broken by the densities on each side, and a cut in
+    a gap keeps a margin from both classes that grows with their spread. The expected
+    flags under the noise are computed exactly (normal CDFs), not drawn.
+
+    Written out because scikit-learn's threshold tuning (`TunedThresholdClassifierCV`)
+    refits an estimator and scipy's `bootstrap` resamples one statistic, and neither
+    scores a column of given scores at every cut.
     """
     from scipy.special import expit, logit
+    from scipy.stats import norm
 
-    fitted = platt_scaling(labels, logit(np.clip(scores, _LOGIT_CLIP, 1.0 - _LOGIT_CLIP)))
-    if fitted is None:
-        logger.warning("the validation scores could not be calibrated; using the max-F1 "
-                       "threshold")
-        return None
-    slope, intercept = fitted
-    cut = float(expit((float(logit(best_f1_value / 2)) - intercept) / slope))
-    return min(max(cut, math.ulp(0.0)), 1.0)
+    y = np.asarray(labels, dtype=np.int64)
+    s = np.asarray(scores, dtype=np.float64)
+    z = logit(np.clip(s, _SMOOTHING_CLIP, 1.0 - _SMOOTHING_CLIP))
+    pooled = _bandwidth(z) or 1.0
+    width = {c: _bandwidth(z[y == c]) or pooled for c in (0, 1)}
+    bandwidth = np.where(y == 1, width[1], width[0])
+    cuts = np.linspace(z.min(), z.max(), grid)
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((resamples, z.size), dtype=np.float32)
+    for c in (1, 0):
+        members = np.flatnonzero(y == c)
+        weights[:, members] = rng.multinomial(
+            members.size, np.full(members.size, 1.0 / members.size), size=resamples)
+    true_flags = np.zeros((resamples, grid))
+    flags = np.zeros((resamples, grid))
+    for start in range(0, z.size, _SMOOTHING_ROWS):
+        rows = slice(start, start + _SMOOTHING_ROWS)
+        # Each example's chance of lying at or above each cut once its noise is added.
+        above = norm.cdf((z[rows, None] - cuts[None, :]) / bandwidth[rows, None])
+        flags += weights[:, rows] @ above
+        true_flags += weights[:, rows] @ (above * y[rows, None])
+    # F1 = 2 tp / (flagged + anomalies); every resample holds all the anomalies.
+    mean_f1 = (2 * true_flags / (flags + int(y.sum()))).mean(axis=0)
+    best = int(np.argmax(mean_f1))
+    # The lowest cut flags every example, those clipped to it included.
+    return float(s.min()) if best == 0 else float(expit(cuts[best]))
 
 
 def choose_threshold(labels: Sequence[int] | np.ndarray, scores: np.ndarray, *,
                      target_precision: float | None = None) -> float:
     """Pick the decision threshold on validation scores.
 
-    By default, with at least `MIN_CALIBRATION_ANOMALIES` anomalies whose scores
-    overlap the normal ones, the calibrated F1 cut (see `calibrated_f1_threshold`); with
-    fewer, with classes that one cut separates, or where the calibration fails, the
-    cut maximising F1 among the precision-recall curve's thresholds (ties go to
-    the lowest, which keeps the larger recall). With `target_precision`, the lowest
-    threshold whose precision reaches the target, i.e. the largest recall at that
-    precision; if no threshold reaches it, a warning is logged and the default cut is
-    returned. The result lies in (0, 1].
+    By default the cut with the best F1 averaged over smoothed bootstrap resamples of
+    the validation examples (see `smoothed_bootstrap_threshold`). With
+    `target_precision`, the lowest threshold whose precision reaches the target, i.e. the
+    largest recall at that precision; if no threshold reaches it, a warning is logged
+    and the default cut is returned. The result lies in (0, 1].
     """
     y = as_binary_labels(labels)
     s = as_scores(scores, y.size)
     _both_classes(y, "choosing a threshold")
     if target_precision is not None and not 0.0 < target_precision <= 1.0:
         raise ValueError(f"target_precision must be in (0, 1], got {target_precision!r}")
-    from sklearn.metrics import precision_recall_curve
-
-    precision, recall, thresholds = precision_recall_curve(y, s)
-    # The curve's last point (precision 1, recall 0) has no threshold of its own.
-    precision, recall = precision[:-1], recall[:-1]
-    f1 = _f1_from_curve(precision, recall)
-    index = int(np.argmax(f1))
     if target_precision is not None:
-        reached = np.flatnonzero(precision >= target_precision - _PRECISION_SLACK)
+        from sklearn.metrics import precision_recall_curve
+
+        precision, _, thresholds = precision_recall_curve(y, s)
+        # The curve's last point (precision 1, recall 0) has no threshold of its own.
+        reached = np.flatnonzero(precision[:-1] >= target_precision - _PRECISION_SLACK)
         if reached.size:
             # Thresholds ascend, so the first one reaching the target has the most recall.
             return max(float(thresholds[reached[0]]), math.ulp(0.0))
         logger.warning("no threshold reaches precision %.4f on %d validation examples "
                        "(best %.4f); using the F1 threshold instead",
                        target_precision, y.size, float(precision.max()))
-    best = float(f1[index])
-    # Where one cut separates the classes (F1 1), no calibration exists to fit: the
-    # likelihood grows without bound as the slope does, and the regularised slope that
-    # comes out is the penalty's, not the data's. On demo log lines it moved the cut
-    # from the weakest anomaly down among the normal scores.
-    if int(y.sum()) >= MIN_CALIBRATION_ANOMALIES and best < 1.0:
-        calibrated = calibrated_f1_threshold(y, s, best)
-        if calibrated is not None:
-            return calibrated
-    # The cut stays on the weakest flagged validation example rather than halfway (in
-    # log-odds) down to the next lower score, which added false alarms (docs/recipe.md).
-    cut = float(thresholds[index])
     # A threshold of 0 would flag everything; the smallest positive float flags every
-    # example with any probability at all, which is what the curve point means.
-    return max(cut, math.ulp(0.0))
+    # example with any probability at all.
+    return min(max(smoothed_bootstrap_threshold(y, s), math.ulp(0.0)), 1.0)
 
 
 def classification_metrics(labels: Sequence[int] | np.ndarray, scores: np.ndarray,
