@@ -368,7 +368,7 @@ def run_benchmark(
     """Run the whole benchmark on a labelled CSV and return its figures as a flat dict.
 
     Quality: the fine-tuned model and the TF-IDF baseline are trained on the same
-    train split, thresholded on the same validation split (max F1) and measured on
+    train split, thresholded on the same validation split (`choose_threshold`) and measured on
     the same de-duplicated test split. Speed, on the device anomdet picks: see
     `scoring_throughput` (one text at a time on the first `pipeline_rows` test and
     validation texts; batched on `scoring_rows` of them, repeated to that many when
