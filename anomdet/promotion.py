@@ -34,7 +34,7 @@ from anomdet.metrics import (
     as_scores,
     resampled_metric,
 )
-from db.repository import PendingPromotion
+from db.models import PendingPromotion
 
 logger = logging.getLogger(__name__)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -160,3 +161,24 @@ class ScoreRow(NamedTuple):
     record_id: str
     score: float | None
     text_hash: str | None
+
+
+@dataclass(frozen=True)
+class PendingPromotion:
+    """A candidate whose promotion did not finish, with what the run that registered it
+    saw and decided, as plain values (the run's fields are None, or empty, when the
+    version names no run or its row is gone)."""
+
+    version_id: int
+    version: int
+    run_id: int | None
+    run_state: str | None  # "running" while the run that registered it is alive
+    run_started_at: datetime | None
+    data_fingerprint: str | None  # of the labelled records the run read
+    expected_champion_id: int | None  # the champion the run evaluated against
+    threshold: float
+    artifact_uri: str
+    challenger_metrics: dict[str, Any]
+    champion_metrics: dict[str, Any] | None
+    baseline_metrics: dict[str, Any] | None
+    details: dict[str, Any]

@@ -21,7 +21,16 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
 from db.engine import lock_sqlite_writes, session_scope
-from db.models import RUN_DECISIONS, Flag, ModelVersion, Run, Score, ScoreRow, utcnow
+from db.models import (
+    RUN_DECISIONS,
+    Flag,
+    ModelVersion,
+    PendingPromotion,
+    Run,
+    Score,
+    ScoreRow,
+    utcnow,
+)
 from db.records import RecordsMapping, key_matches, plain, text_hash, text_unchanged
 
 logger = logging.getLogger(__name__)
@@ -334,27 +343,6 @@ def pending_candidate(*, session: Session, model_name: str) -> ModelVersion | No
              .where(ModelVersion.model_name == model_name, ModelVersion.status == "candidate")
              .order_by(ModelVersion.id.desc()).limit(1))
     return session.scalars(query).first()
-
-
-@dataclass(frozen=True)
-class PendingPromotion:
-    """A candidate whose promotion did not finish, with what the run that registered it
-    saw and decided, as plain values (the run's fields are None, or empty, when the
-    version names no run or its row is gone)."""
-
-    version_id: int
-    version: int
-    run_id: int | None
-    run_state: str | None  # "running" while the run that registered it is alive
-    run_started_at: datetime | None
-    data_fingerprint: str | None  # of the labelled records the run read
-    expected_champion_id: int | None  # the champion the run evaluated against
-    threshold: float
-    artifact_uri: str
-    challenger_metrics: dict[str, Any]
-    champion_metrics: dict[str, Any] | None
-    baseline_metrics: dict[str, Any] | None
-    details: dict[str, Any]
 
 
 def pending_promotion(*, session: Session, model_name: str) -> PendingPromotion | None:
