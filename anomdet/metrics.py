@@ -122,6 +122,10 @@ CUT_GRID = 400
 _SMOOTHING_CLIP = 1e-6
 # Validation examples whose smoothed flags are held in memory at once.
 _SMOOTHING_ROWS = 4096
+# Bootstrap weights held at once (float32): past 100,000 validation examples the
+# resamples are fewer, down to 20; on so many examples a resample moves the curve little.
+_WEIGHT_BUDGET = 20_000_000
+_MIN_RESAMPLES = 20
 
 
 def _bandwidth(log_odds: np.ndarray) -> float | None:
@@ -133,6 +137,20 @@ def _bandwidth(log_odds: np.ndarray) -> float | None:
     sd, iqr = float(log_odds.std(ddof=1)), float(q75 - q25) / 1.349
     spread = min(sd, iqr) if iqr > 0 else sd
     return 0.9 * spread * log_odds.size ** -0.2 if spread > 0 else None
+
+
+def _stratified_bootstrap_weights(labels: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """How often each example is drawn in each resample (one row a resample): each class
+    drawn with replacement as many times as it has members. Fewer rows than `resamples`
+    where they would pass `_WEIGHT_BUDGET`."""
+    resamples = max(min(resamples, _WEIGHT_BUDGET // labels.size), _MIN_RESAMPLES)
+    rng = np.random.default_rng(seed)
+    weights = np.zeros((resamples, labels.size), dtype=np.float32)
+    for c in (1, 0):
+        members = np.flatnonzero(labels == c)
+        weights[:, members] = rng.multinomial(
+            members.size, np.full(members.size, 1.0 / members.size), size=resamples)
+    return weights
 
 
 def smoothed_bootstrap_threshold(labels: np.ndarray, scores: np.ndarray, *,
@@ -166,12 +184,8 @@ def smoothed_bootstrap_threshold(labels: np.ndarray, scores: np.ndarray, *,
     width = {c: _bandwidth(z[y == c]) or pooled for c in (0, 1)}
     bandwidth = np.where(y == 1, width[1], width[0])
     cuts = np.linspace(z.min(), z.max(), grid)
-    rng = np.random.default_rng(seed)
-    weights = np.zeros((resamples, z.size), dtype=np.float32)
-    for c in (1, 0):
-        members = np.flatnonzero(y == c)
-        weights[:, members] = rng.multinomial(
-            members.size, np.full(members.size, 1.0 / members.size), size=resamples)
+    weights = _stratified_bootstrap_weights(y, resamples, seed)
+    resamples = weights.shape[0]
     true_flags = np.zeros((resamples, grid))
     flags = np.zeros((resamples, grid))
     for start in range(0, z.size, _SMOOTHING_ROWS):

@@ -222,3 +222,16 @@ def test_resampled_metric_rejects_unknown_metric_and_bad_counts() -> None:
         resampled_metric(LABELS, SCORES, 0.5, np.ones((2, 6)), "auc")
     with pytest.raises(ValueError, match=r"shape \(resamples, 6\)"):
         resampled_metric(LABELS, SCORES, 0.5, np.ones((2, 5)), "f1")
+
+
+def test_a_large_validation_set_is_resampled_fewer_times_each_class_whole(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    labels, scores = _calibrated_draw(np.random.default_rng(11), 3000)
+    weights = metrics._stratified_bootstrap_weights(labels, 200, seed=0)
+    assert weights.shape == (200, 3000)
+    # Every resample holds as many anomalies, and as many normal examples, as validation.
+    assert (weights[:, labels == 1].sum(axis=1) == labels.sum()).all()
+    assert (weights[:, labels == 0].sum(axis=1) == (labels == 0).sum()).all()
+    monkeypatch.setattr(metrics, "_WEIGHT_BUDGET", 3000 * 50)
+    assert metrics._stratified_bootstrap_weights(labels, 200, seed=0).shape == (50, 3000)
+    assert 0.0 < choose_threshold(labels, scores) < 1.0
