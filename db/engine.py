@@ -8,6 +8,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from functools import cache
@@ -28,9 +29,9 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI 
     # and a busy timeout makes concurrent runs wait for the write lock instead of failing.
     # The timeout comes first: switching a new database to WAL needs a lock too, and
     # several first runs at once would otherwise fail there with "database is locked".
-    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA journal_mode=WAL")
+    _switch_to_wal(cursor)
     cursor.close()
     # The text hash of db.records.text_hash, for anomdet's own queries only: SQLite has
     # no hash function built in, so no view may call it (see db.records.text_unchanged).
@@ -43,6 +44,31 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI 
     except sqlite3.OperationalError:
         dbapi_connection.create_function("sqrt", 1, _sqrt, deterministic=True)
         dbapi_connection.create_function("ln", 1, _ln, deterministic=True)
+
+
+#: How long a SQLite connection waits for another's lock before "database is locked".
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def _switch_to_wal(cursor: sqlite3.Cursor) -> None:
+    """Put the database in WAL mode, waiting as the busy timeout would.
+
+    Written by hand because SQLite does not call its busy handler here: while another
+    connection holds a rollback-journal write lock (a first run creating its tables, or
+    another application writing), the switch fails at once with "database is locked",
+    whatever the timeout. The failed statement keeps no lock, so trying again is safe.
+    """
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)
 
 
 def _sqrt(value: object) -> float | None:

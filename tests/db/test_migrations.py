@@ -179,6 +179,28 @@ def test_first_runs_racing_on_a_new_database_all_migrate(db_url: str) -> None:
     assert _revision(get_engine(db_url)) == HEAD
 
 
+def test_a_connection_waits_while_another_writes_in_rollback_mode(sqlite_url: str) -> None:
+    # Switching to WAL while another connection holds a rollback-journal write lock
+    # fails at once in SQLite, busy timeout or not: a run starting then, as one of
+    # several first runs or beside another application writing, must wait instead.
+    import threading
+
+    path = sa.engine.make_url(sqlite_url).database
+    writer = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    writer.execute("CREATE TABLE theirs (x INTEGER)")
+    writer.execute("BEGIN IMMEDIATE")
+    writer.execute("INSERT INTO theirs VALUES (1)")
+    release = threading.Timer(0.5, writer.execute, args=("COMMIT",))
+    release.start()
+    try:
+        with get_engine(sqlite_url).connect() as conn:
+            mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+    finally:
+        release.join()
+        writer.close()
+    assert mode == "wal"
+
+
 def test_threads_of_one_process_migrating_at_once_all_succeed(db_url: str) -> None:
     # Alembic's running context is a module global: unserialised, one thread's
     # migration ended with KeyError: 'config' when another's finished.
