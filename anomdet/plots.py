@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from xml.sax.saxutils import escape
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +49,10 @@ def _check_inputs(labels: np.ndarray, scores: np.ndarray, name: str) -> None:
 def pr_curves(labels: Sequence[int] | np.ndarray, challenger_scores: Sequence[float] | np.ndarray,
               champion_scores: Sequence[float] | np.ndarray | None = None) -> list[PRCurve]:
     """The challenger's (and the champion's) precision-recall curve on the same labels."""
+    # Imported here: a scoring run imports this module's tasks, and sklearn costs it a
+    # second of start-up that only a retraining run's report needs.
+    from sklearn.metrics import average_precision_score, precision_recall_curve
+
     y = np.asarray(labels)
     if y.ndim != 1 or y.size == 0:
         raise ValueError("labels must be a non-empty one-dimensional sequence of 0/1")

@@ -9,16 +9,21 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from anomdet.inference import Progress, predict_scores
-from anomdet.lexical import LexicalEvidence
 from anomdet.outcome import EXAMPLE_IDS, ScoreCounts
 from db.models import ScoreRow
+
+if TYPE_CHECKING:
+    # torch and transformers load when a model scores, not when a flow that may end
+    # before scoring (nothing new, no champion, a host that never answers) is imported.
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from anomdet.inference import Progress
+    from anomdet.lexical import LexicalEvidence
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +47,8 @@ class Scorer:
 
     def scores(self, texts: list[str]) -> np.ndarray:
         """The model's probability that each text is anomalous, in input order."""
+        from anomdet.inference import predict_scores
+
         return predict_scores(self.model, self.tokenizer, texts, batch_size=self.batch_size,
                               max_length=self.max_length, lexical=self.lexical)
 

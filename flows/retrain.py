@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from prefect import flow, get_run_logger, tags
@@ -22,7 +22,6 @@ from anomdet.promotion import Decision, EvalResult, PendingCandidate
 from anomdet.report import RunSummary, promoted_message, rejected_message
 from anomdet.scoring import Scorer
 from anomdet.settings import Settings
-from anomdet.training import Challenger
 from anomdet.validation import ValidationReport
 from db.repository import ChampionChanged, RunEnding, RunProgress
 from flows.approval import Approval, ask_for_approval
@@ -85,6 +84,9 @@ from tasks.report import (
     publish_validation,
     tag_run,
 )
+
+if TYPE_CHECKING:
+    from anomdet.training import Challenger
 
 
 class RetrainParams(BaseModel):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import pandas as pd
 from prefect import task
@@ -12,19 +12,24 @@ from prefect.states import Failed, State
 
 from anomdet.artifact import ArtifactMissing, LoadedModel, load_artifact, recorded_scoring
 from anomdet.baseline import evaluate_baseline
-from anomdet.checkpoint import discard_checkpoint, train_or_reuse
 from anomdet.data import Split, split_records
 from anomdet.drift import DataProfile, DriftReport, compare, profile
 from anomdet.errors import DataValidationError
 from anomdet.promotion import EvalResult
 from anomdet.scoring import Scorer
 from anomdet.settings import Settings
-from anomdet.training import Challenger, base_vocab, evaluate
 from anomdet.validation import ValidationReport, validate_labelled
 from db import repository as repo
 from db.models import ModelVersion
 from tasks.database import run_logger
 from tasks.progress import ui_progress
+
+if TYPE_CHECKING:
+    from anomdet.training import Challenger
+
+# anomdet.training and anomdet.checkpoint, which load torch and transformers, are
+# imported in the tasks that train or score: a run stopped by its data before then
+# starts and ends without loading them.
 
 
 @task(name="validate records", cache_policy=NO_CACHE)
@@ -49,6 +54,8 @@ def measure_drift(frame: pd.DataFrame, champion: LoadedModel | None,
         vocab = frozenset(champion.tokenizer.get_vocab())
         reference = champion.meta.get("data_profile")
     else:
+        from anomdet.training import base_vocab
+
         vocab, reference = base_vocab(settings.training.base_model), None
     current = profile(frame, vocab, seed=settings.training.seed)
     ref = DataProfile.from_dict(reference) if reference else None
@@ -110,6 +117,8 @@ def load_champion(settings: Settings) -> Champion | None:
 def fine_tune_challenger(split: Split, settings: Settings) -> Challenger:
     """Fine-tune the base model on the train split and pick its threshold on validation,
     or take the challenger that an earlier run trained on the same rows and settings."""
+    from anomdet.checkpoint import train_or_reuse
+
     return train_or_reuse(split, settings.training, settings.artifact_root() / settings.model_name,
                           make_progress=lambda: ui_progress("fine-tuning the challenger"))
 
@@ -117,6 +126,8 @@ def fine_tune_challenger(split: Split, settings: Settings) -> Challenger:
 @task(name="discard kept challenger", cache_policy=NO_CACHE)
 def discard_challenger(challenger: Challenger) -> None:
     """The run has decided: its challenger need not wait for a retry any more."""
+    from anomdet.checkpoint import discard_checkpoint
+
     discard_checkpoint(challenger.checkpoint)
 
 
@@ -130,6 +141,8 @@ def fit_baseline(split: Split, settings: Settings) -> EvalResult:
 @task(name="evaluate on test split", cache_policy=NO_CACHE)
 def evaluate_model(scorer: Scorer, test: pd.DataFrame) -> EvalResult:
     """Score the shared test split with one model as it scores, at its own threshold."""
+    from anomdet.training import evaluate
+
     return evaluate(scorer.model, scorer.tokenizer, test, scorer.threshold,
                     max_length=scorer.max_length, batch_size=scorer.batch_size,
                     lexical=scorer.lexical)

@@ -8,7 +8,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -17,11 +17,13 @@ from prefect.transactions import Transaction, get_transaction
 from anomdet.artifact import DiskFull, data_docs_dir, is_disk_full, save_artifact
 from anomdet.promotion import Decision, EvalResult, PendingCandidate, decide
 from anomdet.settings import Settings
-from anomdet.training import Challenger
 from db import repository as repo
 from db import service
 from db.service import Flip
 from tasks.database import IO_RETRIES, run_logger
+
+if TYPE_CHECKING:
+    from anomdet.training import Challenger
 
 ARTIFACT_KEY = "artifact_dir"
 

@@ -6,15 +6,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 from sqlalchemy.engine import Engine
 
 from anomdet.artifact import load_artifact, recorded_scoring
-from anomdet.device import configure_threads
-from anomdet.inference import Progress
 from anomdet.outcome import ScoreCounts, ScoringOutcome
 from anomdet.scoring import Scorer, ScoreSummary, score_chunks
 from anomdet.settings import Settings
@@ -25,6 +23,9 @@ from db.records import IdRange, RecordsMapping, unscored_chunks
 from db.service import ScoringWork
 from tasks.database import only_transient
 from tasks.progress import ui_progress
+
+if TYPE_CHECKING:
+    from anomdet.inference import Progress
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,10 @@ def plan_backfill(settings: Settings, version_id: int, chunks: int,
 @lru_cache(maxsize=2)
 def _scorer(artifact_uri: str, sha256: str, batch_size: int,
             recorded: tuple[tuple[str, Any], ...] = ()) -> Scorer:
-    # One load per worker process and champion, however many chunks it scores.
+    # One load per worker process and champion, however many chunks it scores. torch
+    # loads here, with the model, so that a run with nothing to score never loads it.
+    from anomdet.device import configure_threads
+
     configure_threads()
     loaded = load_artifact(Path(artifact_uri), expected_sha256=sha256, recorded=dict(recorded))
     return Scorer(loaded.model, loaded.tokenizer, loaded.threshold, loaded.max_length,

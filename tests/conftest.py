@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import socket
 import tempfile
 import threading
@@ -15,6 +17,7 @@ import pytest
 # Before anything imports prefect: a private Prefect home, no telemetry, and time for
 # the temporary local API to start on a small machine.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="anomdet-prefect-")
+atexit.register(shutil.rmtree, _PREFECT_HOME, ignore_errors=True)
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"

@@ -178,6 +178,9 @@ def _anomdet_env(server: Server, work: Path) -> dict[str, str]:
             "ANOMDET_TRAINING__BASE_MODEL": "tiny-random",
             "ANOMDET_TRAINING__MAX_LENGTH": "48",
             "ANOMDET_TRAINING__LEARNING_RATE": "0.001",
+            # Forty steps, not the default 400: what is tested here is the runs' way
+            # through the server and the worker, not the training.
+            "ANOMDET_TRAINING__MIN_STEPS": "40",
             "ANOMDET_PROMOTION__BOOTSTRAP_RESAMPLES": "200",
             # Poll for work every second instead of every 10s.
             "PREFECT_WORKER_QUERY_SECONDS": "1",

@@ -59,3 +59,20 @@ def test_the_domain_is_handed_its_data() -> None:
         for reach in ("from db.repository", "from db import repository", "from db.engine",
                       "session_scope(", ".connect("):
             assert reach not in text, f"{path.name} reaches the database: {reach}"
+
+
+def test_flows_start_without_loading_a_model_library() -> None:
+    # A run that its data stops, or that finds nothing to score, must not first spend
+    # seconds loading torch, transformers and scikit-learn: the tasks that train,
+    # score or draw import them. A fresh interpreter, so no other test's import hides one.
+    import json
+    import subprocess
+    import sys
+
+    probe = ("import json, sys, flows.retrain, flows.score, flows.check, flows.serve; "
+             "print(json.dumps([m for m in ('torch', 'transformers', 'sklearn') "
+             "if m in sys.modules]))")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []

@@ -289,14 +289,19 @@ def test_sigkill_leaves_champion_and_flags_and_the_next_run_completes(
     monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.0000001")
     assert retrain().decision == "promoted"
     monkeypatch.setenv("ANOMDET_TRAINING__LEARNING_RATE", "0.001")
-    # More records: labelled ones make training last, unlabelled ones the backfill, which
-    # commits them 100 at a time in one range, so that the kill finds it half-way.
-    extra = toy_records(2500 if moment == "training" else 6300, seed=9).iloc[300:]
-    if moment == "backfill":
-        extra = extra.assign(label=pd.array([None] * len(extra), dtype="Int64"))
-    seed_records(anomdet_env, extra)
+    # The killed run must still be at it when the kill comes: in training, a schedule of
+    # thousands of steps (the next run trains at the usual tiny one); in the backfill,
+    # more unlabelled records, committed 100 at a time in one range, so that the kill
+    # finds it half-way.
+    slow: dict[str, str] = {}
+    if moment == "training":
+        slow = {"ANOMDET_TRAINING__MIN_STEPS": "5000", "ANOMDET_TRAINING__MAX_STEPS": "5000"}
+    else:
+        extra = toy_records(6300, seed=9).iloc[300:]
+        seed_records(anomdet_env, extra.assign(label=pd.array([None] * len(extra),
+                                                              dtype="Int64")))
     before = visible(anomdet_env)
-    env = _cli_env(anomdet_env) | {"ANOMDET_PROMOTION__FIRST_RUN": "always",
+    env = _cli_env(anomdet_env) | slow | {"ANOMDET_PROMOTION__FIRST_RUN": "always",
                                    "ANOMDET_PROMOTION__BOOTSTRAP_RESAMPLES": "0",
                                    "ANOMDET_PROMOTION__MIN_ABSOLUTE_IMPROVEMENT": "0",
                                    "ANOMDET_TRAINING__EPOCHS": "3",

@@ -11,6 +11,7 @@ import pytest
 from prefect.cache_policies import NO_CACHE
 
 import anomdet.checkpoint as checkpoint
+import anomdet.training as training
 import tasks.model as tm
 from anomdet.data import Split
 from anomdet.scoring import Scorer
@@ -93,7 +94,7 @@ def test_baseline_uses_the_training_seed_and_target_precision(
 def test_evaluation_scores_at_the_models_own_threshold(monkeypatch: pytest.MonkeyPatch
                                                        ) -> None:
     evaluate = Recorder("result")
-    monkeypatch.setattr(tm, "evaluate", evaluate)
+    monkeypatch.setattr(training, "evaluate", evaluate)
     scorer = Scorer("model", "tokenizer", 0.7, 33, 5, "lexical")
     assert tm.evaluate_model.fn(scorer, FRAME) == "result"
     assert evaluate.call == (("model", "tokenizer", FRAME, 0.7),
@@ -103,7 +104,7 @@ def test_evaluation_scores_at_the_models_own_threshold(monkeypatch: pytest.Monke
 def test_drift_without_a_champion_compares_against_the_base_vocabulary(
         monkeypatch: pytest.MonkeyPatch) -> None:
     vocab, current = frozenset({"a"}), "profile"
-    monkeypatch.setattr(tm, "base_vocab", Recorder(vocab))
+    monkeypatch.setattr(training, "base_vocab", Recorder(vocab))
     make_profile, compare = Recorder(current), Recorder("report")
     monkeypatch.setattr(tm, "profile", make_profile)
     monkeypatch.setattr(tm, "compare", compare)
