@@ -48,6 +48,10 @@ SETTINGS_ENV = {
     "ANOMDET_PROMOTION__BOOTSTRAP_RESAMPLES": "0",
     "ANOMDET_PROMOTION__FIRST_RUN": "always",
     "ANOMDET_SCORING__BACKFILL_CHUNKS": "1",
+    # As in `anomdet_env`: no Data Docs (the test that reads them turns them on) and
+    # no probed head (tested in tests/anomdet/test_model.py).
+    "ANOMDET_VALIDATION__DATA_DOCS": "false",
+    "ANOMDET_TRAINING__PROBE_HEAD": "false",
 }
 INJECTED = "records; DROP TABLE x"
 
