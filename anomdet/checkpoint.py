@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from anomdet.artifact import load_artifact, save_artifact
+from anomdet.artifact import is_disk_full, load_artifact, save_artifact
 from anomdet.data import Split, fingerprint
 from anomdet.finetune import TrainConfig, TrainResult
 from anomdet.inference import Progress, for_inference
@@ -79,7 +79,12 @@ def save_checkpoint(challenger: Challenger, directory: Path) -> None:
     try:
         save_artifact(challenger.model, challenger.tokenizer, directory, meta,
                       lexical=challenger.lexical)
-    except (OSError, ValueError) as exc:
+    except Exception as exc:
+        # safetensors reports a full disk as its own error type, neither OSError nor
+        # ValueError: without it, a disk with room for the artifact but not for this
+        # copy too failed the run with the raw error instead of going on.
+        if not (isinstance(exc, OSError | ValueError) or is_disk_full(exc)):
+            raise
         # Only a retry would have used it: the run itself goes on.
         logger.warning("the challenger was not kept for a retry (%s): %s", directory, exc)
 

@@ -85,3 +85,29 @@ def test_an_altered_checkpoint_is_dropped_and_older_ones_are_pruned(
     assert load_checkpoint(new) is None and not new.exists()
     assert load_checkpoint(new) is None
     discard_checkpoint(new)  # nothing left: no error
+
+
+def test_a_disk_too_full_for_the_checkpoint_lets_the_run_go_on(
+        trained: tuple, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # safetensors says "No space left on device" in an error of its own type.
+    class SafetensorLikeError(Exception):
+        pass
+
+    def full(*_args: object, **_kwargs: object) -> None:
+        raise SafetensorLikeError("Error while serializing: I/O error: No space left on "
+                                  "device (os error 28)")
+
+    split, challenger = trained
+    directory = checkpoint_dir(tmp_path, challenger_key(split, TRAINING))
+    monkeypatch.setattr("anomdet.checkpoint.save_artifact", full)
+    save_checkpoint(challenger, directory)
+    assert not directory.exists()
+    assert "not kept for a retry" in caplog.text
+
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise SafetensorLikeError("some other failure")
+
+    monkeypatch.setattr("anomdet.checkpoint.save_artifact", broken)
+    with pytest.raises(SafetensorLikeError, match="some other failure"):
+        save_checkpoint(challenger, directory)

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import anomdet.scoring as scoring
+import anomdet.inference as inference
 from anomdet.encoder import TINY_RANDOM, load_base_model
 from anomdet.inference import predict_scores
 from anomdet.scoring import Scorer, ScoreSummary, scorable, score_rows
@@ -29,7 +29,7 @@ def _fake_scores(model: object, tokenizer: object, texts: list[str], *, batch_si
 
 @pytest.fixture
 def scorer(monkeypatch: pytest.MonkeyPatch) -> Scorer:
-    monkeypatch.setattr(scoring, "predict_scores", _fake_scores)
+    monkeypatch.setattr(inference, "predict_scores", _fake_scores)
     return Scorer(model=None, tokenizer=None, threshold=THRESHOLD, max_length=16, batch_size=4)
 
 

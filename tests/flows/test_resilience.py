@@ -45,10 +45,10 @@ def test_two_runs_started_at_once_take_turns(anomdet_env: str) -> None:
 
 _KILLED_AFTER_TRAINING = textwrap.dedent("""
     import os, signal
-    import tasks.model
+    import anomdet.training
     def killed(*args, **kwargs):  # the first evaluation, right after fine-tuning
         os.kill(os.getpid(), signal.SIGKILL)
-    tasks.model.evaluate = killed
+    anomdet.training.evaluate = killed
     from flows.retrain import retrain
     retrain()
 """)
