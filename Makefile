@@ -18,7 +18,7 @@ demo: $(STAMP)
 # The tests spend much of their time waiting on Prefect's API, subprocesses and
 # PostgreSQL: with one pytest-xdist worker per core the two cores of a small machine
 # were busy 71% of the run, so there is one worker more than there are cores.
-TEST_WORKERS ?= $(shell echo $$(( $$(nproc) + 1 )))
+TEST_WORKERS ?= $(shell $(PYTHON) -c "import os; print(len(os.sched_getaffinity(0)) + 1 if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1) + 1)")
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -m "not slow" -n $(TEST_WORKERS) $(PYTEST_ARGS)

@@ -27,8 +27,8 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:  # noqa: ANN001 - DBAPI 
     cursor = dbapi_connection.cursor()
     # Foreign keys are off by default in SQLite; WAL lets readers work during a write,
     # and a busy timeout makes concurrent runs wait for the write lock instead of failing.
-    # The timeout comes first: switching a new database to WAL needs a lock too, and
-    # several first runs at once would otherwise fail there with "database is locked".
+    # The timeout comes first; switching a new database to WAL needs a lock too, which
+    # the timeout does not always wait for (see _switch_to_wal).
     cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys=ON")
     _switch_to_wal(cursor)
