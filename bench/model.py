@@ -45,6 +45,7 @@ from anomdet.metrics import best_f1, choose_threshold
 from anomdet.promotion import EvalResult
 from anomdet.settings import TrainingSettings
 from anomdet.training import Challenger, blend_on_validation, evaluate, train_challenger
+from bench import report_console
 from bench.suite import (
     BEST_THRESHOLD_KEYS,
     BenchSet,
@@ -587,7 +588,7 @@ def bench_command(
 
     quiet_transformers()
     hf_logging.disable_progress_bar()  # the rich bars below report progress instead
-    console = Console()
+    console = report_console()
     stages = _RichStages(console)
     overrides = {k: v for k, v in (("epochs", epochs), ("max_train_rows", max_train_rows),
                                    ("inference_precision", precision), ("min_steps", min_steps))

@@ -40,6 +40,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bench import report_console
+
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 SCRATCH_DATABASE = "anomdet_bench_scale"
 TOP10 = "SELECT * FROM anomdet_flagged ORDER BY score DESC LIMIT 10"
@@ -398,7 +400,7 @@ def bench_scale_command(
 ) -> None:
     """Measure a promotion's backfill and flip, incremental scoring and the view's reads
     as the records table grows."""
-    console = Console(width=max(Console().width, 132))
+    console = report_console()
     try:
         config = ScaleConfig(postgres_url=postgres_url, rows=_sizes(rows), labelled=labelled,
                              chunks=chunks, seed=seed, max_train_rows=max_train_rows,

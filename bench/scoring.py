@@ -49,6 +49,7 @@ from anomdet.encoder import TRANSFORMERS_DEFAULTS, load_base_model, quiet_transf
 from anomdet.inference import predict_scores
 from anomdet.scoring import Scorer, ScoreSummary
 from anomdet.settings import RecordsSettings
+from bench import report_console
 from db import repository as repo
 from db.engine import get_engine, migrate, session_scope
 from db.models import Flag, ModelVersion, Score, utcnow
@@ -679,7 +680,7 @@ def bench_score_command(
 ) -> None:
     """Measure flag writes, end-to-end scoring overhead and the streaming scorer's memory."""
     quiet_transformers()
-    console = Console()
+    console = report_console()
     try:
         config = ScoreBenchConfig(
             flag_rows=flag_rows, orm_rows=orm_rows, postgres_url=postgres_url,

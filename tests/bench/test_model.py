@@ -14,7 +14,8 @@ import typer
 from typer.testing import CliRunner
 
 from anomdet.data import normalise_text
-from bench.model import bench_command, load_split, select_sets, shared_texts
+from bench import report_console
+from bench.model import bench_command, load_split, select_sets, shared_texts, suite_table
 from bench.suite import BenchSet
 
 SEED = 5
@@ -146,6 +147,20 @@ def test_suite_row_summarises_the_seeds_it_ran(bench: tuple) -> None:
     assert row["rows"] == len(frame) and row["anomalies"] == int(frame["label"].sum())
     assert row["distinct_anomalous_texts"] == frame[frame["label"] == 1]["text"].map(
         normalise_text).nunique()
+
+
+def test_the_suite_table_keeps_every_figure_whole_without_a_terminal(
+        bench: tuple, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("COLUMNS", raising=False)
+    _, _, result = bench
+    (row,) = result["suite"]
+    console = report_console()
+    assert not console.is_terminal  # pytest captures the output, as a log file would
+    with console.capture() as captured:
+        console.print(suite_table([{**row, "set": "davidson_hate"}] * 2, seeds=2))
+    text = captured.get()
+    assert "…" not in text
+    assert "davidson_hate" in text and f"{row['f1_mean']:.3f} ± {row['f1_std']:.3f}" in text
 
 
 def test_sets_run_in_the_order_named_and_unknown_names_are_refused() -> None:
