@@ -38,7 +38,7 @@ def gather_findings(settings: Settings) -> CheckFindings:
         settings.engine(), settings.model_name, settings.records.mapping(), recent=50,
         profile_rows=MAX_PROFILE_ROWS if settings.review.retrain_on_drift else None)
     news, breaches = found.news, ()
-    if found.champion_artifact is not None and settings.review.retrain_on_drift:
+    if found.unlabelled_texts:  # read only with a champion and retrain_on_drift on
         breaches = unlabelled_drift(Path(found.champion_artifact), found.unlabelled_texts,
                                     settings.drift.bounds(), seed=settings.training.seed)
     findings = CheckFindings.of(news, found.retrain_details, breaches)
