@@ -26,6 +26,7 @@ from rich.table import Table
 from sklearn.metrics import average_precision_score
 
 from anomdet.baseline import baseline_scores
+from anomdet.encoder import quiet_transformers
 from anomdet.inference import predict_scores
 from anomdet.lexical import Blend, LexicalModel
 from anomdet.metrics import best_f1, choose_threshold, classification_metrics
@@ -159,6 +160,7 @@ def main(argv: list[str] | None = None) -> None:
                 reason = exc.errors()[0]["msg"]
                 raise SystemExit(f"error: {name}={value}: {reason}; see `anomdet.settings."
                                  "TrainingSettings` for the setting's range") from None
+        quiet_transformers()
         capture(args.out, args.sets, args.seeds, overrides, args.data_dir)
     else:
         compare(args.dir)
