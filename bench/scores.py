@@ -5,8 +5,9 @@ each split as `bench.suite.quality_once` does and writes `DIR/SET_SEED.npz`: val
 test labels, the encoder's probabilities alone, the n-gram model's log-odds and the
 baseline's probabilities. `--set` changes a training setting (as `learning_rate=5e-5`).
 `python -m bench.scores compare DIR` prints, for every split kept there, the test F1 at the
-cut chosen on validation, the test PR-AUC and the F1 at the test split's own best cut of
-the baseline, the encoder alone and the recipe's blend of both, and each set's means.
+cut chosen on validation, the test PR-AUC, the F1 at the test split's own best cut, and the
+validation F1 and PR-AUC, of the baseline, the encoder alone and the recipe's blend of both,
+and each set's means.
 
 A split costs what the suite spends on it (minutes on a CPU, Davidson about nine); a
 comparison of rules then takes seconds, and with the same settings and threads on the same
@@ -94,6 +95,12 @@ def capture(out: Path, sets: list[str] | None, seeds: int, overrides: dict[str, 
     return written
 
 
+MODELS = ("baseline", "encoder", "blend")
+#: What `measure` gives per model, and its column heading.
+FIGURES = {"f1": "test F1", "pr_auc": "test PR-AUC", "f1_best": "test F1 at its best cut",
+           "val_f1": "validation F1", "val_pr_auc": "validation PR-AUC"}
+
+
 def rules(kept: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Each model's validation and test scores: the baseline, the encoder alone, and the
     recipe's blend (fitted on validation as `anomdet.training` fits it)."""
@@ -105,14 +112,17 @@ def rules(kept: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray
 
 
 def measure(kept: dict[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Per model of `rules`: test F1 at its validation cut, test PR-AUC, best-cut F1."""
+    """Per model of `rules` (see `FIGURES`): test F1 at its validation cut, test PR-AUC,
+    best-cut F1, and the validation F1 at that cut and validation PR-AUC."""
     y_val, y_test = kept["y_val"], kept["y_test"]
     figures = {}
     for model, (val, test) in rules(kept).items():
         cut = choose_threshold(y_val, val)
         figures[model] = {"f1": float(classification_metrics(y_test, test, cut)["f1"]),
                           "pr_auc": float(average_precision_score(y_test, test)),
-                          "f1_best": best_f1(y_test, test)}
+                          "f1_best": best_f1(y_test, test),
+                          "val_f1": float(classification_metrics(y_val, val, cut)["f1"]),
+                          "val_pr_auc": float(average_precision_score(y_val, val))}
     return figures
 
 
@@ -131,11 +141,12 @@ def compare(directory: Path) -> dict[str, dict[str, dict[str, float]]]:
         splits = [row for stem, row in rows.items() if stem.rsplit("_", 1)[0] == name]
         rows[f"{name} mean"] = {model: {k: float(np.mean([s[model][k] for s in splits]))
                                         for k in splits[0][model]} for model in splits[0]}
-    table = Table("split", *(f"{model} {figure}" for model in ("baseline", "encoder", "blend")
-                             for figure in ("F1", "PR-AUC", "best F1")))
+    table = Table("split", "model", *FIGURES.values())
     for stem, row in rows.items():
-        table.add_row(stem, *(f"{row[model][k]:.4f}" for model in ("baseline", "encoder", "blend")
-                              for k in ("f1", "pr_auc", "f1_best")))
+        for model in MODELS:
+            table.add_row(stem if model == MODELS[0] else "", model,
+                          *(f"{row[model][k]:.4f}" for k in FIGURES),
+                          end_section=model == MODELS[-1])
     report_console().print(table)
     return rows
 
