@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from pydantic import ValidationError
 from rich.table import Table
 from sklearn.metrics import average_precision_score
@@ -29,7 +30,7 @@ from sklearn.metrics import average_precision_score
 from anomdet.baseline import baseline_scores
 from anomdet.encoder import quiet_transformers
 from anomdet.inference import predict_scores
-from anomdet.lexical import Blend, LexicalModel
+from anomdet.lexical import Blend, log_odds
 from anomdet.metrics import best_f1, choose_threshold, classification_metrics
 from anomdet.settings import TrainingSettings
 from anomdet.training import train_challenger
@@ -50,7 +51,8 @@ def _setting(text: str) -> tuple[str, Any]:
     return name, value
 
 
-def capture_split(frame: Any, seed: int, overrides: dict[str, Any]) -> dict[str, np.ndarray]:
+def capture_split(frame: pd.DataFrame, seed: int,
+                  overrides: dict[str, Any]) -> dict[str, np.ndarray]:
     """One split's scores (see `KEYS`), trained as the suite trains it."""
     settings = TrainingSettings(seed=seed, split_seed=seed, **overrides)
     split = _split(frame, settings)
@@ -64,13 +66,15 @@ def capture_split(frame: Any, seed: int, overrides: dict[str, Any]) -> dict[str,
                               max_tokens=config.eval_batch_tokens, max_length=config.max_length)
 
     val, test = split.val["text"].tolist(), split.test["text"].tolist()
-    ngrams = (challenger.lexical.model if challenger.lexical is not None else
-              LexicalModel.fit(split.train["text"].tolist(), split.train["label"].to_numpy(),
-                               seed=seed))
     baseline_val, baseline_test = baseline_scores(split, seed=seed)
+    if challenger.lexical is not None:
+        ngram_val, ngram_test = (challenger.lexical.model.log_odds(val),
+                                 challenger.lexical.model.log_odds(test))
+    else:  # no n-gram model of its own: the baseline is the same recipe on the same rows
+        ngram_val, ngram_test = log_odds(baseline_val), log_odds(baseline_test)
     return {"y_val": split.val["label"].to_numpy(), "y_test": split.test["label"].to_numpy(),
             "encoder_val": encoder(val), "encoder_test": encoder(test),
-            "ngram_val": ngrams.log_odds(val), "ngram_test": ngrams.log_odds(test),
+            "ngram_val": ngram_val, "ngram_test": ngram_test,
             "baseline_val": baseline_val, "baseline_test": baseline_test}
 
 
